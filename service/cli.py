@@ -1,0 +1,92 @@
+"""The `sensorcast` command.
+
+Subcommands come from the ``sensorcast.commands`` entry-point group: each entry is a
+``register(subparsers)`` function. The service registers its own; the trainer registers
+``train``, ``evaluate`` and ``export`` when it is installed, without the service ever
+importing it. Handlers import their heavy dependencies only when they run, so ``--help`` is
+instant. A `SensorcastError` ends the command with one clear line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from service import __version__
+from service.errors import SensorcastError
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from service.registry import Registry, load_model_dir
+
+    registry = Registry(args.registry)
+    names = registry.names()
+    if not names:
+        print(f"no models in {registry.root}")
+        return 0
+    for name in names:
+        for version in registry.versions(name):
+            card = load_model_dir(registry.resolve(name, version)).card
+            test = ", ".join(f"{k}={v:.4g}" for k, v in sorted(card.metrics.items())[:4])
+            print(
+                f"{card.ref:28} {card.kind:5} features={len(card.features):<3} "
+                f"horizon={card.horizon:<3} warmup={card.warmup_steps:<4} {test}"
+            )
+    return 0
+
+
+def _register_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("models", help="list the models in the registry with their headline metrics")
+    p.add_argument("--registry", type=Path, default=Path("models"), help="registry folder (default: models)")
+    p.set_defaults(handler=_cmd_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sensorcast",
+        description="Live recurrent forecasts for sensor streams: train, export, serve, replay, tail.",
+    )
+    parser.add_argument("--version", action="version", version=f"sensorcast {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _register_builtin(sub)
+    for ep in sorted(entry_points(group="sensorcast.commands"), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError as exc:  # an extra that is not installed (e.g. no torch)
+            logging.getLogger(__name__).debug("commands %s unavailable: %s", ep.name, exc)
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except SensorcastError as exc:
+        print(f"sensorcast: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

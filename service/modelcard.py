@@ -1,0 +1,328 @@
+"""The model card: THE contract between training and serving.
+
+A step model is one ONNX graph with this signature, whatever its cell:
+
+- input ``x``: float32 ``[batch, time, n_features]``, features scaled with the card's scaler;
+- one input per state tensor named in ``card.states`` (LSTM: ``h`` and ``c`` as
+  ``[layers, batch, hidden]``; GRU and RNN: ``h``; time-delay MLP: ``lags`` as
+  ``[batch, max_lag, n_features]``);
+- output ``y``: float32 ``[batch, time, horizon, n_targets]``, scaled;
+- one output ``<state>_out`` per state input, same shape.
+
+The card is written as ``card.json`` beside ``model.onnx`` and into the ONNX
+``metadata_props`` under ``sensorcast.card``. The service learns everything about a model
+from its card, so any graph honouring the contract can be served.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.errors import ModelCardError, ModelContractError
+
+__all__ = [
+    "CARD_FILE",
+    "CARD_METADATA_KEY",
+    "INPUT_NAME",
+    "MODEL_FILE",
+    "OUTPUT_NAME",
+    "SCHEMA_VERSION",
+    "ModelCard",
+    "Provenance",
+    "Scaler",
+    "ScalerSet",
+    "StateSpec",
+    "validate_onnx",
+]
+
+SCHEMA_VERSION = 1
+INPUT_NAME = "x"
+OUTPUT_NAME = "y"
+CARD_METADATA_KEY = "sensorcast.card"
+CARD_FILE = "card.json"
+MODEL_FILE = "model.onnx"
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Scaler(_Frozen):
+    """Per-column standardisation ``(v - mean) / std``, fitted on training data only."""
+
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _check(self) -> Scaler:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"scaler has {len(self.mean)} means but {len(self.std)} stds")
+        if not all(math.isfinite(v) for v in self.mean):
+            raise ValueError("scaler means must be finite")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ValueError("scaler stds must be finite and > 0")
+        return self
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Scale raw values; the last axis is the column axis."""
+        return (values - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+    def inverse(self, scaled: np.ndarray) -> np.ndarray:
+        """Undo `transform`; the last axis is the column axis."""
+        return scaled * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
+
+
+class ScalerSet(_Frozen):
+    features: Scaler
+    targets: Scaler
+
+
+class StateSpec(_Frozen):
+    """One recurrent state tensor: its ONNX input name and its shape for a single stream.
+
+    ``shape`` leaves out the batch axis; ``batch_axis`` says where the graph puts it
+    (1 for ``[layers, batch, hidden]``, 0 for ``[batch, max_lag, n_features]``).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    shape: tuple[int, ...]
+    batch_axis: int = Field(ge=0)
+    init: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> StateSpec:
+        if any(d <= 0 for d in self.shape):
+            raise ValueError(f"state {self.name!r}: every dimension must be > 0, got {self.shape}")
+        if self.batch_axis > len(self.shape):
+            raise ValueError(
+                f"state {self.name!r}: batch_axis {self.batch_axis} is past rank {len(self.shape) + 1}"
+            )
+        return self
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.name}_out"
+
+    def batched_shape(self, batch: int) -> tuple[int, ...]:
+        dims = list(self.shape)
+        dims.insert(self.batch_axis, batch)
+        return tuple(dims)
+
+    @property
+    def size(self) -> int:
+        """Number of float elements one stream's tensor holds."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class Provenance(_Frozen):
+    """How the model was made: enough to rebuild it."""
+
+    data: str
+    data_fingerprint: str
+    splits: dict[str, Any]
+    config: dict[str, Any]
+    seed: int
+    packages: dict[str, str]
+    created: str
+
+
+class ModelCard(_Frozen):
+    """Everything the service needs to know about a step model."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(pattern=_NAME)
+    version: str = Field(pattern=_NAME)
+    kind: str
+    description: str = ""
+    features: list[str] = Field(min_length=1)
+    targets: list[str] = Field(min_length=1)
+    horizon: int = Field(ge=1)
+    period: float = Field(gt=0, description="seconds between consecutive readings")
+    scaler: ScalerSet
+    states: list[StateSpec]
+    warmup_steps: int = Field(ge=0)
+    provenance: Provenance
+    metrics: dict[str, float] = Field(default_factory=dict)
+    parity_error: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelCard:
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(
+                f"card schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})"
+            )
+        for label, names in (("features", self.features), ("targets", self.targets)):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {label}: {', '.join(dupes)}")
+        if len(self.scaler.features.mean) != len(self.features):
+            raise ValueError(
+                f"feature scaler has {len(self.scaler.features.mean)} columns for {len(self.features)} features"
+            )
+        if len(self.scaler.targets.mean) != len(self.targets):
+            raise ValueError(
+                f"target scaler has {len(self.scaler.targets.mean)} columns for {len(self.targets)} targets"
+            )
+        state_names = [s.name for s in self.states]
+        if len(set(state_names)) != len(state_names):
+            raise ValueError(f"duplicate state names: {state_names}")
+        if INPUT_NAME in state_names:
+            raise ValueError(f"a state may not be named {INPUT_NAME!r}")
+        return self
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.targets)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    # -- serialisation ------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str = "card") -> ModelCard:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise ModelCardError(f"{source}: invalid model card: {_first_error(exc)}") from exc
+
+    def write(self, directory: Path) -> Path:
+        """Write ``card.json`` into `directory` and return its path."""
+        path = Path(directory) / CARD_FILE
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> ModelCard:
+        """Read a card from ``card.json`` (or the directory holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CARD_FILE
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise ModelCardError(f"{path}: cannot read model card ({exc.strerror})") from exc
+        return cls.from_json(text, source=str(path))
+
+    def embed(self, model: onnx.ModelProto) -> None:
+        """Store the card in the graph's ``metadata_props`` (replacing an older one)."""
+        keep = [p for p in model.metadata_props if p.key != CARD_METADATA_KEY]
+        del model.metadata_props[:]
+        model.metadata_props.extend(keep)
+        entry = model.metadata_props.add()
+        entry.key = CARD_METADATA_KEY
+        entry.value = self.model_dump_json()
+
+    @classmethod
+    def from_onnx(cls, model: onnx.ModelProto, *, source: str = "model.onnx") -> ModelCard:
+        for prop in model.metadata_props:
+            if prop.key == CARD_METADATA_KEY:
+                return cls.from_json(prop.value, source=f"{source} metadata")
+        raise ModelCardError(f"{source}: no {CARD_METADATA_KEY!r} entry in the ONNX metadata")
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "card"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"
+
+
+# -- contract check -------------------------------------------------------------------------
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
+    """Each dimension as an int (fixed), a str (named dynamic) or None (unknown)."""
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return []
+    out: list[int | str | None] = []
+    for d in tensor.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def _check_tensor(
+    problems: list[str],
+    kind: str,
+    value_info: onnx.ValueInfoProto,
+    expected: list[int | None],
+    dynamic: set[int],
+) -> None:
+    """`expected` holds a fixed size per axis, or None for an axis that must be dynamic."""
+    name = value_info.name
+    if value_info.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        problems.append(f"{kind} {name!r} must be float32")
+    dims = _dims(value_info)
+    if len(dims) != len(expected):
+        problems.append(f"{kind} {name!r} has rank {len(dims)}, the card implies {len(expected)}")
+        return
+    for axis, (got, want) in enumerate(zip(dims, expected, strict=True)):
+        if axis in dynamic:
+            if isinstance(got, int):
+                problems.append(f"{kind} {name!r} axis {axis} is fixed at {got}; it must be dynamic")
+        elif isinstance(got, int) and got != want:
+            problems.append(f"{kind} {name!r} axis {axis} is {got}, the card says {want}")
+
+
+def validate_onnx(card: ModelCard, model: onnx.ModelProto) -> None:
+    """Check that `model` honours the step-model contract described by `card`.
+
+    Raises `ModelContractError` listing every mismatch: input and output names, float32,
+    ranks, fixed sizes, and dynamic batch (and time) axes.
+    """
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = {i.name: i for i in graph.input if i.name not in initializers}
+    outputs = {o.name: o for o in graph.output}
+    problems: list[str] = []
+
+    want_in = [INPUT_NAME, *(s.name for s in card.states)]
+    want_out = [OUTPUT_NAME, *(s.output_name for s in card.states)]
+    if set(inputs) != set(want_in):
+        problems.append(f"graph inputs are {sorted(inputs)}, the card implies {sorted(want_in)}")
+    if set(outputs) != set(want_out):
+        problems.append(f"graph outputs are {sorted(outputs)}, the card implies {sorted(want_out)}")
+
+    if INPUT_NAME in inputs:
+        _check_tensor(problems, "input", inputs[INPUT_NAME], [None, None, card.n_features], {0, 1})
+    if OUTPUT_NAME in outputs:
+        _check_tensor(
+            problems, "output", outputs[OUTPUT_NAME], [None, None, card.horizon, card.n_targets], {0, 1}
+        )
+    for spec in card.states:
+        expected: list[int | None] = list(spec.shape)
+        expected.insert(spec.batch_axis, None)
+        if spec.name in inputs:
+            _check_tensor(problems, "state input", inputs[spec.name], expected, {spec.batch_axis})
+        if spec.output_name in outputs:
+            _check_tensor(
+                problems, "state output", outputs[spec.output_name], expected, {spec.batch_axis}
+            )
+    if problems:
+        raise ModelContractError(
+            f"{card.ref}: the ONNX graph does not honour the step-model contract: "
+            + "; ".join(problems)
+        )
+
