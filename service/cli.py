@@ -45,7 +45,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _register_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("models", help="list the models in the registry with their headline metrics")
-    p.add_argument("--registry", type=Path, default=Path("models"), help="registry folder (default: models)")
+    p.add_argument(
+        "--registry", type=Path, default=Path("models"), help="registry folder (default: models)"
+    )
     p.set_defaults(handler=_cmd_models)
 
 

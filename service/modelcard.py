@@ -281,7 +281,9 @@ def _check_tensor(
     for axis, (got, want) in enumerate(zip(dims, expected, strict=True)):
         if axis in dynamic:
             if isinstance(got, int):
-                problems.append(f"{kind} {name!r} axis {axis} is fixed at {got}; it must be dynamic")
+                problems.append(
+                    f"{kind} {name!r} axis {axis} is fixed at {got}; it must be dynamic"
+                )
         elif isinstance(got, int) and got != want:
             problems.append(f"{kind} {name!r} axis {axis} is {got}, the card says {want}")
 
@@ -309,7 +311,11 @@ def validate_onnx(card: ModelCard, model: onnx.ModelProto) -> None:
         _check_tensor(problems, "input", inputs[INPUT_NAME], [None, None, card.n_features], {0, 1})
     if OUTPUT_NAME in outputs:
         _check_tensor(
-            problems, "output", outputs[OUTPUT_NAME], [None, None, card.horizon, card.n_targets], {0, 1}
+            problems,
+            "output",
+            outputs[OUTPUT_NAME],
+            [None, None, card.horizon, card.n_targets],
+            {0, 1},
         )
     for spec in card.states:
         expected: list[int | None] = list(spec.shape)
@@ -325,4 +331,3 @@ def validate_onnx(card: ModelCard, model: onnx.ModelProto) -> None:
             f"{card.ref}: the ONNX graph does not honour the step-model contract: "
             + "; ".join(problems)
         )
-

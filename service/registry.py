@@ -87,7 +87,9 @@ class Registry:
         versions = self.versions(name)
         if not versions:
             known = ", ".join(self.names()) or "none"
-            raise RegistryError(f"no model {name!r} in registry {self.root} (models there: {known})")
+            raise RegistryError(
+                f"no model {name!r} in registry {self.root} (models there: {known})"
+            )
         if version == LATEST:
             version = versions[-1]
         elif version not in versions:
