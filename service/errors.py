@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 __all__ = [
+    "BrokerError",
     "ConfigError",
+    "InferenceError",
     "ModelCardError",
     "ModelContractError",
     "RegistryError",
     "SensorcastError",
+    "StateError",
 ]
 
 
@@ -37,3 +40,23 @@ class RegistryError(SensorcastError):
 
 class ConfigError(SensorcastError):
     """A setting is invalid; the message names it and says what is accepted."""
+
+
+class BrokerError(SensorcastError):
+    """The embedded broker could not be started.
+
+    The message ends with the broker's log. Install the ``dev`` extra (it ships the
+    broker), or set KAFKA_BOOTSTRAP_SERVERS to use an existing Kafka broker instead.
+    """
+
+
+class StateError(SensorcastError):
+    """Stream state cannot be stored or restored (a malformed or incompatible state record).
+
+    A changelog written by a model with different state shapes cannot be restored: serve the
+    model that wrote it, or start from an empty changelog topic.
+    """
+
+
+class InferenceError(SensorcastError):
+    """The step model failed while running a batch."""
