@@ -10,7 +10,9 @@ __all__ = [
     "ModelContractError",
     "RegistryError",
     "SensorcastError",
+    "SinkError",
     "StateError",
+    "TopicError",
 ]
 
 
@@ -60,3 +62,16 @@ class StateError(SensorcastError):
 
 class InferenceError(SensorcastError):
     """The step model failed while running a batch."""
+
+
+class TopicError(SensorcastError):
+    """A Kafka topic the service needs is missing or unusable.
+
+    Create the topic (or set SENSORCAST_KAFKA__CREATE_TOPICS=true to let the service create
+    it), or point the service at the right one with SENSORCAST_KAFKA__INPUT_TOPIC,
+    SENSORCAST_KAFKA__OUTPUT_TOPIC or SENSORCAST_KAFKA__DEAD_LETTER_TOPIC.
+    """
+
+
+class SinkError(SensorcastError):
+    """Records could not be delivered to the broker in time; offsets were not committed."""
