@@ -1,0 +1,504 @@
+"""The streaming engine: readings in; forecasts, rejects and drops out.
+
+`StreamEngine.process` applies a batch of readings to the per-stream state in the
+`StateStore`, running the step model once per *round* over every stream with a pending
+reading. A batch holding several readings of one stream is split into waves: wave k holds the
+k-th reading of each stream, so the readings of a stream are applied in order, one round
+each, and the result never depends on how readings were batched.
+
+Per reading, in this order:
+
+1. ``offset <= applied_offset`` of its stream: dropped as already applied (a replay after a
+   crash; the state already holds it);
+2. values are checked against the card (unknown, missing, non-numeric, non-finite feature
+   values, a non-finite timestamp): rejected, or missing and non-finite values imputed with
+   the stream's last value when configured;
+3. ``ts == last_ts``: dropped as a duplicate; ``ts < last_ts``: dropped as late;
+4. a gap of more than ``max_gap_periods`` card periods since ``last_ts`` resets the stream's
+   state under the ``reset`` gap policy;
+5. the reading is applied and its forecast made, de-normalised with the card's scaler.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
+from typing import Any, Literal
+
+import numpy as np
+
+from service.core.model import StepModel
+from service.core.readings import DropReason, Forecast, Reading, Reject, RejectReason
+from service.core.state import StateDType, StateStore
+from service.errors import ConfigError, InferenceError
+from service.modelcard import ModelCard
+
+__all__ = ["EngineConfig", "EngineResult", "EngineStats", "StreamEngine"]
+
+# exact types accepted as numbers on the fast path (bool is deliberately absent)
+_NUMERIC_TYPES = frozenset(
+    {
+        float,
+        int,
+        np.float64,
+        np.float32,
+        np.float16,
+        np.int64,
+        np.int32,
+        np.int16,
+        np.int8,
+        np.uint64,
+        np.uint32,
+        np.uint16,
+        np.uint8,
+    }
+)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine treats gaps, bad values, idle streams and capacity."""
+
+    max_gap_periods: float = 10.0
+    """A gap longer than this many card periods triggers the gap policy."""
+    gap_policy: Literal["reset", "keep"] = "reset"
+    impute: Literal["reject", "last"] = "reject"
+    """Missing or non-finite feature values: reject the reading, or use the stream's last value."""
+    ttl_seconds: float | None = None
+    """Streams not seen for this long (wall clock, the `now` given to `process`) expire."""
+    max_streams: int | None = None
+    """Capacity cap; the least recently used streams are evicted beyond it."""
+    state_dtype: StateDType = "float32"
+    initial_capacity: int = 1024
+
+    def __post_init__(self) -> None:
+        if not self.max_gap_periods > 0:
+            raise ConfigError(f"max_gap_periods must be > 0, got {self.max_gap_periods}")
+        if self.gap_policy not in ("reset", "keep"):
+            raise ConfigError(f"gap_policy must be 'reset' or 'keep', got {self.gap_policy!r}")
+        if self.impute not in ("reject", "last"):
+            raise ConfigError(f"impute must be 'reject' or 'last', got {self.impute!r}")
+        if self.ttl_seconds is not None and not self.ttl_seconds > 0:
+            raise ConfigError(f"ttl_seconds must be > 0 or unset, got {self.ttl_seconds}")
+        if self.max_streams is not None and self.max_streams < 1:
+            raise ConfigError(f"max_streams must be >= 1 or unset, got {self.max_streams}")
+        if self.state_dtype not in ("float32", "float16"):
+            raise ConfigError(f"state_dtype must be float32 or float16, got {self.state_dtype!r}")
+        if self.initial_capacity < 1:
+            raise ConfigError(f"initial_capacity must be >= 1, got {self.initial_capacity}")
+
+
+@dataclass
+class EngineResult:
+    """What one `process` call did. `round_sizes`/`round_seconds` have one entry per model call."""
+
+    forecasts: list[Forecast] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    drops: list[tuple[Reading, DropReason]] = field(default_factory=list)
+    round_sizes: list[int] = field(default_factory=list)
+    round_seconds: list[float] = field(default_factory=list)
+    resets: int = 0
+    evicted: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters since the engine started (for metrics)."""
+
+    readings: int = 0
+    forecasts: int = 0
+    rejects: dict[RejectReason, int] = field(default_factory=dict)
+    drops: dict[DropReason, int] = field(default_factory=dict)
+    resets: int = 0
+    gaps: int = 0
+    evicted: int = 0
+    expired: int = 0
+    rounds: int = 0
+    model_seconds: float = 0.0
+
+    def add(self, result: EngineResult, readings: int, gaps: int) -> None:
+        self.readings += readings
+        self.forecasts += len(result.forecasts)
+        for reject in result.rejects:
+            self.rejects[reject.reason] = self.rejects.get(reject.reason, 0) + 1
+        for _, reason in result.drops:
+            self.drops[reason] = self.drops.get(reason, 0) + 1
+        self.resets += result.resets
+        self.gaps += gaps
+        self.evicted += len(result.evicted)
+        self.expired += len(result.expired)
+        self.rounds += len(result.round_sizes)
+        self.model_seconds += sum(result.round_seconds)
+
+
+class StreamEngine:
+    """Applies readings to per-stream recurrent state and makes forecasts; see the module doc."""
+
+    def __init__(
+        self, model: StepModel, config: EngineConfig | None = None, store: StateStore | None = None
+    ) -> None:
+        self.model = model
+        self.card: ModelCard = model.card
+        self.config = config = config or EngineConfig()
+        card = self.card
+        self.store = store or StateStore(
+            card.states,
+            dtype=config.state_dtype,
+            n_last_values=card.n_features if config.impute == "last" else 0,
+            capacity=config.initial_capacity,
+            max_streams=config.max_streams,
+            ttl_seconds=config.ttl_seconds,
+        )
+        if [s.shape for s in self.store.specs] != [s.shape for s in card.states]:
+            raise ConfigError("the state store's tensors do not match the model card's states")
+        if config.impute == "last" and self.store.n_last_values != card.n_features:
+            raise ConfigError("last-value imputation needs a store that keeps the last values")
+        self.stats = EngineStats()
+        self._features = list(card.features)
+        self._feature_set = frozenset(card.features)
+        self._n_features = card.n_features
+        self._getter: Callable[[Any], tuple[Any, ...]]
+        if card.n_features > 1:
+            self._getter = itemgetter(*card.features)
+        else:
+            only = card.features[0]
+            self._getter = lambda d: (d[only],)
+        self._x_mean = np.asarray(card.scaler.features.mean, np.float64)
+        self._x_std = np.asarray(card.scaler.features.std, np.float64)
+        self._y_mean = np.asarray(card.scaler.targets.mean, np.float32)
+        self._y_std = np.asarray(card.scaler.targets.std, np.float32)
+        self._horizon_offsets = np.arange(1, card.horizon + 1, dtype=np.float64) * card.period
+        self._max_gap = config.max_gap_periods * card.period
+        self._y_shape = (card.horizon, card.n_targets)
+        self._gaps = 0
+
+    # -- public -------------------------------------------------------------------------
+
+    def process(self, readings: Sequence[Reading], *, now: float | None = None) -> EngineResult:
+        """Apply `readings` (any mix of streams, each stream's in order); see the module doc.
+
+        `now` is the wall-clock time used for TTL expiry and last-seen bookkeeping
+        (``time.time()`` when not given).
+        """
+        now = time.time() if now is None else now
+        result = EngineResult()
+        result.expired = self.store.expire(now)
+        self._gaps = 0
+        waves = list(self._waves(readings))
+        tagged: list[tuple[np.ndarray, list[Forecast]]] = []
+        rejects: list[tuple[int, Reject]] = []
+        drops: list[tuple[int, tuple[Reading, DropReason]]] = []
+        for idx in waves:
+            sub = (
+                readings
+                if len(waves) == 1 and len(idx) == len(readings)
+                else [readings[i] for i in idx.tolist()]
+            )
+            self._apply(sub, idx, now, result, tagged, rejects, drops)
+        if len(tagged) == 1:
+            result.forecasts = tagged[0][1]
+        elif tagged:
+            order = np.argsort(np.concatenate([i for i, _ in tagged]), kind="stable")
+            flat = [f for _, fs in tagged for f in fs]
+            result.forecasts = [flat[i] for i in order.tolist()]
+        if len(waves) > 1:
+            rejects.sort(key=itemgetter(0))
+            drops.sort(key=itemgetter(0))
+        result.rejects = [r for _, r in rejects]
+        result.drops = [d for _, d in drops]
+        result.evicted = self.store.drain_evicted()
+        self.stats.add(result, len(readings), self._gaps)
+        return result
+
+    # -- batching -----------------------------------------------------------------------
+
+    def _waves(self, readings: Sequence[Reading]) -> Iterator[np.ndarray]:
+        """Index arrays into `readings`: wave k holds each stream's k-th reading, in order.
+
+        A wave with more streams than the capacity cap is cut into chunks that fit.
+        """
+        n = len(readings)
+        if n == 0:
+            return
+        ids = [r.stream_id for r in readings]
+        if len(set(ids)) == n:
+            waves: list[np.ndarray] = [np.arange(n)]
+        else:
+            counts: dict[str, int] = {}
+            occurrence = np.empty(n, np.int64)
+            for i, sid in enumerate(ids):
+                k = counts.get(sid, 0)
+                counts[sid] = k + 1
+                occurrence[i] = k
+            order = np.argsort(occurrence, kind="stable")
+            sizes = np.bincount(occurrence)
+            waves = np.split(order, np.cumsum(sizes)[:-1])
+        cap = self.config.max_streams
+        for wave in waves:
+            if cap is None or len(wave) <= cap:
+                yield wave
+            else:
+                yield from (wave[i : i + cap] for i in range(0, len(wave), cap))
+
+    # -- one wave: distinct streams, one model call -------------------------------------
+
+    def _apply(
+        self,
+        sub: Sequence[Reading],
+        idx: np.ndarray,
+        now: float,
+        result: EngineResult,
+        tagged: list[tuple[np.ndarray, list[Forecast]]],
+        rejects: list[tuple[int, Reject]],
+        drops: list[tuple[int, tuple[Reading, DropReason]]],
+    ) -> None:
+        n = len(sub)
+        store = self.store
+        ids = [r.stream_id for r in sub]
+        ts = np.fromiter([r.ts for r in sub], np.float64, n)
+        offsets = np.fromiter([r.offset for r in sub], np.int64, n)
+        x_raw, problems = self._parse_values(sub)
+
+        slots = store.slots_of(ids)
+        known = slots >= 0
+        safe = np.where(known, slots, 0)
+        last_ts = np.where(known, store.last_ts_at(safe), -np.inf)
+        applied = np.where(known, store.applied_offset_at(safe), -1)
+
+        already = (offsets >= 0) & (offsets <= applied)
+        bad_ts = ~np.isfinite(ts)
+        if self.config.impute == "last":
+            missing = np.isnan(x_raw)
+            if missing.any():
+                previous = np.where(known[:, None], store.last_values_at(safe), np.nan)
+                x_raw = np.where(missing, previous, x_raw)
+                for i in np.flatnonzero(np.isnan(x_raw).any(axis=1)).tolist():
+                    if i not in problems:
+                        lacking = [
+                            f for f, v in zip(self._features, x_raw[i], strict=True) if v != v
+                        ]
+                        problems[i] = (
+                            RejectReason.MISSING_FEATURE,
+                            f"no value for {', '.join(lacking)} and no earlier value to impute",
+                        )
+        rejected = np.zeros(n, np.bool_)
+        if problems:
+            rejected[list(problems)] = True
+        rejected |= bad_ts
+        rejected &= ~already
+        with np.errstate(invalid="ignore"):
+            duplicate = (ts == last_ts) & ~already & ~rejected
+            late = (ts < last_ts) & ~already & ~rejected
+        accepted = ~(already | rejected | duplicate | late)
+
+        if not accepted.all():
+            self._report(
+                sub, idx, already, rejected, duplicate, late, bad_ts, problems, rejects, drops
+            )
+            acc = np.flatnonzero(accepted)
+            if len(acc) == 0:
+                return
+            ids = [ids[i] for i in acc.tolist()]
+            sub = [sub[i] for i in acc.tolist()]
+            ts, offsets, x_raw = ts[acc], offsets[acc], x_raw[acc]
+            known, last_ts, idx = known[acc], last_ts[acc], idx[acc]
+
+        # 4. gaps
+        gap = known & (ts - last_ts > self._max_gap)
+        n_gaps = int(np.count_nonzero(gap))
+        self._gaps += n_gaps
+        slots = store.ensure(ids, now=now)
+        if n_gaps and self.config.gap_policy == "reset":
+            store.reset(slots[gap])
+            result.resets += n_gaps
+
+        # 5. one model call over the wave
+        states = store.gather(slots)
+        x = ((x_raw - self._x_mean) / self._x_std).astype(np.float32)[:, None, :]
+        started = time.perf_counter()
+        y, new_states = self.model.step(x, states)
+        result.round_seconds.append(time.perf_counter() - started)
+        result.round_sizes.append(len(ids))
+        if y.shape != (len(ids), 1, *self._y_shape):
+            raise InferenceError(
+                f"{self.card.ref}: the model returned y of shape {y.shape}, expected "
+                f"{(len(ids), 1, *self._y_shape)}"
+            )
+        store.scatter(slots, new_states)
+        store.advance(slots, ts, offsets, now, x_raw if store.n_last_values else None)
+
+        warm = (store.steps_at(slots) >= self.card.warmup_steps).tolist()
+        values = y[:, 0] * self._y_std + self._y_mean
+        horizon_ts = (ts[:, None] + self._horizon_offsets).tolist()
+        forecasts = list(
+            map(
+                Forecast,
+                ids,
+                ts.tolist(),
+                horizon_ts,
+                values,
+                warm,
+                [r.partition for r in sub],
+                offsets.tolist(),
+                [r.received for r in sub],
+            )
+        )
+        tagged.append((idx, forecasts))
+
+    def _report(
+        self,
+        sub: Sequence[Reading],
+        idx: np.ndarray,
+        already: np.ndarray,
+        rejected: np.ndarray,
+        duplicate: np.ndarray,
+        late: np.ndarray,
+        bad_ts: np.ndarray,
+        problems: dict[int, tuple[RejectReason, str]],
+        rejects: list[tuple[int, Reject]],
+        drops: list[tuple[int, tuple[Reading, DropReason]]],
+    ) -> None:
+        """Turn the masks of one wave into Reject and drop records (the rare path)."""
+        del bad_ts  # a rejected row without a value problem has a bad timestamp
+        for reason, mask in (
+            (DropReason.ALREADY_APPLIED, already),
+            (DropReason.DUPLICATE, duplicate),
+            (DropReason.LATE, late),
+        ):
+            for i in np.flatnonzero(mask).tolist():
+                drops.append((int(idx[i]), (sub[i], reason)))
+        for i in np.flatnonzero(rejected).tolist():
+            r = sub[i]
+            why, detail = problems.get(
+                i, (RejectReason.BAD_TIMESTAMP, f"timestamp {r.ts!r} is not finite")
+            )
+            rejects.append(
+                (int(idx[i]), Reject(why, detail, r, partition=r.partition, offset=r.offset))
+            )
+
+    # -- values -------------------------------------------------------------------------
+
+    def _parse_values(
+        self, sub: Sequence[Reading]
+    ) -> tuple[np.ndarray, dict[int, tuple[RejectReason, str]]]:
+        """Raw feature values as float64 ``[n, n_features]`` and the problems by row.
+
+        With last-value imputation, missing and non-finite values come back as NaN for the
+        caller to fill. The fast path converts the whole batch at once; any oddity sends the
+        batch down the per-row path, which says exactly what is wrong with each row.
+        """
+        n = len(sub)
+        nf = self._n_features
+        values = [r.values for r in sub]
+        rows: list[Any] | None = None
+        kinds = set(map(type, values))
+        if kinds == {dict}:
+            if all(len(v) == nf for v in values):
+                try:
+                    rows = list(map(self._getter, values))
+                except KeyError:
+                    rows = None
+        elif kinds <= {list, tuple} and all(len(v) == nf for v in values):
+            rows = values
+        if rows is not None and set(map(type, chain.from_iterable(rows))) <= _NUMERIC_TYPES:
+            try:
+                x = np.array(rows, np.float64).reshape(n, nf)
+            except (OverflowError, ValueError, TypeError):
+                pass
+            else:
+                finite = np.isfinite(x)
+                if finite.all():
+                    return x, {}
+                problems: dict[int, tuple[RejectReason, str]] = {}
+                if self.config.impute == "last":
+                    x[~finite] = np.nan
+                else:
+                    for i in np.flatnonzero(~finite.all(axis=1)).tolist():
+                        problems[i] = self._non_finite(x[i], finite[i])
+                return x, problems
+        return self._parse_rows(values)
+
+    def _non_finite(self, row: np.ndarray, finite: np.ndarray) -> tuple[RejectReason, str]:
+        bad = [
+            f"{f}={v!r}"
+            for f, v, ok in zip(self._features, row.tolist(), finite, strict=True)
+            if not ok
+        ]
+        return RejectReason.NON_FINITE, f"non-finite value(s): {', '.join(bad)}"
+
+    def _parse_rows(
+        self, values: list[Any]
+    ) -> tuple[np.ndarray, dict[int, tuple[RejectReason, str]]]:
+        x = np.full((len(values), self._n_features), np.nan)
+        problems: dict[int, tuple[RejectReason, str]] = {}
+        for i, v in enumerate(values):
+            problem = self._parse_row(v, x[i])
+            if problem is not None:
+                problems[i] = problem
+        return x, problems
+
+    def _parse_row(self, values: object, out: np.ndarray) -> tuple[RejectReason, str] | None:
+        """Fill `out` (NaN where imputable) or say why the row is rejected."""
+        impute = self.config.impute == "last"
+        if isinstance(values, dict):
+            unknown = [k for k in values if k not in self._feature_set]
+            if unknown:
+                return (
+                    RejectReason.UNKNOWN_FEATURE,
+                    f"unknown feature(s) {', '.join(map(repr, unknown[:5]))}; "
+                    f"the model takes {', '.join(self._features)}",
+                )
+            missing = [f for f in self._features if f not in values]
+            if missing and not impute:
+                return RejectReason.MISSING_FEATURE, f"missing feature(s) {', '.join(missing)}"
+            items = [(f, values.get(f)) for f in self._features]
+            present = [f not in missing for f in self._features]
+        elif isinstance(values, list | tuple):
+            if len(values) != self._n_features:
+                reason = (
+                    RejectReason.MISSING_FEATURE
+                    if len(values) < self._n_features
+                    else RejectReason.UNKNOWN_FEATURE
+                )
+                return (
+                    reason,
+                    f"{len(values)} values for {self._n_features} features "
+                    f"({', '.join(self._features)})",
+                )
+            items = list(zip(self._features, values, strict=True))
+            present = [True] * self._n_features
+        else:
+            return (
+                RejectReason.INVALID,
+                f"values must be an object keyed by feature name or a list in card order, "
+                f"got {type(values).__name__}",
+            )
+        for j, ((name, value), here) in enumerate(zip(items, present, strict=True)):
+            if not here:
+                continue  # imputed later
+            if not _is_number(value):
+                return (
+                    RejectReason.NON_NUMERIC,
+                    f"feature {name} is {type(value).__name__} {value!r:.40}, not a number",
+                )
+            try:
+                number = float(value)  # type: ignore[arg-type]
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                if not impute:
+                    return RejectReason.NON_FINITE, f"feature {name} is {value!r}"
+                continue
+            out[j] = number
+        return None

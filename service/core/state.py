@@ -1,0 +1,453 @@
+"""Per-stream recurrent state in preallocated arrays.
+
+Each state tensor of the card lives in one array whose batch axis is the slot axis, so a
+round is ``gather(slots)`` -> model -> ``scatter(slots, states)`` with no per-stream Python
+work. A dict maps stream id to slot; freed slots are reused and the arrays grow
+geometrically (by `growth`, small so that one million streams do not carry a large slack).
+Beside the tensors the store keeps, per stream, ``last_ts``, the steps seen since the last
+reset, ``applied_offset`` (the source offset of the last applied reading, for exactly-once
+restore), the wall-clock time it was last seen (TTL) and a use counter (LRU cap).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from service.errors import StateError
+from service.modelcard import StateSpec
+
+__all__ = ["StateDType", "StateStore", "StreamInfo"]
+
+StateDType = Literal["float32", "float16"]
+
+_MAGIC = b"SCST"
+_FORMAT_VERSION = 1
+# magic, format version, dtype code, tensor count, last-value count, last_ts, steps, applied_offset
+_HEADER = struct.Struct("<4sBBHHdqq")
+_DTYPE_CODES: dict[str, int] = {"float32": 0, "float16": 1}
+_CODE_DTYPES = {code: np.dtype(name) for name, code in _DTYPE_CODES.items()}
+_NO_OFFSET = -1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What the store knows about one stream, besides its tensors."""
+
+    last_ts: float
+    steps: int
+    applied_offset: int
+    last_seen: float
+
+
+class StateStore:
+    """Slots of state for any number of streams; see the module docstring.
+
+    `n_last_values` > 0 also keeps each stream's last raw feature values (for last-value
+    imputation); they are part of the dumped state. `max_streams` caps the number of
+    streams: `ensure` evicts the least recently used ones to make room, and the evicted ids
+    are collected until `drain_evicted`. `ttl_seconds` makes `expire` drop streams not seen
+    for that long.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[StateSpec],
+        *,
+        dtype: StateDType = "float32",
+        n_last_values: int = 0,
+        capacity: int = 1024,
+        growth: float = 1.25,
+        max_streams: int | None = None,
+        ttl_seconds: float | None = None,
+    ) -> None:
+        if dtype not in _DTYPE_CODES:
+            raise StateError(f"state dtype must be float32 or float16, got {dtype!r}")
+        if growth <= 1.0:
+            raise StateError(f"growth must be > 1, got {growth}")
+        if max_streams is not None and max_streams < 1:
+            raise StateError(f"max_streams must be >= 1, got {max_streams}")
+        if ttl_seconds is not None and ttl_seconds <= 0:
+            raise StateError(f"ttl_seconds must be > 0, got {ttl_seconds}")
+        self.specs = list(specs)
+        self.dtype = np.dtype(dtype)
+        self.n_last_values = n_last_values
+        self.growth = growth
+        self.max_streams = max_streams
+        self.ttl_seconds = ttl_seconds
+        capacity = max(1, capacity if max_streams is None else min(capacity, max_streams))
+        self._capacity = 0
+        self._tensors: list[np.ndarray] = [
+            np.empty(spec.batched_shape(0), self.dtype) for spec in self.specs
+        ]
+        # index prefix that puts the slot index on each tensor's batch axis
+        self._lead: list[tuple[Any, ...]] = [
+            (slice(None),) * spec.batch_axis for spec in self.specs
+        ]
+        self._last_ts = np.empty(0, np.float64)
+        self._steps = np.empty(0, np.int64)
+        self._applied = np.empty(0, np.int64)
+        self._last_seen = np.empty(0, np.float64)
+        self._last_used = np.empty(0, np.int64)
+        self._dirty = np.empty(0, np.bool_)
+        self._active = np.empty(0, np.bool_)
+        self._last_values = np.empty((0, n_last_values), np.float32)
+        self._index: dict[str, int] = {}
+        self._ids: list[str | None] = []
+        self._free: list[int] = []
+        self._high = 0  # slots below this have been handed out at least once
+        self._tick = 0
+        # no active stream has been seen before _next_expiry - ttl_seconds
+        self._next_expiry = float("inf")
+        self._evicted: list[str] = []
+        self._grow(capacity)
+
+    # -- size ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._index
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def raw_state_bytes_per_stream(self) -> int:
+        """Bytes of one stream's state tensors at the storage dtype: the floor to compare with."""
+        return sum(spec.size for spec in self.specs) * self.dtype.itemsize
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes the store holds: every array at its capacity, the id index and the ids."""
+        arrays = [
+            *self._tensors,
+            self._last_ts,
+            self._steps,
+            self._applied,
+            self._last_seen,
+            self._last_used,
+            self._dirty,
+            self._active,
+            self._last_values,
+        ]
+        total = sum(a.nbytes for a in arrays)
+        total += sys.getsizeof(self._index) + sys.getsizeof(self._ids) + sys.getsizeof(self._free)
+        total += sum(sys.getsizeof(k) for k in self._index)
+        # slot numbers above the small-int cache are separate int objects
+        total += max(0, len(self._index) - 257) * sys.getsizeof(1 << 20)
+        return total
+
+    def _grow(self, needed: int) -> None:
+        new = max(needed, int(self._capacity * self.growth) + 1)
+        if self.max_streams is not None:
+            new = min(new, self.max_streams)
+        if new <= self._capacity:
+            return
+        old = self._capacity
+
+        def grown(a: np.ndarray, axis: int, fill: float | int | bool) -> np.ndarray:
+            shape = list(a.shape)
+            shape[axis] = new
+            out = np.empty(shape, a.dtype)
+            lead: tuple[Any, ...] = (slice(None),) * axis
+            out[(*lead, slice(0, old))] = a
+            out[(*lead, slice(old, new))] = fill
+            return out
+
+        self._tensors = [
+            grown(t, spec.batch_axis, spec.init)
+            for t, spec in zip(self._tensors, self.specs, strict=True)
+        ]
+        self._last_ts = grown(self._last_ts, 0, -np.inf)
+        self._steps = grown(self._steps, 0, 0)
+        self._applied = grown(self._applied, 0, _NO_OFFSET)
+        self._last_seen = grown(self._last_seen, 0, 0.0)
+        self._last_used = grown(self._last_used, 0, 0)
+        self._dirty = grown(self._dirty, 0, False)
+        self._active = grown(self._active, 0, False)
+        self._last_values = grown(self._last_values, 0, np.nan)
+        self._ids.extend([None] * (new - old))
+        self._capacity = new
+
+    # -- slots --------------------------------------------------------------------------
+
+    def slot_of(self, stream_id: str) -> int | None:
+        return self._index.get(stream_id)
+
+    def slots_of(self, stream_ids: Sequence[str]) -> np.ndarray:
+        """Slots of `stream_ids`, -1 for unknown ones; touches nothing."""
+        get = self._index.get
+        return np.fromiter((get(s, -1) for s in stream_ids), np.int64, len(stream_ids))
+
+    def ids(self) -> list[str]:
+        return list(self._index)
+
+    def ensure(self, stream_ids: Sequence[str], *, now: float = 0.0) -> np.ndarray:
+        """Slots for `stream_ids` (distinct), creating fresh state for new streams.
+
+        Marks them all as just used; new streams count as seen at `now`. With a capacity
+        cap, the least recently used streams outside `stream_ids` are evicted to make room
+        (see `drain_evicted`).
+        """
+        self._tick += 1
+        get = self._index.get
+        slots = np.fromiter((get(s, -1) for s in stream_ids), np.int64, len(stream_ids))
+        new_pos = np.flatnonzero(slots < 0)
+        if len(new_pos):
+            known = slots[slots >= 0]
+            self._last_used[known] = self._tick  # protect them from eviction below
+            slots[new_pos] = self._allocate([stream_ids[i] for i in new_pos.tolist()], now)
+        self._last_used[slots] = self._tick
+        return slots
+
+    def _allocate(self, new_ids: list[str], now: float) -> np.ndarray:
+        n = len(new_ids)
+        if self.max_streams is not None:
+            if n > self.max_streams:
+                raise StateError(
+                    f"{n} new streams in one call exceed max_streams={self.max_streams}"
+                )
+            excess = len(self._index) + n - self.max_streams
+            if excess > 0:
+                self._evict_lru(excess)
+        reuse = min(n, len(self._free))
+        out = np.empty(n, np.int64)
+        for i in range(reuse):
+            out[i] = self._free.pop()
+        fresh = n - reuse
+        if fresh:
+            if self._high + fresh > self._capacity:
+                self._grow(self._high + fresh)
+            out[reuse:] = np.arange(self._high, self._high + fresh)
+            self._high += fresh
+        for sid, slot in zip(new_ids, out.tolist(), strict=True):
+            self._index[sid] = slot
+            self._ids[slot] = sid
+        self._reset_tensors(out)
+        self._last_ts[out] = -np.inf
+        self._steps[out] = 0
+        self._applied[out] = _NO_OFFSET
+        self._dirty[out] = False
+        self._active[out] = True
+        self._last_values[out] = np.nan
+        self._last_used[out] = self._tick
+        self._mark_seen(out, now)
+        return out
+
+    def _mark_seen(self, slots: np.ndarray, now: float) -> None:
+        self._last_seen[slots] = now
+        if self.ttl_seconds is not None:
+            self._next_expiry = min(self._next_expiry, now + self.ttl_seconds)
+
+    def _reset_tensors(self, slots: np.ndarray) -> None:
+        for tensor, lead, spec in zip(self._tensors, self._lead, self.specs, strict=True):
+            tensor[(*lead, slots)] = spec.init
+
+    def _evict_lru(self, count: int) -> None:
+        active = np.flatnonzero(self._active[: self._high])
+        used = self._last_used[active]
+        if count < len(active):
+            pick = np.argpartition(used, count - 1)[:count]
+        else:
+            pick = np.arange(len(active))
+        if (used[pick] >= self._tick).any():
+            raise StateError("cannot evict a stream that is in use in this round")
+        victims = active[pick]
+        ids = [self._ids[s] for s in victims.tolist()]
+        self._evicted.extend(i for i in ids if i is not None)
+        self._release(victims)
+
+    def _release(self, slots: np.ndarray) -> None:
+        for slot in slots.tolist():
+            sid = self._ids[slot]
+            if sid is not None:
+                del self._index[sid]
+                self._ids[slot] = None
+                self._free.append(slot)
+        self._dirty[slots] = False
+        self._active[slots] = False
+
+    def drain_evicted(self) -> list[str]:
+        """Ids evicted by the capacity cap since the last call."""
+        out, self._evicted = self._evicted, []
+        return out
+
+    def drop(self, stream_ids: Iterable[str]) -> None:
+        """Forget these streams (unknown ids are ignored); their slots become free."""
+        slots = [self._index[s] for s in stream_ids if s in self._index]
+        self._release(np.asarray(slots, np.int64))
+
+    def expire(self, now: float) -> list[str]:
+        """Drop streams not seen for `ttl_seconds` before `now`; return their ids.
+
+        Cheap when nothing can have expired yet: the oldest `last_seen` is remembered.
+        """
+        if self.ttl_seconds is None or now < self._next_expiry:
+            return []
+        active = np.flatnonzero(self._active[: self._high])
+        seen = self._last_seen[active]
+        cutoff = now - self.ttl_seconds
+        old = seen < cutoff
+        victims = active[old]
+        ids = [self._ids[s] for s in victims.tolist()]
+        self._release(victims)
+        remaining = seen[~old]
+        self._next_expiry = (
+            float(remaining.min()) + self.ttl_seconds if len(remaining) else float("inf")
+        )
+        return [i for i in ids if i is not None]
+
+    # -- tensors ------------------------------------------------------------------------
+
+    def gather(self, slots: np.ndarray) -> list[np.ndarray]:
+        """The state tensors of `slots`, batched in slot order, as float32 (new arrays)."""
+        out = [
+            np.take(t, slots, axis=spec.batch_axis)
+            for t, spec in zip(self._tensors, self.specs, strict=True)
+        ]
+        if self.dtype != np.float32:
+            out = [a.astype(np.float32) for a in out]
+        return out
+
+    def scatter(self, slots: np.ndarray, states: Sequence[np.ndarray]) -> None:
+        """Write batched `states` (as returned by the model) back to `slots`."""
+        for tensor, lead, state in zip(self._tensors, self._lead, states, strict=True):
+            tensor[(*lead, slots)] = state
+
+    def reset(self, slots: np.ndarray) -> None:
+        """Put `slots` back to their initial state (steps seen back to 0)."""
+        self._reset_tensors(slots)
+        self._steps[slots] = 0
+
+    def advance(
+        self,
+        slots: np.ndarray,
+        ts: np.ndarray,
+        offsets: np.ndarray,
+        now: float,
+        values: np.ndarray | None = None,
+    ) -> None:
+        """Record that one reading per slot was applied: last_ts, steps, applied_offset."""
+        self._last_ts[slots] = ts
+        self._steps[slots] += 1
+        self._applied[slots] = np.maximum(self._applied[slots], offsets)
+        self._dirty[slots] = True
+        if values is not None and self.n_last_values:
+            self._last_values[slots] = values
+        self._mark_seen(slots, now)
+
+    # -- per-stream metadata (vectorised reads for the engine) --------------------------
+
+    def last_ts_at(self, slots: np.ndarray) -> np.ndarray:
+        return np.asarray(self._last_ts[slots])
+
+    def steps_at(self, slots: np.ndarray) -> np.ndarray:
+        return np.asarray(self._steps[slots])
+
+    def applied_offset_at(self, slots: np.ndarray) -> np.ndarray:
+        return np.asarray(self._applied[slots])
+
+    def last_values_at(self, slots: np.ndarray) -> np.ndarray:
+        return np.asarray(self._last_values[slots])
+
+    def info(self, stream_id: str) -> StreamInfo | None:
+        slot = self._index.get(stream_id)
+        if slot is None:
+            return None
+        return StreamInfo(
+            float(self._last_ts[slot]),
+            int(self._steps[slot]),
+            int(self._applied[slot]),
+            float(self._last_seen[slot]),
+        )
+
+    def states_of(self, stream_id: str) -> list[np.ndarray] | None:
+        """One stream's state tensors (per-stream shape, float32 copies), or None."""
+        slot = self._index.get(stream_id)
+        if slot is None:
+            return None
+        return [
+            np.array(t[(*lead, slot)], np.float32)
+            for t, lead in zip(self._tensors, self._lead, strict=True)
+        ]
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def dirty_ids(self) -> set[str]:
+        """Streams changed since they were last cleared."""
+        ids = self._ids
+        return {s for s in (ids[i] for i in np.flatnonzero(self._dirty).tolist()) if s is not None}
+
+    def clear_dirty(self, stream_ids: Iterable[str]) -> None:
+        slots = [self._index[s] for s in stream_ids if s in self._index]
+        self._dirty[np.asarray(slots, np.int64)] = False
+
+    def dump(self, stream_id: str) -> bytes:
+        """One stream's state as compact binary: header, then every tensor, then last values."""
+        slot = self._index.get(stream_id)
+        if slot is None:
+            raise StateError(f"no state for stream {stream_id!r}")
+        parts = [
+            _HEADER.pack(
+                _MAGIC,
+                _FORMAT_VERSION,
+                _DTYPE_CODES[self.dtype.name],
+                len(self.specs),
+                self.n_last_values,
+                float(self._last_ts[slot]),
+                int(self._steps[slot]),
+                int(self._applied[slot]),
+            )
+        ]
+        for t, lead in zip(self._tensors, self._lead, strict=True):
+            parts.append(np.ascontiguousarray(t[(*lead, slot)]).tobytes())
+        if self.n_last_values:
+            parts.append(self._last_values[slot].tobytes())
+        return b"".join(parts)
+
+    def load(self, stream_id: str, data: bytes, *, now: float = 0.0) -> None:
+        """Restore one stream from `dump` output, replacing any state it has."""
+        if len(data) < _HEADER.size:
+            raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
+        magic, version, code, n_tensors, n_values, last_ts, steps, applied = _HEADER.unpack_from(
+            data
+        )
+        if magic != _MAGIC or version != _FORMAT_VERSION:
+            raise StateError(
+                f"state record for {stream_id!r} has format {magic!r} v{version}, "
+                f"expected {_MAGIC!r} v{_FORMAT_VERSION}"
+            )
+        if code not in _CODE_DTYPES:
+            raise StateError(f"state record for {stream_id!r} has unknown dtype code {code}")
+        stored = _CODE_DTYPES[code]
+        if n_tensors != len(self.specs) or n_values != self.n_last_values:
+            raise StateError(
+                f"state record for {stream_id!r} holds {n_tensors} tensors and {n_values} last "
+                f"values; this model keeps {len(self.specs)} and {self.n_last_values}"
+            )
+        expected = _HEADER.size + sum(s.size for s in self.specs) * stored.itemsize + n_values * 4
+        if len(data) != expected:
+            raise StateError(
+                f"state record for {stream_id!r} is {len(data)} bytes, expected {expected} "
+                "for this model's state shapes"
+            )
+        slot = int(self.ensure([stream_id], now=now)[0])
+        pos = _HEADER.size
+        for t, lead, spec in zip(self._tensors, self._lead, self.specs, strict=True):
+            n = spec.size * stored.itemsize
+            t[(*lead, slot)] = np.frombuffer(data, stored, spec.size, pos).reshape(spec.shape)
+            pos += n
+        if n_values:
+            self._last_values[slot] = np.frombuffer(data, np.float32, n_values, pos)
+        self._last_ts[slot] = last_ts
+        self._steps[slot] = steps
+        self._applied[slot] = applied
+        self._dirty[slot] = False

@@ -1,0 +1,413 @@
+"""Test helpers: drive the engine with lists, no broker, and small models built in code.
+
+- `readings_for`, `interleave`, `random_batches`, `drive` and `ListSink` feed readings in and
+  collect forecasts, rejects and drops.
+- `ElmanLagModel` is a tiny numpy `StepModel` with two state tensors on different batch axes
+  (an Elman ``h`` as ``[1, batch, hidden]`` and a lag buffer as ``[batch, lags, features]``).
+- `build_onnx_lstm` builds a stacked LSTM step model with `onnx.helper` (no torch) honouring
+  the step-model contract, together with `NumpyLstmModel`, a numpy oracle with the same
+  weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from service.core.engine import EngineResult, StreamEngine
+from service.core.readings import DropReason, Forecast, Reading, Reject
+from service.modelcard import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelCard,
+    Provenance,
+    Scaler,
+    ScalerSet,
+    StateSpec,
+)
+
+__all__ = [
+    "ElmanLagModel",
+    "ListSink",
+    "NumpyLstmModel",
+    "build_onnx_lstm",
+    "drive",
+    "interleave",
+    "make_card",
+    "random_batches",
+    "readings_for",
+]
+
+_OPSET = 17
+
+
+# -- cards ------------------------------------------------------------------------------
+
+
+def make_card(
+    *,
+    name: str = "tiny",
+    version: str = "1",
+    kind: str = "rnn",
+    features: Sequence[str] = ("temp", "load"),
+    targets: Sequence[str] = ("temp",),
+    horizon: int = 3,
+    period: float = 60.0,
+    states: Sequence[StateSpec] = (),
+    warmup_steps: int = 2,
+    seed: int = 0,
+) -> ModelCard:
+    """A valid card built in code, with a non-trivial scaler so de-normalising is exercised."""
+    nf, nt = len(features), len(targets)
+    return ModelCard(
+        name=name,
+        version=version,
+        kind=kind,
+        description="built in code for tests",
+        features=list(features),
+        targets=list(targets),
+        horizon=horizon,
+        period=period,
+        scaler=ScalerSet(
+            features=Scaler(
+                mean=[10.0 * (j + 1) for j in range(nf)], std=[2.0 + j for j in range(nf)]
+            ),
+            targets=Scaler(
+                mean=[10.0 * (j + 1) for j in range(nt)], std=[2.0 + j for j in range(nt)]
+            ),
+        ),
+        states=list(states),
+        warmup_steps=warmup_steps,
+        provenance=Provenance(
+            data="code",
+            data_fingerprint="none",
+            splits={},
+            config={},
+            seed=seed,
+            packages={},
+            created="1970-01-01T00:00:00Z",
+        ),
+    )
+
+
+# -- a numpy step model -------------------------------------------------------------------
+
+
+class ElmanLagModel:
+    """An Elman RNN that also sees a buffer of its last `lags` inputs.
+
+    ``h_t = tanh(x_t W + h_{t-1} U + lags_t L + b)``, ``y_t = h_t V + c``. Its states sit on
+    different batch axes (``h``: 1, ``lags``: 0), which exercises the state store's layouts.
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden: int = 8,
+        lags: int = 3,
+        features: Sequence[str] = ("temp", "load"),
+        targets: Sequence[str] = ("temp",),
+        horizon: int = 3,
+        period: float = 60.0,
+        warmup_steps: int = 2,
+        seed: int = 0,
+    ) -> None:
+        nf, nt = len(features), len(targets)
+        self.card = make_card(
+            kind="rnn",
+            features=features,
+            targets=targets,
+            horizon=horizon,
+            period=period,
+            warmup_steps=warmup_steps,
+            seed=seed,
+            states=[
+                StateSpec(name="h", shape=(1, hidden), batch_axis=1, init=0.0),
+                StateSpec(name="lags", shape=(lags, nf), batch_axis=0, init=0.0),
+            ],
+        )
+        rng = np.random.default_rng(seed)
+        self.w = rng.normal(0, 0.6, (nf, hidden)).astype(np.float32)
+        self.u = rng.normal(0, 0.4, (hidden, hidden)).astype(np.float32)
+        self.l = rng.normal(0, 0.3, (lags * nf, hidden)).astype(np.float32)
+        self.b = rng.normal(0, 0.1, hidden).astype(np.float32)
+        self.v = rng.normal(0, 0.5, (hidden, horizon * nt)).astype(np.float32)
+        self.c = rng.normal(0, 0.1, horizon * nt).astype(np.float32)
+        self.calls = 0
+
+    def step(
+        self, x: np.ndarray, states: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.calls += 1
+        h, lags = np.asarray(states[0])[0], np.asarray(states[1])
+        batch, steps, _ = x.shape
+        ys = []
+        for t in range(steps):
+            lags = np.concatenate([lags[:, 1:], x[:, t : t + 1]], axis=1)
+            h = np.tanh(x[:, t] @ self.w + h @ self.u + lags.reshape(batch, -1) @ self.l + self.b)
+            ys.append(h @ self.v + self.c)
+        y = np.stack(ys, axis=1).reshape(batch, steps, self.card.horizon, self.card.n_targets)
+        return y.astype(np.float32), [h[None].astype(np.float32), lags.astype(np.float32)]
+
+
+# -- an ONNX LSTM step model and its numpy oracle -----------------------------------------
+
+
+@dataclass(frozen=True)
+class _LstmWeights:
+    w: list[np.ndarray]  # per layer [4H, in], gates in ONNX order i, o, f, c
+    r: list[np.ndarray]  # per layer [4H, H]
+    b: list[np.ndarray]  # per layer [8H]: input biases then recurrent biases
+    head_w: np.ndarray  # [H, horizon * n_targets]
+    head_b: np.ndarray  # [horizon * n_targets]
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-v))
+    return out
+
+
+class NumpyLstmModel:
+    """The numpy oracle of `build_onnx_lstm`'s graph (same weights, same contract)."""
+
+    def __init__(self, card: ModelCard, weights: _LstmWeights) -> None:
+        self.card = card
+        self.weights = weights
+
+    def step(
+        self, x: np.ndarray, states: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        wts = self.weights
+        h = np.array(states[0], np.float64)
+        c = np.array(states[1], np.float64)
+        batch, steps, _ = x.shape
+        hidden = h.shape[2]
+        layer_in = x.astype(np.float64)
+        for layer in range(h.shape[0]):
+            outs = []
+            hl, cl = h[layer], c[layer]
+            for t in range(steps):
+                gates = (
+                    layer_in[:, t] @ wts.w[layer].T
+                    + hl @ wts.r[layer].T
+                    + wts.b[layer][: 4 * hidden]
+                    + wts.b[layer][4 * hidden :]
+                )
+                i, o, f, g = np.split(gates, 4, axis=1)
+                cl = _sigmoid(f) * cl + _sigmoid(i) * np.tanh(g)
+                hl = _sigmoid(o) * np.tanh(cl)
+                outs.append(hl)
+            h[layer], c[layer] = hl, cl
+            layer_in = np.stack(outs, axis=1)
+        y = layer_in @ wts.head_w + wts.head_b
+        y = y.reshape(batch, steps, self.card.horizon, self.card.n_targets)
+        return y.astype(np.float32), [h.astype(np.float32), c.astype(np.float32)]
+
+
+def build_onnx_lstm(
+    *,
+    hidden: int = 16,
+    layers: int = 2,
+    features: Sequence[str] = ("temp", "load"),
+    targets: Sequence[str] = ("temp",),
+    horizon: int = 3,
+    period: float = 60.0,
+    warmup_steps: int = 2,
+    name: str = "lstm-test",
+    version: str = "1",
+    seed: int = 0,
+) -> tuple[ModelCard, onnx.ModelProto, NumpyLstmModel]:
+    """A stacked-LSTM step model (card embedded) and its numpy oracle.
+
+    States ``h`` and ``c`` are ``[layers, batch, hidden]``; batch and time are dynamic.
+    """
+    nf, nt = len(features), len(targets)
+    card = make_card(
+        name=name,
+        version=version,
+        kind="lstm",
+        features=features,
+        targets=targets,
+        horizon=horizon,
+        period=period,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        states=[
+            StateSpec(name="h", shape=(layers, hidden), batch_axis=1, init=0.0),
+            StateSpec(name="c", shape=(layers, hidden), batch_axis=1, init=0.0),
+        ],
+    )
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(hidden)
+    weights = _LstmWeights(
+        w=[
+            rng.uniform(-scale, scale, (4 * hidden, nf if k == 0 else hidden)).astype(np.float32)
+            for k in range(layers)
+        ],
+        r=[
+            rng.uniform(-scale, scale, (4 * hidden, hidden)).astype(np.float32)
+            for _ in range(layers)
+        ],
+        b=[rng.uniform(-scale, scale, 8 * hidden).astype(np.float32) for _ in range(layers)],
+        head_w=rng.normal(0, scale, (hidden, horizon * nt)).astype(np.float32),
+        head_b=rng.normal(0, 0.1, horizon * nt).astype(np.float32),
+    )
+
+    init = [
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.ones(layers, np.int64), "ones"),
+        numpy_helper.from_array(np.array([0, 0, horizon, nt], np.int64), "y_shape"),
+        numpy_helper.from_array(weights.head_w, "head_w"),
+        numpy_helper.from_array(weights.head_b, "head_b"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", [INPUT_NAME], ["x_tbf"], perm=[1, 0, 2]),
+        helper.make_node("Split", ["h", "ones"], [f"h{k}" for k in range(layers)], axis=0),
+        helper.make_node("Split", ["c", "ones"], [f"c{k}" for k in range(layers)], axis=0),
+    ]
+    layer_in = "x_tbf"
+    for k in range(layers):
+        init += [
+            numpy_helper.from_array(weights.w[k][None], f"W{k}"),
+            numpy_helper.from_array(weights.r[k][None], f"R{k}"),
+            numpy_helper.from_array(weights.b[k][None], f"B{k}"),
+        ]
+        nodes += [
+            helper.make_node(
+                "LSTM",
+                [layer_in, f"W{k}", f"R{k}", f"B{k}", "", f"h{k}", f"c{k}"],
+                [f"Y{k}", f"Yh{k}", f"Yc{k}"],
+                hidden_size=hidden,
+            ),
+            helper.make_node("Squeeze", [f"Y{k}", "axis1"], [f"out{k}"]),
+        ]
+        layer_in = f"out{k}"
+    nodes += [
+        helper.make_node("Concat", [f"Yh{k}" for k in range(layers)], ["h_out"], axis=0),
+        helper.make_node("Concat", [f"Yc{k}" for k in range(layers)], ["c_out"], axis=0),
+        helper.make_node("Transpose", [layer_in], ["out_bth"], perm=[1, 0, 2]),
+        helper.make_node("MatMul", ["out_bth", "head_w"], ["head_mm"]),
+        helper.make_node("Add", ["head_mm", "head_b"], ["head"]),
+        helper.make_node("Reshape", ["head", "y_shape"], [OUTPUT_NAME]),
+    ]
+    state_type: list[str | int | None] = [layers, "batch", hidden]
+    graph = helper.make_graph(
+        nodes,
+        f"{name}-step",
+        [
+            helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", "time", nf]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, state_type),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, state_type),
+        ],
+        [
+            helper.make_tensor_value_info(
+                OUTPUT_NAME, TensorProto.FLOAT, ["batch", "time", horizon, nt]
+            ),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, state_type),
+            helper.make_tensor_value_info("c_out", TensorProto.FLOAT, state_type),
+        ],
+        init,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    card.embed(model)
+    return card, model, NumpyLstmModel(card, weights)
+
+
+# -- list-backed driving ------------------------------------------------------------------
+
+
+def readings_for(
+    stream_id: str,
+    values: np.ndarray | Sequence[Sequence[float]],
+    *,
+    features: Sequence[str] | None = None,
+    start: float = 0.0,
+    period: float = 60.0,
+    partition: int = 0,
+    first_offset: int = 0,
+) -> list[Reading]:
+    """One reading per row of `values` (``[T, n_features]``), `period` seconds apart.
+
+    With `features` the values are dicts keyed by name, otherwise lists in card order.
+    Offsets count up from `first_offset`; pass ``first_offset=-1`` for no offsets.
+    """
+    rows = np.asarray(values, np.float64).tolist()
+    out = []
+    for t, row in enumerate(rows):
+        vals: dict[str, object] | list[object] = (
+            dict(zip(features, row, strict=True)) if features is not None else list(row)
+        )
+        offset = -1 if first_offset < 0 else first_offset + t
+        out.append(Reading(stream_id, start + t * period, vals, partition, offset))
+    return out
+
+
+def interleave(streams: Sequence[Sequence[Reading]], rng: np.random.Generator) -> list[Reading]:
+    """A random merge of several streams' readings that keeps each stream's order."""
+    owners = np.repeat(np.arange(len(streams)), [len(s) for s in streams])
+    rng.shuffle(owners)
+    cursors = [0] * len(streams)
+    out = []
+    for k in owners.tolist():
+        out.append(streams[k][cursors[k]])
+        cursors[k] += 1
+    return out
+
+
+def random_batches(
+    readings: Sequence[Reading], rng: np.random.Generator, max_size: int
+) -> list[list[Reading]]:
+    """Cut `readings` into consecutive batches of random sizes in ``1..max_size``."""
+    out = []
+    i = 0
+    while i < len(readings):
+        size = int(rng.integers(1, max_size + 1))
+        out.append(list(readings[i : i + size]))
+        i += size
+    return out
+
+
+@dataclass
+class ListSink:
+    """Collects everything the engine produced, in order."""
+
+    forecasts: list[Forecast] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    drops: list[tuple[Reading, DropReason]] = field(default_factory=list)
+    results: list[EngineResult] = field(default_factory=list)
+
+    def write(self, result: EngineResult) -> None:
+        self.forecasts.extend(result.forecasts)
+        self.rejects.extend(result.rejects)
+        self.drops.extend(result.drops)
+        self.results.append(result)
+
+    def by_stream(self) -> dict[str, list[Forecast]]:
+        out: dict[str, list[Forecast]] = {}
+        for f in self.forecasts:
+            out.setdefault(f.stream_id, []).append(f)
+        return out
+
+    def values_of(self, stream_id: str) -> np.ndarray:
+        """The forecasts of one stream stacked as ``[T, horizon, n_targets]``."""
+        return np.stack([f.values for f in self.forecasts if f.stream_id == stream_id])
+
+
+def drive(
+    engine: StreamEngine,
+    batches: Iterable[Sequence[Reading]],
+    *,
+    now: float | None = 0.0,
+    sink: ListSink | None = None,
+) -> ListSink:
+    """Feed each batch to `engine.process` (all at wall-clock `now`) and collect the output."""
+    sink = sink if sink is not None else ListSink()
+    for batch in batches:
+        sink.write(engine.process(batch, now=now))
+    return sink
