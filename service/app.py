@@ -1,0 +1,387 @@
+"""The service wiring: poll -> decode -> engine -> produce -> checkpoint.
+
+`Service(settings).run()` blocks until `stop()` is called (from a signal handler or another
+thread), then finishes the batch in hand, checkpoints, leaves the group and returns 0 (1 when
+the final checkpoint could not complete). While the broker is unreachable, at start or later,
+it retries with exponential backoff, reports not-ready on ``/readyz`` and logs each attempt;
+it neither exits nor spins.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from service.config import ServiceSettings
+from service.core.engine import EngineConfig, StreamEngine
+from service.core.model import OnnxStepModel
+from service.core.readings import Reject
+from service.errors import SensorcastError, SinkError
+from service.http import HttpServer, Readiness
+from service.kafka.codec import ForecastEncoder, ReadingDecoder, dead_letter_headers
+from service.kafka.sink import KafkaSink
+from service.kafka.source import KafkaSource
+from service.kafka.topics import ensure_topics
+from service.metrics import ServiceMetrics
+from service.registry import Registry
+
+if TYPE_CHECKING:
+    from kafka.consumer.fetcher import ConsumerRecord
+
+__all__ = ["Service"]
+
+log = logging.getLogger(__name__)
+
+_FIRST_BACKOFF = 0.5
+_CHECKPOINT_TIMEOUT = 10.0
+
+
+class Service:
+    """One member of the consumer group, serving one model."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.readiness = Readiness(self.metrics)
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._http: HttpServer | None = None
+        self._source: KafkaSource | None = None
+        self._sink: KafkaSink | None = None
+        self._engine: StreamEngine | None = None
+        self._encoder: ForecastEncoder | None = None
+        self._decoder = ReadingDecoder(
+            max_message_bytes=settings.kafka.max_message_bytes,
+            max_future_seconds=settings.kafka.max_future_seconds,
+        )
+        self._partition_of: dict[str, int] = {}
+        self._backoff = _FIRST_BACKOFF
+        self._next_checkpoint = 0.0
+        self._paused = False
+
+    # -- control ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the poll loop to finish the batch in hand and shut down (thread- and signal-safe)."""
+        self._stop.set()
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound HTTP port once the server is up (useful with ``http.port = 0``)."""
+        self._started.wait()
+        return self._http.port if self._http is not None else None
+
+    @property
+    def engine(self) -> StreamEngine | None:
+        return self._engine
+
+    def run(self) -> int:
+        """Serve until stopped; return the process exit status."""
+        try:
+            self._start_http()
+            self._load_model()
+            if not self._connect():
+                return 0  # stopped before the broker was ever reached
+            self._loop()
+            return self._shutdown()
+        finally:
+            self.readiness.set("partitions_assigned", False)
+            if self._http is not None:
+                self._http.stop()
+            self._started.set()
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def _start_http(self) -> None:
+        http = self.settings.http
+        if http.enabled:
+            self._http = HttpServer(http.host, http.port, self.metrics, self.readiness).start()
+        self._started.set()
+
+    def _load_model(self) -> None:
+        m = self.settings.model
+        loaded = Registry(m.registry).load(m.name, m.version)
+        model = OnnxStepModel.from_loaded(
+            loaded, intra_op_threads=m.intra_op_threads, spinning=m.spinning
+        )
+        e = self.settings.engine
+        config = EngineConfig(
+            max_gap_periods=e.max_gap_periods,
+            gap_policy=e.gap_policy,
+            impute=e.impute,
+            ttl_seconds=e.ttl_seconds,
+            max_streams=e.max_streams,
+            state_dtype=e.state_dtype,
+        )
+        self._engine = StreamEngine(model, config)
+        card = loaded.card
+        self._encoder = ForecastEncoder(card)
+        self.metrics.set_model(card.name, card.version, card.kind)
+        self.readiness.set("model_loaded", True)
+        log.info(
+            "model loaded model=%s kind=%s features=%d horizon=%d dir=%s",
+            card.ref,
+            card.kind,
+            card.n_features,
+            card.horizon,
+            loaded.ref.directory,
+        )
+
+    def _connect(self) -> bool:
+        """Check the topics and open the consumer and producer, retrying while the broker is
+        unreachable. False when stopped first."""
+        k = self.settings.kafka
+        delay = _FIRST_BACKOFF
+        while not self._stop.is_set():
+            try:
+                admin = KafkaAdminClient(
+                    bootstrap_servers=k.bootstrap_servers.split(","), client_id=k.client_id
+                )
+                try:
+                    partitions = ensure_topics(
+                        admin,
+                        input_topic=k.input_topic,
+                        derived_topics=[k.output_topic, k.dead_letter_topic],
+                        create=k.create_topics,
+                        partitions=k.partitions,
+                        replication_factor=k.replication_factor,
+                    )
+                finally:
+                    admin.close()
+                self._sink = KafkaSink(k)
+                self._source = KafkaSource(k, self)
+            except (KafkaError, OSError) as exc:
+                self._set_reachable(False)
+                log.warning(
+                    "broker unreachable bootstrap=%s error=%r retry_in=%.1fs",
+                    k.bootstrap_servers,
+                    exc,
+                    delay,
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, k.reconnect_backoff_max)
+                continue
+            self._set_reachable(True)
+            log.info(
+                "connected bootstrap=%s input=%s partitions=%d output=%s dead_letters=%s group=%s",
+                k.bootstrap_servers,
+                k.input_topic,
+                partitions,
+                k.output_topic,
+                k.dead_letter_topic,
+                k.group_id,
+            )
+            return True
+        return False
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        assert self._source is not None
+        source = self._source
+        interval = self.settings.kafka.commit_interval
+        self._next_checkpoint = time.monotonic() + interval
+        while not self._stop.is_set():
+            self.metrics.poll_iterations.inc()
+            try:
+                records = source.poll()
+            except KafkaError as exc:
+                self._set_reachable(False)
+                log.warning("poll failed error=%r", exc)
+                self._stop.wait(self._backoff)
+                continue
+            if records:
+                self._process(records)
+            if time.monotonic() >= self._next_checkpoint:
+                self._periodic_checkpoint()
+
+    def _process(self, records: list[ConsumerRecord]) -> None:
+        assert self._engine is not None and self._sink is not None and self._encoder is not None
+        received = time.time()
+        batch = self._decoder.decode(records, received=received)
+        result = self._engine.process(batch.readings, now=received)
+        sink, encode = self._sink, self._encoder.encode
+        for forecast in result.forecasts:
+            sink.send_forecast(forecast.stream_id, encode(forecast))
+        partition_of = self._partition_of
+        for reading in batch.readings:
+            partition_of[reading.stream_id] = reading.partition
+        rejects = batch.rejects + result.rejects
+        if rejects:
+            self._dead_letter(rejects, records)
+        m = self.metrics
+        m.readings_consumed.inc(len(records))
+        m.batch_size.observe(len(records))
+        if result.forecasts:
+            m.forecasts_produced.inc(len(result.forecasts))
+            # Every reading of a batch is received at once: one observation per batch.
+            m.reading_to_forecast_seconds.observe(time.time() - received)
+        m.rounds_per_batch.observe(len(result.round_sizes))
+        for seconds in result.round_seconds:
+            m.model_call_seconds.observe(seconds)
+        if result.drops:
+            for reason, n in Counter(reason for _, reason in result.drops).items():
+                m.drops.labels(reason=str(reason)).inc(n)
+        if result.resets:
+            m.state_resets.inc(result.resets)
+        self._forget(result.evicted, "capacity")
+        self._forget(result.expired, "ttl")
+
+    def _dead_letter(self, rejects: list[Reject], records: list[ConsumerRecord]) -> None:
+        assert self._sink is not None
+        by_position = {(r.partition, r.offset): r for r in records}
+        for reject in rejects:
+            record = by_position[(reject.partition, reject.offset)]
+            reason = str(reject.reason)
+            self._sink.send_dead_letter(
+                record.key,
+                record.value,
+                dead_letter_headers(
+                    reason, reject.detail, record.topic, record.partition, record.offset
+                ),
+            )
+            self.metrics.rejects.labels(reason=reason).inc()
+            self.metrics.dead_letters.inc()
+            log.warning(
+                "dead letter reason=%s topic=%s partition=%d offset=%d detail=%s",
+                reason,
+                record.topic,
+                record.partition,
+                record.offset,
+                reject.detail,
+            )
+
+    def _forget(self, stream_ids: list[str], cause: str) -> None:
+        if stream_ids:
+            for sid in stream_ids:
+                self._partition_of.pop(sid, None)
+            self.metrics.evictions.labels(cause=cause).inc(len(stream_ids))
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self, timeout: float = _CHECKPOINT_TIMEOUT) -> None:
+        """Make everything processed so far durable, in this order and only this order:
+
+        1. flush the producer: every forecast and dead letter of a processed record is
+           acknowledged by the broker;
+        2. commit the input offsets of the processed records.
+
+        A failure at 1 skips 2, so an offset is never committed ahead of its forecast
+        (at-least-once). The state changelog (DESIGN.md section 5) is not written yet: a
+        member that takes over a partition starts its streams from the initial state. When
+        it lands, writing the dirty streams goes between 1 and 2.
+        """
+        assert self._sink is not None and self._source is not None
+        started = time.monotonic()
+        # 1. flush the forecast producer
+        self._sink.flush(timeout)
+        # 2. commit the input offsets
+        self._source.commit(timeout_ms=int(timeout * 1000))
+        self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
+        self.metrics.checkpoints.labels(outcome="ok").inc()
+
+    def _periodic_checkpoint(self) -> None:
+        k = self.settings.kafka
+        try:
+            self.checkpoint()
+        except (SinkError, KafkaError) as exc:
+            self.metrics.checkpoints.labels(outcome="failed").inc()
+            self._set_reachable(False)
+            self._pause(True)
+            log.warning(
+                "checkpoint failed error=%r retry_in=%.1fs consumption=paused", exc, self._backoff
+            )
+            self._next_checkpoint = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, k.reconnect_backoff_max)
+            return
+        self._backoff = _FIRST_BACKOFF
+        self._set_reachable(True)
+        self._pause(False)
+        self._update_gauges()
+        self._next_checkpoint = time.monotonic() + k.commit_interval
+
+    def _pause(self, paused: bool) -> None:
+        """While checkpoints fail, stop fetching so nothing more piles up unacknowledged."""
+        assert self._source is not None
+        if paused == self._paused:
+            return
+        consumer = self._source.consumer
+        if paused:
+            consumer.pause(*consumer.assignment())
+        else:
+            consumer.resume(*consumer.paused())
+        self._paused = paused
+
+    def _update_gauges(self) -> None:
+        assert self._engine is not None and self._source is not None
+        store = self._engine.store
+        self.metrics.active_streams.set(len(store))
+        self.metrics.state_bytes.set(store.state_bytes)
+        topic = self.settings.kafka.input_topic
+        for partition, lag in self._source.lag().items():
+            self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    def _set_reachable(self, reachable: bool) -> None:
+        self.metrics.broker_reachable.set(1 if reachable else 0)
+        self.readiness.set("broker_reachable", reachable)
+
+    # -- rebalances (called by KafkaSource inside poll) --------------------------------------
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        assert self._source is not None
+        self.metrics.assigned_partitions.set(len(self._source.assignment()))
+        # Restoring the partitions' streams from the changelog belongs here (next milestone);
+        # until then a newly assigned partition's streams start from the initial state.
+        self.readiness.set("state_restored", True)
+        self.readiness.set("partitions_assigned", True)
+        if self._paused:  # newly assigned partitions start unpaused
+            self._paused = False
+            self._pause(True)
+
+    def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
+        """Checkpoint (unless the partitions are already lost), then drop their streams."""
+        if not lost and partitions:
+            try:
+                self.checkpoint()
+            except (SinkError, KafkaError) as exc:
+                self.metrics.checkpoints.labels(outcome="failed").inc()
+                log.warning(
+                    "checkpoint on revoke failed partitions=%s error=%r", sorted(partitions), exc
+                )
+        self._drop_partitions(partitions)
+
+    def _drop_partitions(self, partitions: set[int]) -> None:
+        assert self._engine is not None
+        gone = [sid for sid, p in self._partition_of.items() if p in partitions]
+        self._engine.store.drop(gone)
+        self._forget(gone, "revoked")
+        if gone:
+            log.info("streams dropped partitions=%s streams=%d", sorted(partitions), len(gone))
+        self.metrics.active_streams.set(len(self._engine.store))
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def _shutdown(self) -> int:
+        assert self._source is not None and self._sink is not None
+        k = self.settings.kafka
+        status = 0
+        try:
+            self.checkpoint(timeout=k.shutdown_timeout)
+            log.info("final checkpoint done offsets committed")
+        except (SensorcastError, KafkaError) as exc:
+            status = 1
+            log.error(
+                "final checkpoint failed; unacknowledged records will be processed again "
+                "by the next member error=%r",
+                exc,
+            )
+        self._source.close()
+        self._sink.close()
+        log.info("stopped status=%d", status)
+        return status

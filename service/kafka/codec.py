@@ -1,0 +1,249 @@
+"""Kafka record bytes <-> readings, forecasts and dead letters.
+
+`ReadingDecoder` checks a record's structure: tombstone, size, JSON, an object with a
+non-empty ``stream_id`` matching the key, a ``ts`` (epoch seconds or ISO-8601, not too far
+in the future) and ``values`` (an object or a list). What the values hold is the engine's to
+judge against the model card. Parsing and the structural checks run in pydantic's Rust core
+(``validate_json`` on the raw bytes, no ``json.loads``); the Python left per record is a key
+comparison, a clock comparison and building the `Reading`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Protocol
+
+import pydantic_core
+from pydantic import Field, Strict, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from service.core.readings import Forecast, Reading, Reject, RejectReason
+from service.modelcard import ModelCard
+
+__all__ = [
+    "HEADER_DETAIL",
+    "HEADER_REASON",
+    "HEADER_SOURCE_OFFSET",
+    "HEADER_SOURCE_PARTITION",
+    "HEADER_SOURCE_TOPIC",
+    "DecodedBatch",
+    "ForecastEncoder",
+    "RawRecord",
+    "ReadingDecoder",
+    "dead_letter_headers",
+    "parse_timestamp",
+]
+
+HEADER_REASON = "sensorcast.error.reason"
+HEADER_DETAIL = "sensorcast.error.detail"
+HEADER_SOURCE_TOPIC = "sensorcast.source.topic"
+HEADER_SOURCE_PARTITION = "sensorcast.source.partition"
+HEADER_SOURCE_OFFSET = "sensorcast.source.offset"
+
+_MAX_DETAIL = 500
+
+
+class RawRecord(Protocol):
+    """What the decoder needs of a consumed record (kafka-python's `ConsumerRecord` fits)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class _ReadingJson(TypedDict):
+    stream_id: Annotated[str, Strict(), Field(min_length=1)]
+    ts: Annotated[float, Strict()] | Annotated[str, Strict()]
+    values: Annotated[dict[str, Any], Strict()] | Annotated[list[Any], Strict()]
+
+
+_ADAPTER: TypeAdapter[_ReadingJson] = TypeAdapter(_ReadingJson)
+
+# Which reason a validation error at a given top-level field maps to, in priority order.
+_FIELD_REASONS = (
+    ("stream_id", RejectReason.MISSING_STREAM_ID, "stream_id must be a non-empty string"),
+    ("ts", RejectReason.BAD_TIMESTAMP, "ts must be epoch seconds or an ISO-8601 string"),
+    (
+        "values",
+        RejectReason.INVALID,
+        "values must be an object keyed by feature or a list in feature order",
+    ),
+)
+
+
+def parse_timestamp(ts: float | str) -> float | None:
+    """Epoch seconds from a number or a string (a number, or ISO-8601; naive means UTC).
+
+    None when it cannot be parsed or is not finite.
+    """
+    if isinstance(ts, str):
+        text = ts.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            value = parsed.timestamp()
+    else:
+        value = float(ts)
+    return value if math.isfinite(value) else None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+
+
+def _structure_reject(exc: ValidationError) -> tuple[RejectReason, str]:
+    errors = exc.errors(include_url=False)
+    for err in errors:
+        if err["type"] == "json_invalid":
+            return RejectReason.NOT_JSON, _clip(f"not JSON: {err['msg']}")
+    for err in errors:
+        if not err["loc"]:
+            return RejectReason.NOT_OBJECT, "the record is JSON but not an object"
+    for name, reason, detail in _FIELD_REASONS:
+        for err in errors:
+            if err["loc"][0] == name:
+                given = "" if err["type"] == "missing" else f" (got {_clip(repr(err['input']))})"
+                return reason, detail + given
+    return RejectReason.INVALID, _clip(str(exc))
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    readings: list[Reading] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+class ReadingDecoder:
+    """Turns a poll batch of records into readings and rejects (structure only)."""
+
+    def __init__(self, *, max_message_bytes: int, max_future_seconds: float) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.max_future_seconds = max_future_seconds
+
+    def decode(self, records: Sequence[RawRecord], *, received: float) -> DecodedBatch:
+        """Decode `records`; `received` is the wall-clock time the batch was polled."""
+        out = DecodedBatch()
+        readings = out.readings
+        horizon = received + self.max_future_seconds
+        validate = _ADAPTER.validate_json
+        for record in records:
+            value = record.value
+            if not value:
+                out.rejects.append(
+                    self._reject(record, RejectReason.TOMBSTONE, "the record has no value")
+                )
+                continue
+            if len(value) > self.max_message_bytes:
+                out.rejects.append(
+                    self._reject(
+                        record,
+                        RejectReason.OVERSIZED,
+                        f"{len(value)} bytes is more than max_message_bytes={self.max_message_bytes}",
+                    )
+                )
+                continue
+            try:
+                doc = validate(value)
+            except ValidationError as exc:
+                reason, detail = _structure_reject(exc)
+                out.rejects.append(self._reject(record, reason, detail))
+                continue
+            stream_id = doc["stream_id"]
+            key = record.key
+            if key is not None and key != stream_id.encode():
+                shown = key.decode("utf-8", "replace")
+                out.rejects.append(
+                    self._reject(
+                        record,
+                        RejectReason.KEY_MISMATCH,
+                        _clip(f"key {shown!r} differs from stream_id {stream_id!r}"),
+                    )
+                )
+                continue
+            raw_ts = doc["ts"]
+            ts = (
+                raw_ts
+                if type(raw_ts) is float and math.isfinite(raw_ts)
+                else parse_timestamp(raw_ts)
+            )
+            if ts is None:
+                out.rejects.append(
+                    self._reject(
+                        record,
+                        RejectReason.BAD_TIMESTAMP,
+                        _clip(f"ts {raw_ts!r} is not epoch seconds or an ISO-8601 time"),
+                    )
+                )
+                continue
+            if ts > horizon:
+                out.rejects.append(
+                    self._reject(
+                        record,
+                        RejectReason.FUTURE_TIMESTAMP,
+                        f"ts {ts:.3f} is {ts - received:.0f} s ahead of the clock "
+                        f"(max_future_seconds={self.max_future_seconds:g})",
+                    )
+                )
+                continue
+            readings.append(
+                Reading(stream_id, ts, doc["values"], record.partition, record.offset, received)
+            )
+        return out
+
+    @staticmethod
+    def _reject(record: RawRecord, reason: RejectReason, detail: str) -> Reject:
+        return Reject(
+            reason, detail, None, record.partition, record.offset, {"topic": record.topic}
+        )
+
+
+def dead_letter_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """Headers of a dead-letter record: the error, and where the original record was."""
+    return [
+        (HEADER_REASON, reason.encode()),
+        (HEADER_DETAIL, _clip(detail).encode("utf-8", "replace")),
+        (HEADER_SOURCE_TOPIC, topic.encode()),
+        (HEADER_SOURCE_PARTITION, str(partition).encode()),
+        (HEADER_SOURCE_OFFSET, str(offset).encode()),
+    ]
+
+
+class ForecastEncoder:
+    """Forecast -> JSON bytes: stream id, ts, model, horizon_ts, forecast per target, warm,
+    source partition and offset."""
+
+    def __init__(self, card: ModelCard) -> None:
+        self._model = {"name": card.name, "version": card.version}
+        self._targets = list(card.targets)
+
+    def encode(self, forecast: Forecast) -> bytes:
+        columns = forecast.values.T.tolist()
+        message = {
+            "stream_id": forecast.stream_id,
+            "ts": forecast.ts,
+            "model": self._model,
+            "horizon_ts": forecast.horizon_ts,
+            "forecast": dict(zip(self._targets, columns, strict=True)),
+            "warm": forecast.warm,
+            "partition": forecast.partition,
+            "offset": forecast.offset,
+        }
+        return pydantic_core.to_json(message)

@@ -1,0 +1,109 @@
+"""The forecast and dead-letter sink: one kafka-python producer, batched, keyed by stream.
+
+Sends are asynchronous (the producer batches them for ``linger_ms``). A record whose
+delivery fails is kept and sent again by `flush`, which returns only when every record sent
+so far is acknowledged, so the checkpoint can commit input offsets after it without losing
+a forecast (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+
+from service.config import KafkaSettings
+from service.errors import SinkError
+
+__all__ = ["KafkaSink"]
+
+log = logging.getLogger(__name__)
+
+_Headers = list[tuple[str, bytes]]
+
+
+class KafkaSink:
+    """Produces forecasts and dead letters."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.forecast_topic = settings.output_topic
+        self.dead_letter_topic = settings.dead_letter_topic
+        self._producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers.split(","),
+            client_id=settings.client_id,
+            acks="all",
+            linger_ms=settings.linger_ms,
+            batch_size=256 * 1024,
+            max_request_size=max(1024 * 1024, 2 * settings.max_message_bytes),
+            reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
+        )
+        self._failed: deque[
+            tuple[str, bytes | None, bytes | None, _Headers | None, BaseException]
+        ] = deque()
+
+    def send_forecast(self, stream_id: str, value: bytes) -> None:
+        self._send(self.forecast_topic, stream_id.encode(), value, None)
+
+    def send_dead_letter(self, key: bytes | None, value: bytes | None, headers: _Headers) -> None:
+        if key is None and value is None:
+            value = b""  # a record needs a key or a value
+        self._send(self.dead_letter_topic, key, value, headers)
+
+    def _send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: _Headers | None
+    ) -> None:
+        future = self._producer.send(topic, key=key, value=value, headers=headers)
+        future.add_errback(self._on_error, topic, key, value, headers)
+
+    def _on_error(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: _Headers | None,
+        exc: BaseException,
+    ) -> None:
+        # Runs on the producer's I/O thread; deque.append is thread-safe.
+        self._failed.append((topic, key, value, headers, exc))
+
+    def flush(self, timeout: float) -> None:
+        """Block until every record sent so far is acknowledged, re-sending failed ones.
+
+        Raises `SinkError` when that takes longer than `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                self._producer.flush(timeout=max(0.0, remaining))
+            except KafkaTimeoutError as exc:
+                raise SinkError(
+                    f"records not acknowledged within {timeout:g} s (broker unreachable?)"
+                ) from exc
+            if not self._failed:
+                return
+            n = len(self._failed)
+            first = self._failed[0][4]
+            if time.monotonic() >= deadline:
+                raise SinkError(
+                    f"{n} records failed delivery and time ran out; last error: {first}"
+                )
+            log.warning("delivery failed, sending again records=%d error=%s", n, first)
+            for _ in range(n):
+                topic, key, value, headers, _exc = self._failed.popleft()
+                try:
+                    self._send(topic, key, value, headers)
+                except KafkaError as exc:
+                    self._failed.append((topic, key, value, headers, exc))
+                    raise SinkError(f"cannot send to {topic}: {exc}") from exc
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._producer.close(timeout=timeout)
+
+    @property
+    def producer(self) -> Any:
+        return self._producer

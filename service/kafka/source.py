@@ -1,0 +1,145 @@
+"""The reading source: a kafka-python consumer in a consumer group, polled in micro-batches.
+
+Offsets are committed by hand (``enable_auto_commit=False``), only by the checkpoint, and
+only up to what has been processed: `KafkaSource` remembers the next offset of every
+partition whose records it has handed out. Rebalances reach a `RebalanceHandler`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from service.config import KafkaSettings
+
+__all__ = ["KafkaSource", "RebalanceHandler"]
+
+log = logging.getLogger(__name__)
+
+
+class RebalanceHandler(Protocol):
+    """What the service does when the group hands partitions out or takes them back.
+
+    Both run inside `KafkaSource.poll`, on the polling thread, before the next batch.
+    """
+
+    def partitions_assigned(self, partitions: set[int]) -> None: ...
+    def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None: ...
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource, handler: RebalanceHandler) -> None:
+        self._source = source
+        self._handler = handler
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        parts = {tp.partition for tp in revoked}
+        if parts:
+            log.info("partitions revoked topic=%s partitions=%s", self._source.topic, sorted(parts))
+        self._handler.partitions_revoked(parts, lost=False)
+        self._source.forget(parts)
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        parts = {tp.partition for tp in lost}
+        log.warning("partitions lost topic=%s partitions=%s", self._source.topic, sorted(parts))
+        self._handler.partitions_revoked(parts, lost=True)
+        self._source.forget(parts)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        parts = {tp.partition for tp in assigned}
+        log.info("partitions assigned topic=%s partitions=%s", self._source.topic, sorted(parts))
+        self._handler.partitions_assigned(parts)
+
+
+class KafkaSource:
+    """Consumes the input topic; `poll()` returns one micro-batch of raw records."""
+
+    def __init__(self, settings: KafkaSettings, handler: RebalanceHandler) -> None:
+        self.topic = settings.input_topic
+        self._max_batch = settings.max_batch
+        self._max_wait_ms = settings.max_wait_ms
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers.split(","),
+            group_id=settings.group_id,
+            client_id=settings.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=settings.auto_offset_reset,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            max_poll_records=settings.max_batch,
+            reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
+        )
+        self._next: dict[int, int] = {}  # partition -> next offset to process
+        self._committed: dict[int, int] = {}
+        self._consumer.subscribe([self.topic], listener=_Listener(self, handler))
+
+    def poll(self) -> list[ConsumerRecord]:
+        """Up to ``max_batch`` records, waiting at most ``max_wait_ms`` for the first."""
+        batches: dict[TopicPartition, list[ConsumerRecord]] = self._consumer.poll(
+            timeout_ms=self._max_wait_ms, max_records=self._max_batch
+        )
+        if not batches:
+            return []
+        if len(batches) == 1:
+            ((tp, records),) = batches.items()
+            self._next[tp.partition] = records[-1].offset + 1
+            return records
+        out: list[ConsumerRecord] = []
+        for tp, records in batches.items():
+            self._next[tp.partition] = records[-1].offset + 1
+            out.extend(records)
+        return out
+
+    def assignment(self) -> set[int]:
+        return {tp.partition for tp in self._consumer.assignment()}
+
+    def pending_commit(self) -> dict[int, int]:
+        """Partitions whose processed position is past their last commit."""
+        return {p: o for p, o in self._next.items() if self._committed.get(p) != o}
+
+    def commit(self, timeout_ms: int | None = None) -> dict[int, int]:
+        """Commit the next offset of every partition processed since the last commit."""
+        pending = self.pending_commit()
+        if pending:
+            self._consumer.commit(
+                {
+                    TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+                    for p, o in pending.items()
+                },
+                timeout_ms=timeout_ms,
+            )
+            self._committed.update(pending)
+            log.debug("offsets committed topic=%s offsets=%s", self.topic, pending)
+        return pending
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop the bookkeeping of partitions no longer assigned."""
+        for p in partitions:
+            self._next.pop(p, None)
+            self._committed.pop(p, None)
+
+    def lag(self) -> dict[int, int]:
+        """High watermark minus the next offset, per assigned partition with a known watermark."""
+        out: dict[int, int] = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            position = self._next.get(tp.partition)
+            if position is None:
+                position = self._committed.get(tp.partition, high)
+            out[tp.partition] = max(0, high - position)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+    @property
+    def consumer(self) -> Any:
+        """The underlying kafka-python consumer (for tests and diagnostics)."""
+        return self._consumer

@@ -1,0 +1,80 @@
+"""Topic checks and creation at start-up.
+
+The input topic is created with ``kafka.partitions`` partitions when missing (and allowed);
+derived topics (forecasts, dead letters) are created with the input's partition count, so
+a stream keeps the same partition number end to end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from service.errors import TopicError
+
+__all__ = ["ensure_topics", "partition_counts"]
+
+log = logging.getLogger(__name__)
+
+_UNKNOWN_TOPIC = 3
+
+
+def partition_counts(admin: KafkaAdminClient, topics: Sequence[str]) -> dict[str, int]:
+    """Partition count of each topic in `topics` that exists."""
+    found: dict[str, int] = {}
+    for entry in admin.describe_topics(list(topics)):
+        if entry["error_code"] == _UNKNOWN_TOPIC:
+            continue
+        if entry["error_code"] != 0:
+            raise TopicError(
+                f"topic {entry['name']!r}: the broker reports error code {entry['error_code']}"
+            )
+        found[entry["name"]] = len(entry["partitions"])
+    return found
+
+
+def _create(admin: KafkaAdminClient, topic: str, partitions: int, replication_factor: int) -> None:
+    try:
+        admin.create_topics(
+            {topic: {"num_partitions": partitions, "replication_factor": replication_factor}},
+            wait_for_metadata=True,
+        )
+    except TopicAlreadyExistsError:
+        return  # another member created it first
+    except KafkaError as exc:
+        raise TopicError(f"cannot create topic {topic!r}: {exc}") from exc
+    log.info(
+        "topic created topic=%s partitions=%d replication=%d", topic, partitions, replication_factor
+    )
+
+
+def ensure_topics(
+    admin: KafkaAdminClient,
+    *,
+    input_topic: str,
+    derived_topics: Sequence[str],
+    create: bool,
+    partitions: int,
+    replication_factor: int,
+) -> int:
+    """Check (and, when `create`, make) the input and derived topics; return the input's
+    partition count. A missing topic that may not be created raises `TopicError` naming it."""
+    wanted = [input_topic, *derived_topics]
+    existing = partition_counts(admin, wanted)
+    missing = [t for t in wanted if t not in existing]
+    if missing and not create:
+        raise TopicError(
+            f"topic {missing[0]!r} does not exist and kafka.create_topics is false"
+            + (f" (also missing: {', '.join(missing[1:])})" if missing[1:] else "")
+        )
+    if input_topic not in existing:
+        _create(admin, input_topic, partitions, replication_factor)
+        existing[input_topic] = partition_counts(admin, [input_topic]).get(input_topic, partitions)
+    n_input = existing[input_topic]
+    for topic in derived_topics:
+        if topic not in existing:
+            _create(admin, topic, n_input, replication_factor)
+    return n_input

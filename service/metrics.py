@@ -1,0 +1,145 @@
+"""Every Prometheus metric of the service, defined once, on its own registry.
+
+A `ServiceMetrics` owns a fresh `CollectorRegistry`, so several services (in tests, or a
+demo) never collide in the process-global default registry. Names follow Prometheus
+conventions: ``sensorcast_`` prefix, ``_total`` on counters, base units (seconds, bytes).
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from service import __version__
+
+__all__ = ["CONTENT_TYPE", "ServiceMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
+_ROUND_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+_SECONDS_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class ServiceMetrics:
+    """The service's metrics. Attribute names say what each one counts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.readings_consumed = Counter(
+            "sensorcast_readings_consumed",
+            "Records consumed from the input topic (valid or not).",
+            registry=r,
+        )
+        self.forecasts_produced = Counter(
+            "sensorcast_forecasts_produced",
+            "Forecasts sent to the output topic.",
+            registry=r,
+        )
+        self.rejects = Counter(
+            "sensorcast_rejects",
+            "Records that could not be applied, by reason; each goes to the dead-letter topic.",
+            ["reason"],
+            registry=r,
+        )
+        self.drops = Counter(
+            "sensorcast_drops",
+            "Valid readings not applied (duplicate, late, already applied), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "sensorcast_dead_letters",
+            "Records written to the dead-letter topic.",
+            registry=r,
+        )
+        self.state_resets = Counter(
+            "sensorcast_state_resets",
+            "Stream states reset after a gap longer than the configured maximum.",
+            registry=r,
+        )
+        self.evictions = Counter(
+            "sensorcast_evictions",
+            "Stream states removed: `ttl` (idle too long), `capacity` (least recently used beyond "
+            "the cap) or `revoked` (partition handed to another member).",
+            ["cause"],
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "sensorcast_active_streams", "Streams whose state is held in memory.", registry=r
+        )
+        self.state_bytes = Gauge(
+            "sensorcast_state_bytes", "Bytes of recurrent state held for all streams.", registry=r
+        )
+        self.batch_size = Histogram(
+            "sensorcast_batch_size",
+            "Records per poll micro-batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.rounds_per_batch = Histogram(
+            "sensorcast_rounds_per_batch",
+            "Model calls per micro-batch (one round per reading of the busiest stream).",
+            buckets=_ROUND_BUCKETS,
+            registry=r,
+        )
+        self.model_call_seconds = Histogram(
+            "sensorcast_model_call_seconds",
+            "Duration of one batched model call (one round).",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.reading_to_forecast_seconds = Histogram(
+            "sensorcast_reading_to_forecast_seconds",
+            "From a reading's receipt by the consumer to its forecast being handed to the producer.",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "sensorcast_consumer_lag",
+            "Records in the input partition not yet consumed (high watermark minus position).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "sensorcast_assigned_partitions",
+            "Input partitions assigned to this member.",
+            registry=r,
+        )
+        self.poll_iterations = Counter(
+            "sensorcast_poll_loop_iterations", "Iterations of the poll loop.", registry=r
+        )
+        self.checkpoints = Counter(
+            "sensorcast_checkpoints",
+            "Checkpoints (flush forecasts, commit offsets), by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "sensorcast_checkpoint_seconds",
+            "Duration of a successful checkpoint.",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.broker_reachable = Gauge(
+            "sensorcast_broker_reachable",
+            "1 while the last exchange with the broker succeeded, 0 otherwise.",
+            registry=r,
+        )
+        self.ready = Gauge("sensorcast_ready", "1 when /readyz reports ready.", registry=r)
+        self.model_info = Info("sensorcast_model", "The served model.", registry=r)
+        self.build_info = Info("sensorcast_build", "The running build.", registry=r)
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        for outcome in ("ok", "failed"):
+            self.checkpoints.labels(outcome=outcome)
+
+    def set_model(self, name: str, version: str, kind: str) -> None:
+        self.model_info.info({"name": name, "version": version, "kind": kind})
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
