@@ -1,0 +1,331 @@
+"""Training data: a long table (``stream_id``, ``ts``, feature columns), checked and split.
+
+Sources are a CSV or Parquet file, or a built-in: ``sunspots`` (the yearly record
+1700-2008 shipped with statsmodels; one stream, feature ``sunspots``, ``ts`` = 1 January of
+each year) or ``synthetic`` (the seeded simulator in `service.simulate`).
+
+Bad input fails with one `TrainingDataError` line, unless a repair option says what to do:
+``sort`` (unsorted timestamps within a stream), ``dedupe="first"|"last"`` (duplicate
+timestamps within a stream), ``fill="ffill"`` (NaNs: carry the last value forward, then the
+first value backward).
+
+The split is chronological with explicit boundaries, applied to the *target* time: a
+forecast belongs to the part its target timestamp falls in. ``train`` is ``ts < val_start``,
+``val`` is ``val_start <= ts < test_start``, ``test`` is ``test_start <= ts < test_end``.
+The scaler is fitted on the train part only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.modelcard import Scaler, ScalerSet
+from service.simulate import DEFAULT_PERIOD, simulate
+from training.errors import TrainingDataError
+
+__all__ = [
+    "BUILTINS",
+    "Dataset",
+    "Series",
+    "Splits",
+    "fit_scaler",
+    "load_dataset",
+    "parse_time",
+]
+
+BUILTINS = ("sunspots", "synthetic")
+_YEAR = 365.2425 * 86_400.0
+
+
+@dataclass(frozen=True)
+class Series:
+    """One stream's rows in time order: ``values[t, feature]`` at ``ts[t]``."""
+
+    stream_id: str
+    ts: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class Dataset:
+    source: str
+    table: pd.DataFrame
+    features: list[str]
+    targets: list[str]
+    period: float
+    fingerprint: str
+
+    def series(self) -> list[Series]:
+        out = []
+        for sid, rows in self.table.groupby("stream_id", sort=True):
+            out.append(
+                Series(
+                    str(sid),
+                    rows["ts"].to_numpy(np.float64),
+                    rows[self.features].to_numpy(np.float32),
+                )
+            )
+        return out
+
+    @property
+    def target_index(self) -> list[int]:
+        return [self.features.index(t) for t in self.targets]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Boundaries in epoch seconds; ``test_end`` None means to the end of the data."""
+
+    val_start: float
+    test_start: float
+    test_end: float | None = None
+
+    def __post_init__(self) -> None:
+        end = np.inf if self.test_end is None else self.test_end
+        if not self.val_start <= self.test_start < end:
+            raise TrainingDataError(
+                "split boundaries must satisfy val_start <= test_start < test_end, got "
+                f"{self.val_start}, {self.test_start}, {self.test_end}"
+            )
+
+    def part(self, ts: np.ndarray, name: str) -> np.ndarray:
+        """Boolean mask of the timestamps in part `name` (train, val or test)."""
+        if name == "train":
+            return ts < self.val_start
+        if name == "val":
+            return (ts >= self.val_start) & (ts < self.test_start)
+        if name == "test":
+            end = np.inf if self.test_end is None else self.test_end
+            return (ts >= self.test_start) & (ts < end)
+        raise ValueError(f"unknown part {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "val_start": self.val_start,
+            "test_start": self.test_start,
+            "test_end": self.test_end,
+            "rule": "a forecast belongs to the part its target timestamp falls in",
+        }
+
+
+def parse_time(text: str | float) -> float:
+    """Epoch seconds from a number or an ISO-8601 date/time (UTC unless it says otherwise)."""
+    if isinstance(text, int | float):
+        return float(text)
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError) as exc:
+        raise TrainingDataError(
+            f"cannot read {text!r} as a time: use epoch seconds or ISO-8601"
+        ) from exc
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return float((stamp - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+
+
+def load_dataset(
+    source: str,
+    *,
+    features: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    sort: bool = False,
+    dedupe: str | None = None,
+    fill: str | None = None,
+    n_streams: int = 200,
+    n_steps: int = 2000,
+    seed: int = 0,
+) -> Dataset:
+    """Read `source` (a built-in name or a file), check it and return the clean table."""
+    if source == "sunspots":
+        table, period = _sunspots(), _YEAR
+    elif source == "synthetic":
+        table, period = _synthetic(n_streams, n_steps, seed), DEFAULT_PERIOD
+    else:
+        table, period = _read_file(Path(source)), 0.0
+    table = _check(table, source, features, sort=sort, dedupe=dedupe, fill=fill)
+    feats = (
+        list(features) if features else [c for c in table.columns if c not in ("stream_id", "ts")]
+    )
+    tgts = list(targets) if targets else list(feats)
+    missing = [t for t in tgts if t not in feats]
+    if missing:
+        raise TrainingDataError(f"{source}: targets {missing} are not among the features {feats}")
+    table = table[["stream_id", "ts", *feats]].reset_index(drop=True)
+    if period == 0.0:
+        period = _median_period(table, source)
+    return Dataset(source, table, feats, tgts, period, _fingerprint(table))
+
+
+def fit_scaler(dataset: Dataset, splits: Splits) -> ScalerSet:
+    """Mean and std of each feature over the train part only (no later value leaks in)."""
+    rows = dataset.table[dataset.table["ts"] < splits.val_start]
+    if len(rows) < 2:
+        raise TrainingDataError(
+            f"{dataset.source}: fewer than 2 rows before val_start={splits.val_start}; move the boundary"
+        )
+    values = rows[dataset.features].to_numpy(np.float64)
+    mean = values.mean(axis=0)
+    std = values.std(axis=0)
+    std = np.where(std > 1e-8, std, 1.0)
+    idx = dataset.target_index
+    return ScalerSet(
+        features=Scaler(mean=mean.tolist(), std=std.tolist()),
+        targets=Scaler(mean=mean[idx].tolist(), std=std[idx].tolist()),
+    )
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+
+def _sunspots() -> pd.DataFrame:
+    from statsmodels.datasets import sunspots
+
+    raw = sunspots.load_pandas().data
+    years = raw["YEAR"].astype(int).to_numpy()
+    ts = [datetime(int(y), 1, 1, tzinfo=UTC) for y in years]
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return pd.DataFrame(
+        {
+            "stream_id": "sunspots",
+            "ts": [(t - epoch).total_seconds() for t in ts],
+            "sunspots": raw["SUNACTIVITY"].astype(np.float64).to_numpy(),
+        }
+    )
+
+
+def _synthetic(n_streams: int, n_steps: int, seed: int) -> pd.DataFrame:
+    sim = simulate(n_streams, n_steps, seed=seed)
+    s_idx, t_idx = np.nonzero(sim.present)
+    table = pd.DataFrame({"stream_id": np.asarray(sim.stream_ids)[s_idx], "ts": sim.ts[t_idx]})
+    for f, name in enumerate(sim.features):
+        table[name] = sim.values[s_idx, t_idx, f].astype(np.float64)
+    return table
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise TrainingDataError(f"{path}: no such file (or a built-in: {', '.join(BUILTINS)})")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except Exception as exc:  # pandas and pyarrow raise many types for a bad file
+        raise TrainingDataError(
+            f"{path}: cannot read the table ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+# -- checks and repairs -----------------------------------------------------------------------
+
+
+def _check(
+    table: pd.DataFrame,
+    source: str,
+    features: Sequence[str] | None,
+    *,
+    sort: bool,
+    dedupe: str | None,
+    fill: str | None,
+) -> pd.DataFrame:
+    if dedupe not in (None, "first", "last"):
+        raise TrainingDataError(f"dedupe must be 'first' or 'last', got {dedupe!r}")
+    if fill not in (None, "ffill"):
+        raise TrainingDataError(f"fill must be 'ffill', got {fill!r}")
+    required = ["stream_id", "ts", *(features or [])]
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise TrainingDataError(
+            f"{source}: missing column(s) {', '.join(missing)}; the table has {', '.join(map(str, table.columns))}"
+        )
+    table = table.copy()
+    table["stream_id"] = table["stream_id"].astype(str)
+    table["ts"] = _to_epoch(table["ts"], source)
+    cols = (
+        list(features) if features else [c for c in table.columns if c not in ("stream_id", "ts")]
+    )
+    if not cols:
+        raise TrainingDataError(f"{source}: no feature columns besides stream_id and ts")
+    for col in cols:
+        try:
+            table[col] = pd.to_numeric(table[col]).astype(np.float64)
+        except (ValueError, TypeError) as exc:
+            raise TrainingDataError(f"{source}: column {col!r} is not numeric") from exc
+
+    by_stream = table.groupby("stream_id", sort=False)["ts"]
+    unsorted = by_stream.apply(lambda t: bool((t.diff().dropna() < 0).any()))
+    if unsorted.any():
+        if not sort:
+            first = unsorted[unsorted].index[0]
+            raise TrainingDataError(
+                f"{source}: timestamps of stream {first!r} are not sorted; pass --sort to sort them"
+            )
+        table = table.sort_values(["stream_id", "ts"], kind="stable")
+    dupes = table.duplicated(["stream_id", "ts"], keep=False)
+    if dupes.any():
+        if dedupe is None:
+            row = table[dupes].iloc[0]
+            raise TrainingDataError(
+                f"{source}: {int(dupes.sum())} rows share a timestamp (first: stream {row['stream_id']!r} "
+                f"ts {row['ts']}); pass --dedupe first or --dedupe last"
+            )
+        table = table.drop_duplicates(["stream_id", "ts"], keep=dedupe)
+    nans = table[cols].isna()
+    if nans.to_numpy().any():
+        if fill is None:
+            col = nans.sum().idxmax()
+            raise TrainingDataError(
+                f"{source}: {int(nans.to_numpy().sum())} missing values (most in column {col!r}); "
+                "pass --fill ffill to carry the last value forward"
+            )
+        grouped = table.groupby("stream_id", sort=False)[cols]
+        table[cols] = grouped.ffill()
+        table[cols] = table.groupby("stream_id", sort=False)[cols].bfill()
+        if table[cols].isna().to_numpy().any():
+            raise TrainingDataError(f"{source}: a stream has no value at all in some column")
+    if not np.isfinite(table[cols].to_numpy()).all():
+        raise TrainingDataError(f"{source}: feature columns hold infinite values")
+    return table.sort_values(["stream_id", "ts"], kind="stable")
+
+
+def _to_epoch(ts: pd.Series, source: str) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(ts):
+        if ts.isna().any():
+            raise TrainingDataError(f"{source}: column 'ts' has missing timestamps")
+        return ts.astype(np.float64)
+    try:
+        parsed = pd.to_datetime(ts, utc=True)
+    except (ValueError, TypeError) as exc:
+        raise TrainingDataError(
+            f"{source}: column 'ts' is neither epoch seconds nor ISO-8601 times"
+        ) from exc
+    if parsed.isna().any():
+        raise TrainingDataError(f"{source}: column 'ts' has missing timestamps")
+    return (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+
+
+def _median_period(table: pd.DataFrame, source: str) -> float:
+    steps = table.groupby("stream_id", sort=False)["ts"].diff().dropna()
+    if steps.empty or not float(steps.median()) > 0:
+        raise TrainingDataError(
+            f"{source}: need at least two readings per stream to infer the period"
+        )
+    return float(steps.median())
+
+
+def _fingerprint(table: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    digest.update(",".join(map(str, table.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    return digest.hexdigest()

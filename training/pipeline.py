@@ -1,0 +1,160 @@
+"""The three trainer commands as functions: train (then evaluate and export), evaluate, export."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.modelcard import ModelCard
+from service.registry import ModelRef
+from training.config import TrainConfig, load_config
+from training.data import load_dataset
+from training.evaluate import card_metrics, evaluate, plot_forecasts, plot_losses, write_report
+from training.export import build_card, check_gru_nodes, export_onnx, parity_error, save_model
+from training.models import Forecaster
+from training.predict import load_checkpoint, run_streams
+from training.train import TrainResult, prepare_streams, resolve_splits, train
+
+__all__ = ["REPORT_FILE", "evaluate_model", "export_model", "train_and_export"]
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.json"
+
+
+def train_and_export(
+    config: TrainConfig, registry_root: Path, *, overwrite: bool = False, progress: bool = True
+) -> ModelRef:
+    """Train, score on the held-out parts, export with checks, and write the model folder."""
+    result = train(config, progress=progress)
+    report = _report(result.model, result, config)
+    report["training"] = {"history": result.history, "best_epoch": result.best_epoch}
+    graph = export_onnx(result.model)
+    check_gru_nodes(graph)
+    parity = parity_error(result.model, graph)
+    card = build_card(
+        model=result.model,
+        name=config.name,
+        version=config.version,
+        description=_describe(config, result),
+        features=result.dataset.features,
+        targets=result.dataset.targets,
+        period=result.dataset.period,
+        scaler=result.scaler,
+        warmup_steps=_warmup(config, result.model),
+        data=result.dataset.source,
+        fingerprint=result.dataset.fingerprint,
+        splits=result.splits.to_dict(),
+        config=config.model_dump(mode="json"),
+        seed=config.seed,
+        metrics=card_metrics(report),
+        parity=parity,
+    )
+    ref = save_model(card, graph, result.model, registry_root, overwrite=overwrite)
+    _write_artifacts(ref.directory, report, result, result.model, result.history)
+    log.info("wrote %s to %s (parity error %.2g)", card.ref, ref.directory, parity)
+    return ref
+
+
+def evaluate_model(model_dir: Path) -> dict[str, Any]:
+    """Re-score a saved model on the data and split recorded in its card; rewrite report and plots."""
+    card = ModelCard.read(model_dir)
+    model, checkpoint = load_checkpoint(model_dir)
+    config = load_config(checkpoint["train_config"])
+    result = _rebuild(config, card, model)
+    report = _report(model, result, config)
+    _write_artifacts(model_dir, report, result, model, None)
+    return report
+
+
+def export_model(
+    model_dir: Path, registry_root: Path, *, name: str | None, version: str, overwrite: bool = False
+) -> ModelRef:
+    """Re-export a saved checkpoint (for example under a new name or version), with all checks."""
+    card = ModelCard.read(model_dir)
+    model, _ = load_checkpoint(model_dir)
+    graph = export_onnx(model)
+    check_gru_nodes(graph)
+    parity = parity_error(model, graph)
+    fields = card.model_dump()
+    fields.update(name=name or card.name, version=version, parity_error=parity)
+    new_card = ModelCard.model_validate(fields)
+    return save_model(new_card, graph, model, registry_root, overwrite=overwrite)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _report(model: Forecaster, result: TrainResult, config: TrainConfig) -> dict[str, Any]:
+    return evaluate(
+        model,
+        result.dataset,
+        result.streams,
+        result.splits,
+        result.scaler,
+        extra_tests=config.extra_tests,
+        variance_until=config.variance_until,
+        ar_order=config.ar_order,
+    )
+
+
+def _rebuild(config: TrainConfig, card: ModelCard, model: Forecaster) -> TrainResult:
+    dataset = load_dataset(
+        config.data,
+        features=config.features,
+        targets=config.targets,
+        sort=config.sort,
+        dedupe=config.dedupe,
+        fill=config.fill,
+        n_streams=config.n_streams,
+        n_steps=config.n_steps,
+        seed=config.data_seed,
+    )
+    if dataset.fingerprint != card.provenance.data_fingerprint:
+        log.warning("data fingerprint differs from the card's: the data changed since training")
+    splits = resolve_splits(config, dataset)
+    streams = prepare_streams(dataset.series(), dataset, card.scaler, config.horizon)
+    return TrainResult(config, dataset, splits, card.scaler, model, streams)
+
+
+def _warmup(config: TrainConfig, model: Forecaster) -> int:
+    """Steps before a forecast is trusted: the burn-in, and for the tdnn a full lag buffer."""
+    if model.config.kind == "tdnn":
+        return max(config.burn_in, max(model.config.lags) - 1)
+    return config.burn_in
+
+
+def _describe(config: TrainConfig, result: TrainResult) -> str:
+    shape = f"{config.layers}x{config.hidden}"
+    return (
+        f"{config.kind} {shape} on {result.dataset.source} "
+        f"({len(result.streams)} stream(s)), horizon {config.horizon}"
+    )
+
+
+def _write_artifacts(
+    directory: Path,
+    report: dict[str, Any],
+    result: TrainResult,
+    model: Forecaster,
+    history: list[dict[str, float]] | None,
+) -> None:
+    write_report(report, directory / "report.json")
+    if history:
+        plot_losses(history, directory / "loss.png")
+    stream = result.streams[0]
+    forecast = run_streams(model, [stream.x])[0]
+    periods = {name: (p["from"], p["to"]) for name, p in report["periods"].items()}
+    last = None if len(stream.ts) <= 1000 else 1000
+    plot_forecasts(
+        stream.ts,
+        np.asarray(result.scaler.features.inverse(stream.x))[:, result.dataset.target_index],
+        np.asarray(result.scaler.targets.inverse(forecast)),
+        periods,
+        directory / "forecast.png",
+        title=f"{result.config.name} ({result.config.kind}): stream {stream.stream_id}",
+        last_steps=last,
+    )

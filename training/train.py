@@ -1,0 +1,257 @@
+"""Train a forecaster with stateful truncated BPTT, exactly as the service will run it.
+
+The service keeps one recurrent state per stream and feeds it one reading at a time, from
+the stream's first reading on. Training does the same, in chunks: each batch slot carries
+one stream through time, the state is handed from chunk to chunk (detached, so gradients
+stop at the chunk boundary) and starts from zero at the stream's first step. The first
+``burn_in`` steps are left out of the loss because the state has not warmed up yet; the
+card's ``warmup_steps`` tells the service the same thing.
+
+Read `train` top to bottom: data, split, scaler, model, the epoch loop, early stopping.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from training.config import TrainConfig
+from training.data import Dataset, Series, Splits, fit_scaler, load_dataset, parse_time
+from training.errors import TrainingDataError
+from training.models import Forecaster, build_model
+from training.predict import run_streams
+
+__all__ = ["StreamArrays", "TrainResult", "prepare_streams", "resolve_splits", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamArrays:
+    """One stream, scaled: inputs ``x[T, F]``, targets ``y[T, H, n_targets]`` with the
+    timestamp of each target ``target_ts[T, H]`` (+inf past the end of the stream)."""
+
+    stream_id: str
+    ts: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    target_ts: np.ndarray
+
+    def loss_mask(self, splits: Splits, part: str, burn_in: int) -> np.ndarray:
+        """Which (step, horizon) targets count towards `part`'s loss."""
+        mask = splits.part(self.target_ts, part)
+        mask[:burn_in] = False
+        return mask
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    dataset: Dataset
+    splits: Splits
+    scaler: Any
+    model: Forecaster
+    streams: list[StreamArrays]
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    # Fixed seeds: the same config on the same data gives the same weights.
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    dataset = load_dataset(
+        config.data,
+        features=config.features,
+        targets=config.targets,
+        sort=config.sort,
+        dedupe=config.dedupe,
+        fill=config.fill,
+        n_streams=config.n_streams,
+        n_steps=config.n_steps,
+        seed=config.data_seed,
+    )
+    splits = resolve_splits(config, dataset)
+    # The scaler sees the train part only, so no later value leaks into training.
+    scaler = fit_scaler(dataset, splits)
+    streams = prepare_streams(dataset.series(), dataset, scaler, config.horizon)
+    train_masks = [s.loss_mask(splits, "train", config.burn_in) for s in streams]
+    val_masks = [s.loss_mask(splits, "val", config.burn_in) for s in streams]
+    if not any(m.any() for m in train_masks):
+        raise TrainingDataError("no training targets: move val_start later or lower burn_in")
+
+    model = build_model(config.model_config_for(len(dataset.features), len(dataset.targets)))
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    result = TrainResult(config, dataset, splits, scaler, model, streams)
+    best_loss, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
+
+    bar = tqdm(range(1, config.max_epochs + 1), desc=f"train {config.kind}", disable=not progress)
+    for epoch in bar:
+        model.train()
+        losses, norms = [], []
+        for batch in make_batches(streams, train_masks, config.batch_size, rng):
+            states = model.init_states(batch.x.shape[0])
+            # A random first-chunk length moves the chunk boundaries every epoch.
+            first = int(rng.integers(1, config.chunk + 1))
+            for x, y, mask in make_chunks(batch, config.chunk, first):
+                pred, *states = model(x, *states)
+                states = [s.detach() for s in states]  # truncate BPTT at the chunk edge
+                if not mask.any():
+                    continue
+                loss = masked_mse(pred, y, mask)
+                optimiser.zero_grad()
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                optimiser.step()
+                losses.append(loss.item())
+                norms.append(float(norm))
+
+        val_loss = evaluate_loss(model, streams, val_masks)
+        train_loss = float(np.mean(losses)) if losses else math.nan
+        result.history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "grad_norm": float(np.mean(norms)),
+            }
+        )
+        bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+        log.info(
+            "epoch=%d train_loss=%.5f val_loss=%.5f grad_norm_mean=%.3f grad_norm_max=%.3f",
+            epoch, train_loss, val_loss, np.mean(norms), np.max(norms),
+        )  # fmt: skip
+
+        # Early stopping on the validation loss (the training loss when there is no
+        # validation part); the best weights are restored below.
+        watched = train_loss if math.isnan(val_loss) else val_loss
+        if watched < best_loss - 1e-7:
+            best_loss, best_state, stale, result.best_epoch = (
+                watched,
+                copy.deepcopy(model.state_dict()),
+                0,
+                epoch,
+            )
+        else:
+            stale += 1
+            if stale >= config.patience:
+                log.info(
+                    "early stop at epoch %d; best epoch %d val_loss=%.5f",
+                    epoch,
+                    result.best_epoch,
+                    best_loss,
+                )
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+# -- helpers, in the order `train` uses them ------------------------------------------------------
+
+
+def resolve_splits(config: TrainConfig, dataset: Dataset) -> Splits:
+    """The configured boundaries, or 70% / 85% of the time range when left out."""
+    ts = dataset.table["ts"].to_numpy()
+    lo, hi = float(ts.min()), float(ts.max())
+    val_start = (
+        parse_time(config.val_start) if config.val_start is not None else lo + 0.70 * (hi - lo)
+    )
+    test_start = (
+        parse_time(config.test_start) if config.test_start is not None else lo + 0.85 * (hi - lo)
+    )
+    test_end = parse_time(config.test_end) if config.test_end is not None else None
+    return Splits(val_start, test_start, test_end)
+
+
+def prepare_streams(
+    series: list[Series], dataset: Dataset, scaler: Any, horizon: int
+) -> list[StreamArrays]:
+    """Scale each stream and line up its direct multi-horizon targets: y[t, h] = target[t + 1 + h]."""
+    out = []
+    idx = dataset.target_index
+    for s in series:
+        x = scaler.features.transform(s.values).astype(np.float32)
+        n = len(x)
+        y = np.zeros((n, horizon, len(idx)), np.float32)
+        target_ts = np.full((n, horizon), np.inf)
+        for h in range(horizon):
+            ahead = n - 1 - h
+            if ahead <= 0:
+                continue
+            y[:ahead, h] = x[1 + h :, idx]
+            target_ts[:ahead, h] = s.ts[1 + h :]
+        out.append(StreamArrays(s.stream_id, s.ts, x, y, target_ts))
+    return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Streams side by side, padded at the end; padded steps have an all-false mask."""
+
+    x: Tensor
+    y: Tensor
+    mask: Tensor
+
+
+def make_batches(
+    streams: list[StreamArrays], masks: list[np.ndarray], batch_size: int, rng: np.random.Generator
+) -> Iterator[Batch]:
+    """Shuffle the streams into slots; each slot runs one stream up to its last training target."""
+    order = rng.permutation(len(streams))
+    for start in range(0, len(order), batch_size):
+        picked = [i for i in order[start : start + batch_size] if masks[i].any()]
+        if not picked:
+            continue
+        lengths = [int(np.nonzero(masks[i].any(axis=1))[0][-1]) + 1 for i in picked]
+        longest = max(lengths)
+        s0 = streams[picked[0]]
+        x = np.zeros((len(picked), longest, s0.x.shape[1]), np.float32)
+        y = np.zeros((len(picked), longest, *s0.y.shape[1:]), np.float32)
+        mask = np.zeros((len(picked), longest, s0.y.shape[1]), bool)
+        for slot, (i, n) in enumerate(zip(picked, lengths, strict=True)):
+            x[slot, :n], y[slot, :n], mask[slot, :n] = (
+                streams[i].x[:n],
+                streams[i].y[:n],
+                masks[i][:n],
+            )
+        yield Batch(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(mask))
+
+
+def make_chunks(batch: Batch, chunk: int, first: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Consecutive time slices of `batch`: the first `first` steps, then `chunk` at a time."""
+    n = batch.x.shape[1]
+    edges = [0, *range(min(first, n), n, chunk), n]
+    for a, b in itertools.pairwise(edges):
+        if b > a:
+            yield batch.x[:, a:b], batch.y[:, a:b], batch.mask[:, a:b]
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error over the (step, horizon) cells the mask keeps, all targets."""
+    err = (pred - target) ** 2 * mask[..., None]
+    return err.sum() / (mask.sum() * pred.shape[-1])
+
+
+def evaluate_loss(model: Forecaster, streams: list[StreamArrays], masks: list[np.ndarray]) -> float:
+    """Masked MSE in scaled units, running every stream from its first step (no grad)."""
+    preds = run_streams(model, [s.x for s in streams])
+    total, count = 0.0, 0
+    for pred, s, m in zip(preds, streams, masks, strict=True):
+        if m.any():
+            total += float((((pred - s.y) ** 2)[m]).sum())
+            count += int(m.sum()) * pred.shape[-1]
+    return total / count if count else math.nan
