@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.core.state import StateStore
+from service.errors import StateError
+from service.modelcard import StateSpec
+
+SPECS = [
+    StateSpec(name="h", shape=(2, 4), batch_axis=1, init=0.0),
+    StateSpec(name="lags", shape=(3, 2), batch_axis=0, init=-1.0),
+]
+
+
+def _store(**kwargs: object) -> StateStore:
+    return StateStore(SPECS, **kwargs)  # type: ignore[arg-type]
+
+
+def _states_for(slots: np.ndarray, base: float) -> list[np.ndarray]:
+    """Distinct batched states: every stream's tensors filled with base + slot position."""
+    out = []
+    for spec in SPECS:
+        a = np.empty(spec.batched_shape(len(slots)), np.float32)
+        for k in range(len(slots)):
+            index = [slice(None)] * a.ndim
+            index[spec.batch_axis] = k
+            a[tuple(index)] = base + k
+        out.append(a)
+    return out
+
+
+def test_new_streams_start_from_the_initial_state() -> None:
+    store = _store()
+    slots = store.ensure(["a", "b"])
+    assert len(store) == 2 and "a" in store and store.slot_of("b") == slots[1]
+    h, lags = store.gather(slots)
+    assert h.shape == (2, 2, 4) and lags.shape == (2, 3, 2)
+    assert (h == 0).all() and (lags == -1).all()
+    info = store.info("a")
+    assert info is not None
+    assert info.last_ts == -np.inf and info.steps == 0 and info.applied_offset == -1
+
+
+def test_scatter_then_gather_round_trips_on_both_batch_axes() -> None:
+    store = _store()
+    slots = store.ensure([f"s{i}" for i in range(5)])
+    store.scatter(slots, _states_for(slots, 10.0))
+    picked = slots[[3, 0]]
+    h, lags = store.gather(picked)
+    assert (h[:, 0] == 13).all() and (h[:, 1] == 10).all()
+    assert (lags[0] == 13).all() and (lags[1] == 10).all()
+    s3 = store.states_of("s3")
+    assert s3 is not None
+    assert s3[0].shape == (2, 4) and (s3[0] == 13).all() and (s3[1] == 13).all()
+
+
+def test_ensure_keeps_known_slots_and_adds_new_ones() -> None:
+    store = _store()
+    first = store.ensure(["a", "b"])
+    again = store.ensure(["b", "c", "a"])
+    assert again[0] == first[1] and again[2] == first[0]
+    assert again[1] not in first
+    assert store.slots_of(["a", "zz"]).tolist() == [first[0], -1]
+
+
+def test_growth_keeps_every_stream_state() -> None:
+    store = _store(capacity=4, growth=1.25)
+    ids = [f"s{i}" for i in range(1000)]
+    for start in range(0, 1000, 7):
+        chunk = ids[start : start + 7]
+        slots = store.ensure(chunk)
+        store.scatter(slots, _states_for(slots, float(start)))
+    assert store.capacity >= 1000
+    assert store.capacity <= 1000 * 1.25 + 1
+    for i in (0, 6, 7, 500, 999):
+        h = store.states_of(ids[i])
+        assert h is not None
+        start = i - i % 7
+        assert (h[0] == start + i % 7).all() and (h[1] == start + i % 7).all()
+
+
+def test_dropped_slots_are_reused_and_start_fresh() -> None:
+    store = _store(capacity=8)
+    slots = store.ensure(["a", "b", "c"])
+    store.scatter(slots, _states_for(slots, 5.0))
+    store.advance(slots, np.array([1.0, 1.0, 1.0]), np.array([3, 4, 5]), now=0.0)
+    store.drop(["b", "unknown"])
+    assert "b" not in store and len(store) == 2
+    (reused,) = store.ensure(["d"])
+    assert reused == slots[1]
+    h, lags = store.gather(np.array([reused]))
+    assert (h == 0).all() and (lags == -1).all()
+    info = store.info("d")
+    assert info is not None
+    assert info.steps == 0 and info.applied_offset == -1 and info.last_ts == -np.inf
+    assert store.capacity == 8
+
+
+def test_reset_restores_init_and_zeroes_steps_but_keeps_positions() -> None:
+    store = _store()
+    slots = store.ensure(["a", "b"])
+    store.scatter(slots, _states_for(slots, 3.0))
+    store.advance(slots, np.array([5.0, 6.0]), np.array([10, 11]), now=0.0)
+    store.reset(slots[:1])
+    a, b = store.states_of("a"), store.states_of("b")
+    assert a is not None and b is not None
+    assert (a[0] == 0).all() and (a[1] == -1).all()
+    assert (b[0] == 4).all()
+    info = store.info("a")
+    assert info is not None
+    assert info.steps == 0 and info.last_ts == 5.0 and info.applied_offset == 10
+
+
+def test_advance_updates_bookkeeping_and_applied_offset_never_goes_back() -> None:
+    store = _store()
+    slots = store.ensure(["a"])
+    store.advance(slots, np.array([60.0]), np.array([7]), now=1.0)
+    store.advance(slots, np.array([120.0]), np.array([-1]), now=2.0)
+    info = store.info("a")
+    assert info is not None
+    assert (info.last_ts, info.steps, info.applied_offset, info.last_seen) == (120.0, 2, 7, 2.0)
+
+
+def test_dirty_set_tracks_changes_until_cleared() -> None:
+    store = _store()
+    slots = store.ensure(["a", "b", "c"])
+    assert store.dirty_ids() == set()
+    store.advance(slots[:2], np.array([1.0, 1.0]), np.array([0, 0]), now=0.0)
+    assert store.dirty_ids() == {"a", "b"}
+    store.clear_dirty(["a", "gone"])
+    assert store.dirty_ids() == {"b"}
+    store.drop(["b"])
+    store.ensure(["d"])  # reuses b's slot
+    assert store.dirty_ids() == set()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_dump_load_round_trip(dtype: str) -> None:
+    src = _store(dtype=dtype, n_last_values=2)
+    slots = src.ensure(["a", "b"])
+    rng = np.random.default_rng(0)
+    src.scatter(slots, [rng.normal(size=s.batched_shape(2)).astype(np.float32) for s in SPECS])
+    src.advance(
+        slots,
+        np.array([60.0, 120.0]),
+        np.array([41, 42]),
+        now=5.0,
+        values=np.array([[1.5, 2.5], [3.0, 4.0]]),
+    )
+    data = src.dump("b")
+    expected = 4 + 2 + 2 + 2 + 8 * 3 + (8 + 6) * src.dtype.itemsize + 2 * 4
+    assert len(data) == expected
+
+    dst = _store(dtype=dtype, n_last_values=2)
+    dst.ensure(["x"])
+    dst.load("b", data, now=9.0)
+    for got, want in zip(dst.states_of("b") or [], src.states_of("b") or [], strict=True):
+        np.testing.assert_array_equal(got, want)
+    info = dst.info("b")
+    assert info is not None
+    assert (info.last_ts, info.steps, info.applied_offset, info.last_seen) == (120.0, 1, 42, 9.0)
+    np.testing.assert_array_equal(dst.last_values_at(np.array([dst.slot_of("b")])), [[3.0, 4.0]])
+    assert "b" not in dst.dirty_ids()
+
+
+def test_load_converts_between_storage_dtypes() -> None:
+    src = _store(dtype="float32")
+    slots = src.ensure(["a"])
+    src.scatter(slots, [np.full(s.batched_shape(1), 0.5, np.float32) for s in SPECS])
+    dst = _store(dtype="float16")
+    dst.load("a", src.dump("a"))
+    assert all((t == 0.5).all() for t in dst.states_of("a") or [])
+
+
+def test_load_rejects_malformed_or_foreign_records() -> None:
+    store = _store()
+    store.ensure(["a"])
+    good = store.dump("a")
+    with pytest.raises(StateError, match="too short"):
+        store.load("a", good[:10])
+    with pytest.raises(StateError, match="format"):
+        store.load("a", b"XXXX" + good[4:])
+    with pytest.raises(StateError, match="bytes, expected"):
+        store.load("a", good + b"\0\0\0\0")
+    other = StateStore([StateSpec(name="h", shape=(2, 4), batch_axis=1)])
+    other.ensure(["a"])
+    with pytest.raises(StateError, match="tensors"):
+        store.load("a", other.dump("a"))
+    with pytest.raises(StateError, match="no state"):
+        store.dump("missing")
+
+
+def test_lru_cap_evicts_least_recently_used_streams() -> None:
+    store = _store(max_streams=3)
+    store.ensure(["a", "b", "c"])
+    store.ensure(["a"])  # b is now the least recently used, then c
+    store.ensure(["d"])
+    assert store.drain_evicted() == ["b"]
+    store.ensure(["e", "a"])
+    assert store.drain_evicted() == ["c"]
+    assert set(store.ids()) == {"a", "d", "e"}
+    assert store.drain_evicted() == []
+    assert store.capacity == 3
+
+
+def test_lru_cap_never_evicts_streams_of_the_same_call() -> None:
+    store = _store(max_streams=3)
+    store.ensure(["a", "b"])
+    store.ensure(["a", "b", "c"])
+    assert store.drain_evicted() == []
+    store.ensure(["c", "d", "a"])
+    assert store.drain_evicted() == ["b"]
+    with pytest.raises(StateError, match="exceed max_streams"):
+        store.ensure(["w", "x", "y", "z"])
+
+
+def test_ttl_expiry_drops_idle_streams_only() -> None:
+    store = _store(ttl_seconds=100.0)
+    slots = store.ensure(["a", "b"], now=0.0)
+    store.advance(slots[:1], np.array([1.0]), np.array([0]), now=50.0)
+    assert store.expire(100.0) == []  # b seen at 0: not idle for more than 100 s yet
+    assert store.expire(120.0) == ["b"]
+    assert store.ids() == ["a"]
+    assert store.expire(149.0) == []
+    assert store.expire(151.0) == ["a"]
+    assert len(store) == 0
+
+
+def test_expire_is_a_no_op_without_ttl() -> None:
+    store = _store()
+    store.ensure(["a"], now=0.0)
+    assert store.expire(1e12) == []
+
+
+def test_float16_storage_halves_the_state_bytes() -> None:
+    full, half = _store(capacity=10_000), _store(capacity=10_000, dtype="float16")
+    assert half.raw_state_bytes_per_stream * 2 == full.raw_state_bytes_per_stream
+    tensors_full = sum(t.nbytes for t in full._tensors)
+    tensors_half = sum(t.nbytes for t in half._tensors)
+    assert tensors_half * 2 == tensors_full
+    slots = half.ensure(["a"])
+    half.scatter(slots, [np.full(s.batched_shape(1), 1 / 3, np.float32) for s in SPECS])
+    h, _ = half.gather(slots)
+    assert h.dtype == np.float32
+    np.testing.assert_allclose(h, 1 / 3, rtol=1e-3)
+
+
+def test_state_bytes_stay_near_the_raw_floor_for_large_states() -> None:
+    specs = [StateSpec(name=n, shape=(2, 64), batch_axis=1) for n in ("h", "c")]
+    store = StateStore(specs, capacity=1024)
+    n = 50_000
+    for start in range(0, n, 5000):
+        store.ensure([f"sensor-{i:07d}" for i in range(start, start + 5000)])
+    per_stream = store.state_bytes / n
+    assert store.raw_state_bytes_per_stream == 1024
+    assert per_stream <= store.raw_state_bytes_per_stream * store.capacity / n + 260
