@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as exc:  # an extra that is not installed (e.g. no torch)
             logging.getLogger(__name__).debug("commands %s unavailable: %s", ep.name, exc)
             continue
+        except Exception as exc:  # a broken plugin must not take the other commands down
+            logging.getLogger(__name__).warning("commands %s failed to load: %r", ep.name, exc)
+            continue
         register(sub)
     return parser
 

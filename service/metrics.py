@@ -12,10 +12,40 @@ import platform
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from service import __version__
+from service.core.readings import DropReason, RejectReason
 
-__all__ = ["CONTENT_TYPE", "ServiceMetrics"]
+__all__ = ["CONTENT_TYPE", "EVICTION_CAUSES", "METRIC_NAMES", "ServiceMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+EVICTION_CAUSES = ("ttl", "capacity", "revoked")
+
+#: Every metric family the service exposes, as a parser names them (counters without
+#: ``_total``, info metrics with ``_info``).
+METRIC_NAMES = (
+    "sensorcast_readings_consumed",
+    "sensorcast_forecasts_produced",
+    "sensorcast_rejects",
+    "sensorcast_drops",
+    "sensorcast_dead_letters",
+    "sensorcast_state_resets",
+    "sensorcast_evictions",
+    "sensorcast_active_streams",
+    "sensorcast_state_bytes",
+    "sensorcast_batch_size",
+    "sensorcast_rounds_per_batch",
+    "sensorcast_model_call_seconds",
+    "sensorcast_reading_to_forecast_seconds",
+    "sensorcast_consumer_lag",
+    "sensorcast_assigned_partitions",
+    "sensorcast_poll_loop_iterations",
+    "sensorcast_checkpoints",
+    "sensorcast_checkpoint_seconds",
+    "sensorcast_broker_reachable",
+    "sensorcast_ready",
+    "sensorcast_model_info",
+    "sensorcast_build_info",
+)
 
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
 _ROUND_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
@@ -95,7 +125,8 @@ class ServiceMetrics:
         )
         self.reading_to_forecast_seconds = Histogram(
             "sensorcast_reading_to_forecast_seconds",
-            "From a reading's receipt by the consumer to its forecast being handed to the producer.",
+            "From the poll that received a micro-batch to its forecasts being handed to the "
+            "producer; one observation per batch (its readings share the receipt time).",
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
@@ -134,8 +165,15 @@ class ServiceMetrics:
         self.model_info = Info("sensorcast_model", "The served model.", registry=r)
         self.build_info = Info("sensorcast_build", "The running build.", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
+        # Every label value exists from the start, so rates and alerts work from zero.
         for outcome in ("ok", "failed"):
             self.checkpoints.labels(outcome=outcome)
+        for reject in RejectReason:
+            self.rejects.labels(reason=str(reject))
+        for drop in DropReason:
+            self.drops.labels(reason=str(drop))
+        for cause in EVICTION_CAUSES:
+            self.evictions.labels(cause=cause)
 
     def set_model(self, name: str, version: str, kind: str) -> None:
         self.model_info.info({"name": name, "version": version, "kind": kind})
