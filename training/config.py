@@ -48,6 +48,7 @@ class TrainConfig(BaseModel):
     layers: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     lags: list[int] = Field(default_factory=lambda: [1, 2, 3, 6, 12])
+    skip: bool = Field(default=False, description="a linear path from the inputs to the head")
     # optimisation
     chunk: int = Field(default=32, ge=1, description="truncated BPTT length in steps")
     burn_in: int = Field(
@@ -80,6 +81,7 @@ class TrainConfig(BaseModel):
             layers=self.layers,
             dropout=self.dropout,
             lags=tuple(self.lags),
+            skip=self.skip,
         )
 
 

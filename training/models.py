@@ -9,6 +9,9 @@
 
 Every cell ends in a direct multi-horizon head: one linear layer predicts all ``horizon``
 steps of every target at once, so nothing is fed back and the graph stays one step deep.
+With ``skip`` the head also sees the raw inputs (the current reading, or the lag taps of
+the tdnn): a linear autoregressive path beside the nonlinear one, which lets the model
+extrapolate beyond the range of the bounded hidden units.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class ModelConfig:
     layers: int = 2
     dropout: float = 0.0
     lags: tuple[int, ...] = field(default=(1, 2, 3, 6, 12))
+    skip: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -79,6 +83,9 @@ class Forecaster(nn.Module):
             for spec in self.state_specs()
         )
 
+    def _with_skip(self, hidden: Tensor, inputs: Tensor) -> Tensor:
+        return torch.cat([hidden, inputs], dim=-1) if self.config.skip else hidden
+
     def _head_output(self, head: nn.Linear, features: Tensor) -> Tensor:
         y = head(features)
         return y.reshape(y.shape[0], y.shape[1], self.config.horizon, self.config.n_targets)
@@ -98,7 +105,8 @@ class RecurrentForecaster(Forecaster):
             dropout=config.dropout if config.layers > 1 else 0.0,
             batch_first=True,
         )
-        self.head = nn.Linear(config.hidden, config.horizon * config.n_targets)
+        width = config.hidden + (config.n_features if config.skip else 0)
+        self.head = nn.Linear(width, config.horizon * config.n_targets)
 
     def state_specs(self) -> list[StateSpec]:
         shape = (self.config.layers, self.config.hidden)
@@ -108,9 +116,9 @@ class RecurrentForecaster(Forecaster):
     def forward(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
         if self.config.kind == "lstm":
             out, (h, c) = self.rnn(x, (states[0], states[1]))
-            return self._head_output(self.head, out), h, c
+            return self._head_output(self.head, self._with_skip(out, x)), h, c
         out, h = self.rnn(x, states[0])
-        return self._head_output(self.head, out), h
+        return self._head_output(self.head, self._with_skip(out, x)), h
 
 
 class TimeDelayForecaster(Forecaster):
@@ -133,7 +141,8 @@ class TimeDelayForecaster(Forecaster):
             layers += [nn.Linear(width, config.hidden), nn.Tanh()]
             width = config.hidden
         self.mlp = nn.Sequential(*layers)
-        self.head = nn.Linear(config.hidden, config.horizon * config.n_targets)
+        width = config.hidden + (len(self.lags) * config.n_features if config.skip else 0)
+        self.head = nn.Linear(width, config.horizon * config.n_targets)
 
     def state_specs(self) -> list[StateSpec]:
         return [StateSpec(name="lags", shape=(self.max_lag, self.config.n_features), batch_axis=0)]
@@ -143,7 +152,8 @@ class TimeDelayForecaster(Forecaster):
         m = self.max_lag
         # Input at step t sits at m + t; lag k is m + t - k + 1.
         taps = [seq[:, m - k + 1 :] if k == 1 else seq[:, m - k + 1 : 1 - k] for k in self.lags]
-        hidden = self.mlp(torch.cat(taps, dim=-1))
+        inputs = torch.cat(taps, dim=-1)
+        hidden = self._with_skip(self.mlp(inputs), inputs)
         return self._head_output(self.head, hidden), seq[:, -m:]
 
 
