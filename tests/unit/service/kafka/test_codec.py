@@ -1,0 +1,180 @@
+"""The record codec: every structural problem becomes a reject with its reason; valid
+records become readings carrying their source position; forecasts encode per DESIGN.md 3."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from service.core.readings import Forecast, RejectReason
+from service.kafka.codec import (
+    HEADER_DETAIL,
+    HEADER_REASON,
+    HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+    ForecastEncoder,
+    ReadingDecoder,
+    dead_letter_headers,
+    parse_timestamp,
+)
+from service.testing import make_card
+
+NOW = 1_800_000_000.0
+VALUES = {"temp": 20.5, "load": 0.3}
+
+
+@dataclass
+class Rec:
+    key: bytes | None
+    value: bytes | None
+    partition: int = 2
+    offset: int = 40
+    topic: str = "sensor-readings"
+
+
+def _decoder(**kw: float) -> ReadingDecoder:
+    return ReadingDecoder(
+        max_message_bytes=int(kw.get("max_message_bytes", 1024)),
+        max_future_seconds=kw.get("max_future_seconds", 86_400.0),
+    )
+
+
+def _doc(**fields: object) -> bytes:
+    doc: dict[str, object] = {"stream_id": "pump-1", "ts": NOW - 60, "values": VALUES}
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
+def test_valid_records_become_readings_with_their_position() -> None:
+    records = [
+        Rec(b"pump-1", _doc(), offset=7),
+        Rec(None, _doc(stream_id="pump-2", values=[1.0, 2.0]), partition=0, offset=8),
+        Rec(b"pump-3", _doc(stream_id="pump-3", ts=1_700_000_000), offset=9),
+    ]
+    out = _decoder().decode(records, received=NOW)
+    assert out.rejects == []
+    a, b, c = out.readings
+    assert (a.stream_id, a.ts, a.values, a.partition, a.offset, a.received) == (
+        "pump-1",
+        NOW - 60,
+        VALUES,
+        2,
+        7,
+        NOW,
+    )
+    assert (b.stream_id, b.values, b.partition) == ("pump-2", [1.0, 2.0], 0)  # no key is fine
+    assert c.ts == 1_700_000_000.0 and isinstance(c.ts, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-11-22T08:00:00Z", datetime(2024, 11, 22, 8, tzinfo=UTC).timestamp()),
+        ("2024-11-22T08:00:00+01:00", datetime(2024, 11, 22, 7, tzinfo=UTC).timestamp()),
+        ("2024-11-22T08:00:00.250", datetime(2024, 11, 22, 8, tzinfo=UTC).timestamp() + 0.25),
+        ("1732262400.5", 1_732_262_400.5),
+        (1_732_262_400, 1_732_262_400.0),
+        ("yesterday", None),
+        ("", None),
+        ("nan", None),
+        (math.inf, None),
+    ],
+)
+def test_parse_timestamp(text: float | str, expected: float | None) -> None:
+    got = parse_timestamp(text)
+    assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        (b"pump-1", None, RejectReason.TOMBSTONE),
+        (b"pump-1", b"", RejectReason.TOMBSTONE),
+        (b"pump-1", b'{"stream_id": "pump-1", ' + b" " * 2000 + b"}", RejectReason.OVERSIZED),
+        (b"pump-1", b"{not json", RejectReason.NOT_JSON),
+        (b"pump-1", b"\xff\xfe", RejectReason.NOT_JSON),
+        (b"pump-1", b'"a string"', RejectReason.NOT_OBJECT),
+        (b"pump-1", b"[1, 2]", RejectReason.NOT_OBJECT),
+        (
+            b"pump-1",
+            json.dumps({"ts": NOW, "values": VALUES}).encode(),
+            RejectReason.MISSING_STREAM_ID,
+        ),
+        (b"pump-1", _doc(stream_id=""), RejectReason.MISSING_STREAM_ID),
+        (b"pump-1", _doc(stream_id=17), RejectReason.MISSING_STREAM_ID),
+        (b"pump-9", _doc(), RejectReason.KEY_MISMATCH),
+        (b"pump-1", _doc(ts="soon"), RejectReason.BAD_TIMESTAMP),
+        (b"pump-1", _doc(ts=None), RejectReason.BAD_TIMESTAMP),
+        (b"pump-1", _doc(ts=True), RejectReason.BAD_TIMESTAMP),
+        (
+            b"pump-1",
+            json.dumps({"stream_id": "pump-1", "values": VALUES}).encode(),
+            RejectReason.BAD_TIMESTAMP,
+        ),
+        (b"pump-1", _doc(ts=NOW + 2 * 86_400), RejectReason.FUTURE_TIMESTAMP),
+        (b"pump-1", _doc(ts="2099-01-01T00:00:00Z"), RejectReason.FUTURE_TIMESTAMP),
+        (b"pump-1", _doc(values=3), RejectReason.INVALID),
+        (b"pump-1", _doc(values="temp=3"), RejectReason.INVALID),
+    ],
+)
+def test_structural_problems_are_rejected_with_their_reason(
+    key: bytes | None, value: bytes | None, reason: RejectReason
+) -> None:
+    good = Rec(b"pump-2", _doc(stream_id="pump-2"), offset=41)
+    out = _decoder().decode([Rec(key, value), good], received=NOW)
+    (reject,) = out.rejects
+    assert reject.reason is reason
+    assert reject.detail
+    assert (reject.partition, reject.offset, reject.extra["topic"]) == (2, 40, "sensor-readings")
+    assert [r.stream_id for r in out.readings] == ["pump-2"]  # the batch goes on
+
+
+def test_value_contents_are_left_to_the_engine() -> None:
+    """Unknown features, non-numbers and NaN are the engine's to judge against the card."""
+    raw = b'{"stream_id": "pump-1", "ts": 1.0, "values": {"temp": NaN, "x": "hot"}}'
+    out = _decoder().decode([Rec(b"pump-1", raw)], received=NOW)
+    (reading,) = out.readings
+    assert math.isnan(reading.values["temp"]) and reading.values["x"] == "hot"
+
+
+def test_size_limit_is_inclusive() -> None:
+    value = _doc()
+    out = _decoder(max_message_bytes=len(value)).decode([Rec(b"pump-1", value)], received=NOW)
+    assert len(out.readings) == 1
+    out = _decoder(max_message_bytes=len(value) - 1).decode([Rec(b"pump-1", value)], received=NOW)
+    assert out.rejects[0].reason is RejectReason.OVERSIZED
+
+
+def test_dead_letter_headers() -> None:
+    headers = dict(dead_letter_headers("not_json", "x" * 2000, "sensor-readings", 3, 99))
+    assert headers[HEADER_REASON] == b"not_json"
+    assert headers[HEADER_SOURCE_TOPIC] == b"sensor-readings"
+    assert headers[HEADER_SOURCE_PARTITION] == b"3"
+    assert headers[HEADER_SOURCE_OFFSET] == b"99"
+    assert 0 < len(headers[HEADER_DETAIL]) <= 500
+
+
+def test_forecast_encoding() -> None:
+    card = make_card(targets=("temp", "load"), horizon=3, period=60.0)
+    values = np.arange(6, dtype=np.float32).reshape(3, 2)  # [horizon, n_targets]
+    forecast = Forecast(
+        "pump-1", 1000.0, [1060.0, 1120.0, 1180.0], values, True, 2, 40, time.time()
+    )
+    doc = json.loads(ForecastEncoder(card).encode(forecast))
+    assert doc == {
+        "stream_id": "pump-1",
+        "ts": 1000.0,
+        "model": {"name": card.name, "version": card.version},
+        "horizon_ts": [1060.0, 1120.0, 1180.0],
+        "forecast": {"temp": [0.0, 2.0, 4.0], "load": [1.0, 3.0, 5.0]},
+        "warm": True,
+        "partition": 2,
+        "offset": 40,
+    }
