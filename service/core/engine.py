@@ -195,17 +195,19 @@ class StreamEngine:
         result = EngineResult()
         result.expired = self.store.expire(now)
         self._gaps = 0
-        waves = list(self._waves(readings))
+        ids = [r.stream_id for r in readings]
+        waves = list(self._waves(ids))
         tagged: list[tuple[np.ndarray, list[Forecast]]] = []
         rejects: list[tuple[int, Reject]] = []
         drops: list[tuple[int, tuple[Reading, DropReason]]] = []
         for idx in waves:
-            sub = (
-                readings
-                if len(waves) == 1 and len(idx) == len(readings)
-                else [readings[i] for i in idx.tolist()]
-            )
-            self._apply(sub, idx, now, result, tagged, rejects, drops)
+            if len(waves) == 1 and len(idx) == len(readings):
+                self._apply(readings, ids, idx, now, result, tagged, rejects, drops)
+            else:
+                positions = idx.tolist()
+                sub = [readings[i] for i in positions]
+                sub_ids = [ids[i] for i in positions]
+                self._apply(sub, sub_ids, idx, now, result, tagged, rejects, drops)
         if len(tagged) == 1:
             result.forecasts = tagged[0][1]
         elif tagged:
@@ -223,15 +225,14 @@ class StreamEngine:
 
     # -- batching -----------------------------------------------------------------------
 
-    def _waves(self, readings: Sequence[Reading]) -> Iterator[np.ndarray]:
-        """Index arrays into `readings`: wave k holds each stream's k-th reading, in order.
+    def _waves(self, ids: list[str]) -> Iterator[np.ndarray]:
+        """Index arrays into the batch: wave k holds each stream's k-th reading, in order.
 
         A wave with more streams than the capacity cap is cut into chunks that fit.
         """
-        n = len(readings)
+        n = len(ids)
         if n == 0:
             return
-        ids = [r.stream_id for r in readings]
         if len(set(ids)) == n:
             waves: list[np.ndarray] = [np.arange(n)]
         else:
@@ -256,6 +257,7 @@ class StreamEngine:
     def _apply(
         self,
         sub: Sequence[Reading],
+        ids: list[str],
         idx: np.ndarray,
         now: float,
         result: EngineResult,
@@ -265,9 +267,8 @@ class StreamEngine:
     ) -> None:
         n = len(sub)
         store = self.store
-        ids = [r.stream_id for r in sub]
-        ts = np.fromiter([r.ts for r in sub], np.float64, n)
-        offsets = np.fromiter([r.offset for r in sub], np.int64, n)
+        ts = np.array([r.ts for r in sub], np.float64)
+        offsets = np.array([r.offset for r in sub], np.int64)
         x_raw, problems = self._parse_values(sub)
 
         slots = store.slots_of(ids)
@@ -312,13 +313,13 @@ class StreamEngine:
             ids = [ids[i] for i in acc.tolist()]
             sub = [sub[i] for i in acc.tolist()]
             ts, offsets, x_raw = ts[acc], offsets[acc], x_raw[acc]
-            known, last_ts, idx = known[acc], last_ts[acc], idx[acc]
+            known, last_ts, idx, slots = known[acc], last_ts[acc], idx[acc], slots[acc]
 
         # 4. gaps
         gap = known & (ts - last_ts > self._max_gap)
         n_gaps = int(np.count_nonzero(gap))
         self._gaps += n_gaps
-        slots = store.ensure(ids, now=now)
+        slots = store.ensure(ids, now=now, slots=slots)
         if n_gaps and self.config.gap_policy == "reset":
             store.reset(slots[gap])
             result.resets += n_gaps
@@ -401,19 +402,17 @@ class StreamEngine:
         n = len(sub)
         nf = self._n_features
         values = [r.values for r in sub]
-        rows: list[Any] | None = None
+        flat: list[Any] | None = None
         kinds = set(map(type, values))
-        if kinds == {dict}:
-            if all(len(v) == nf for v in values):
-                try:
-                    rows = list(map(self._getter, values))
-                except KeyError:
-                    rows = None
-        elif kinds <= {list, tuple} and all(len(v) == nf for v in values):
-            rows = values
-        if rows is not None and set(map(type, chain.from_iterable(rows))) <= _NUMERIC_TYPES:
+        if (kinds == {dict} or kinds <= {list, tuple}) and set(map(len, values)) == {nf}:
             try:
-                x = np.array(rows, np.float64).reshape(n, nf)
+                rows = map(self._getter, values) if kinds == {dict} else values
+                flat = list(chain.from_iterable(rows))
+            except KeyError:
+                flat = None
+        if flat is not None and set(map(type, flat)) <= _NUMERIC_TYPES:
+            try:
+                x = np.fromiter(flat, np.float64, n * nf).reshape(n, nf)
             except (OverflowError, ValueError, TypeError):
                 pass
             else:

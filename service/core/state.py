@@ -35,6 +35,12 @@ _CODE_DTYPES = {code: np.dtype(name) for name, code in _DTYPE_CODES.items()}
 _NO_OFFSET = -1
 
 
+def _slot_view(tensor: np.ndarray, spec: StateSpec) -> np.ndarray:
+    """`tensor` seen as ``[before, slots, after]``: everything around the batch axis flattened."""
+    before = int(np.prod(tensor.shape[: spec.batch_axis], dtype=np.int64))
+    return tensor.reshape(before, tensor.shape[spec.batch_axis], -1)
+
+
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
     """What the store knows about one stream, besides its tensors."""
@@ -86,6 +92,7 @@ class StateStore:
             np.empty(spec.batched_shape(0), self.dtype) for spec in self.specs
         ]
         # index prefix that puts the slot index on each tensor's batch axis
+        self._views: list[np.ndarray] = []
         self._lead: list[tuple[Any, ...]] = [
             (slice(None),) * spec.batch_axis for spec in self.specs
         ]
@@ -126,7 +133,21 @@ class StateStore:
 
     @property
     def state_bytes(self) -> int:
-        """Bytes the store holds: every array at its capacity, the id index and the ids."""
+        """Bytes the store keeps resident: its arrays up to the highest slot ever handed out,
+        the id index and the ids.
+
+        Capacity beyond that slot is allocated (see `allocated_bytes`) but its pages are
+        never touched until used, so the operating system does not back them.
+        """
+        used = self._high / self._capacity
+        return int(self._array_bytes() * used) + self._index_bytes()
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of address space the store holds, the full capacity of every array included."""
+        return self._array_bytes() + self._index_bytes()
+
+    def _array_bytes(self) -> int:
         arrays = [
             *self._tensors,
             self._last_ts,
@@ -138,8 +159,10 @@ class StateStore:
             self._active,
             self._last_values,
         ]
-        total = sum(a.nbytes for a in arrays)
-        total += sys.getsizeof(self._index) + sys.getsizeof(self._ids) + sys.getsizeof(self._free)
+        return sum(a.nbytes for a in arrays)
+
+    def _index_bytes(self) -> int:
+        total = sys.getsizeof(self._index) + sys.getsizeof(self._ids) + sys.getsizeof(self._free)
         total += sum(sys.getsizeof(k) for k in self._index)
         # slot numbers above the small-int cache are separate int objects
         total += max(0, len(self._index) - 257) * sys.getsizeof(1 << 20)
@@ -153,27 +176,31 @@ class StateStore:
             return
         old = self._capacity
 
-        def grown(a: np.ndarray, axis: int, fill: float | int | bool) -> np.ndarray:
+        def grown(a: np.ndarray, axis: int) -> np.ndarray:
+            # np.zeros maps untouched pages lazily, so the slack beyond the used slots costs
+            # no resident memory until a slot there is handed out (and initialised) by
+            # `_allocate`
             shape = list(a.shape)
             shape[axis] = new
-            out = np.empty(shape, a.dtype)
+            out = np.zeros(shape, a.dtype)
             lead: tuple[Any, ...] = (slice(None),) * axis
             out[(*lead, slice(0, old))] = a
-            out[(*lead, slice(old, new))] = fill
             return out
 
         self._tensors = [
-            grown(t, spec.batch_axis, spec.init)
-            for t, spec in zip(self._tensors, self.specs, strict=True)
+            grown(t, spec.batch_axis) for t, spec in zip(self._tensors, self.specs, strict=True)
         ]
-        self._last_ts = grown(self._last_ts, 0, -np.inf)
-        self._steps = grown(self._steps, 0, 0)
-        self._applied = grown(self._applied, 0, _NO_OFFSET)
-        self._last_seen = grown(self._last_seen, 0, 0.0)
-        self._last_used = grown(self._last_used, 0, 0)
-        self._dirty = grown(self._dirty, 0, False)
-        self._active = grown(self._active, 0, False)
-        self._last_values = grown(self._last_values, 0, np.nan)
+        self._views = [
+            _slot_view(t, spec) for t, spec in zip(self._tensors, self.specs, strict=True)
+        ]
+        self._last_ts = grown(self._last_ts, 0)
+        self._steps = grown(self._steps, 0)
+        self._applied = grown(self._applied, 0)
+        self._last_seen = grown(self._last_seen, 0)
+        self._last_used = grown(self._last_used, 0)
+        self._dirty = grown(self._dirty, 0)
+        self._active = grown(self._active, 0)
+        self._last_values = grown(self._last_values, 0)
         self._ids.extend([None] * (new - old))
         self._capacity = new
 
@@ -185,21 +212,24 @@ class StateStore:
     def slots_of(self, stream_ids: Sequence[str]) -> np.ndarray:
         """Slots of `stream_ids`, -1 for unknown ones; touches nothing."""
         get = self._index.get
-        return np.fromiter((get(s, -1) for s in stream_ids), np.int64, len(stream_ids))
+        return np.array([get(s, -1) for s in stream_ids], np.int64)
 
     def ids(self) -> list[str]:
         return list(self._index)
 
-    def ensure(self, stream_ids: Sequence[str], *, now: float = 0.0) -> np.ndarray:
+    def ensure(
+        self, stream_ids: Sequence[str], *, now: float = 0.0, slots: np.ndarray | None = None
+    ) -> np.ndarray:
         """Slots for `stream_ids` (distinct), creating fresh state for new streams.
 
         Marks them all as just used; new streams count as seen at `now`. With a capacity
         cap, the least recently used streams outside `stream_ids` are evicted to make room
-        (see `drain_evicted`).
+        (see `drain_evicted`). `slots`, when given, is `slots_of(stream_ids)` computed since
+        the last change to the store (it is updated in place).
         """
         self._tick += 1
-        get = self._index.get
-        slots = np.fromiter((get(s, -1) for s in stream_ids), np.int64, len(stream_ids))
+        if slots is None:
+            slots = self.slots_of(stream_ids)
         new_pos = np.flatnonzero(slots < 0)
         if len(new_pos):
             known = slots[slots >= 0]
@@ -309,9 +339,10 @@ class StateStore:
 
     def gather(self, slots: np.ndarray) -> list[np.ndarray]:
         """The state tensors of `slots`, batched in slot order, as float32 (new arrays)."""
+        batch = len(slots)
         out = [
-            np.take(t, slots, axis=spec.batch_axis)
-            for t, spec in zip(self._tensors, self.specs, strict=True)
+            np.take(view, slots, axis=1).reshape(spec.batched_shape(batch))
+            for view, spec in zip(self._views, self.specs, strict=True)
         ]
         if self.dtype != np.float32:
             out = [a.astype(np.float32) for a in out]
@@ -319,8 +350,13 @@ class StateStore:
 
     def scatter(self, slots: np.ndarray, states: Sequence[np.ndarray]) -> None:
         """Write batched `states` (as returned by the model) back to `slots`."""
-        for tensor, lead, state in zip(self._tensors, self._lead, states, strict=True):
-            tensor[(*lead, slots)] = state
+        batch = len(slots)
+        for view, state in zip(self._views, states, strict=True):
+            rows = np.asarray(state, self.dtype).reshape(view.shape[0], batch, view.shape[2])
+            # one fancy assignment per leading index: much faster than `view[:, slots] = rows`
+            # on large arrays
+            for i in range(view.shape[0]):
+                view[i][slots] = rows[i]
 
     def reset(self, slots: np.ndarray) -> None:
         """Put `slots` back to their initial state (steps seen back to 0)."""

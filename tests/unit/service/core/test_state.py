@@ -252,6 +252,7 @@ def test_state_bytes_stay_near_the_raw_floor_for_large_states() -> None:
     n = 50_000
     for start in range(0, n, 5000):
         store.ensure([f"sensor-{i:07d}" for i in range(start, start + 5000)])
-    per_stream = store.state_bytes / n
     assert store.raw_state_bytes_per_stream == 1024
-    assert per_stream <= store.raw_state_bytes_per_stream * store.capacity / n + 260
+    assert store.capacity > n  # the slack beyond the used slots is not resident
+    assert store.state_bytes / n <= 1024 * 1.25
+    assert store.allocated_bytes / n >= 1024 * store.capacity / n
