@@ -49,9 +49,10 @@ def _register_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--registry", type=Path, default=Path("models"), help="registry folder (default: models)"
     )
     p.set_defaults(handler=_cmd_models)
-    from service import commands
+    from service import commands, tools
 
     commands.register(sub)
+    tools.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

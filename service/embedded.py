@@ -28,7 +28,7 @@ from typing import NoReturn
 
 from service.errors import BrokerError
 
-__all__ = ["BOOTSTRAP_ENV", "EmbeddedBroker", "broker_bootstrap", "free_port"]
+__all__ = ["BOOTSTRAP_ENV", "EmbeddedBroker", "broker_bootstrap", "die_with_parent", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ def _resolve_binary() -> str:
         raise BrokerError(f"no embedded broker binary: {exc}") from exc
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the broker when its parent dies, so a crashed test run leaks none."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child when its parent dies (a `preexec_fn`), so none is leaked."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -167,7 +167,7 @@ class EmbeddedBroker:
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             except OSError as exc:
                 raise BrokerError(f"cannot run the embedded broker {binary}: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "ConfigError",
+    "DataSourceError",
     "InferenceError",
     "ModelCardError",
     "ModelContractError",
@@ -75,3 +76,7 @@ class TopicError(SensorcastError):
 
 class SinkError(SensorcastError):
     """Records could not be delivered to the broker in time; offsets were not committed."""
+
+
+class DataSourceError(SensorcastError):
+    """A file or built-in dataset to replay cannot be read; the message names the file and column."""
