@@ -1,0 +1,1 @@
+"""Benchmarks: each module measures and prints, none asserts. ``python -m bench`` runs them all."""

@@ -1,0 +1,230 @@
+"""Engine benchmark: the streaming engine against a bare onnxruntime call, and at scale.
+
+    python -m bench.engine            # full run, a few minutes
+    python -m bench.engine --quick    # a smoke run in well under a minute
+
+1. Throughput by batch size: stream-steps per second of `StreamEngine.process` (readings
+   with dict values in, `Forecast` objects out: validation, state gather/scatter,
+   bookkeeping included) against `OnnxStepModel.step` alone on the same batch with
+   preallocated inputs. Both are timed in alternating short trials; the median is reported.
+   The engine's time is also split into the model call and everything else.
+2. Scale: 10k, 100k and 1M active streams; throughput at batch 1,024 over streams drawn at
+   random, and resident bytes per stream (growth of the process's RSS while the streams were
+   created, and the store's own accounting) against the raw state bytes.
+
+The model is ``sensors-demo`` from the registry when it is there, otherwise a 2x64 LSTM
+built with onnx.helper (`service.testing.build_onnx_lstm`). Results are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.core.engine import EngineConfig, StreamEngine
+from service.core.model import OnnxStepModel
+from service.core.readings import Reading
+from service.errors import SensorcastError
+from service.registry import Registry
+from service.testing import build_onnx_lstm
+
+__all__ = ["main"]
+
+
+def _load_model(registry: Path, name: str) -> tuple[OnnxStepModel, str]:
+    try:
+        loaded = Registry(registry).load(name)
+    except SensorcastError:
+        card, proto, _ = build_onnx_lstm(
+            hidden=64,
+            layers=2,
+            features=("temp", "humidity", "vibration", "power"),
+            targets=("temp",),
+            horizon=12,
+            name="lstm-2x64",
+        )
+        model = OnnxStepModel(card, proto.SerializeToString())
+        return model, f"onnx.helper LSTM 2x64 (no {name!r} in {registry})"
+    return OnnxStepModel.from_loaded(loaded), f"{loaded.card.ref} ({loaded.card.kind})"
+
+
+class _Feed:
+    """Makes batches of one fresh reading per stream, one period after the previous one."""
+
+    def __init__(self, model: OnnxStepModel, ids: Sequence[str], seed: int = 0) -> None:
+        card = model.card
+        self.ids = list(ids)
+        self.features = card.features
+        self.period = card.period
+        mean = np.asarray(card.scaler.features.mean)
+        std = np.asarray(card.scaler.features.std)
+        rng = np.random.default_rng(seed)
+        # a small pool of value rows, reused: making readings is not what is measured
+        self.pool = [
+            dict(zip(self.features, row, strict=True))
+            for row in (mean + std * rng.normal(size=(997, len(self.features)))).tolist()
+        ]
+        self.step = 0
+
+    def batch(self, ids: Sequence[str] | None = None) -> list[Reading]:
+        self.step += 1
+        ts = 1_700_000_000.0 + self.step * self.period
+        pool, k = self.pool, self.step
+        chosen = self.ids if ids is None else ids
+        return [Reading(sid, ts, pool[(k + i) % 997], 0, self.step) for i, sid in enumerate(chosen)]
+
+
+@dataclass
+class _Trial:
+    engine_rate: float
+    bare_rate: float
+    model_share: float
+
+
+def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
+    """Alternate engine and bare trials of about `seconds`/6 each; medians of each."""
+    card = model.card
+    feed = _Feed(model, [f"sensor-{i:07d}" for i in range(batch)])
+    engine = StreamEngine(model, EngineConfig())
+    engine.process(feed.batch(), now=0.0)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(batch, 1, card.n_features)).astype(np.float32)
+    states = [np.full(s.batched_shape(batch), s.init, np.float32) for s in card.states]
+    model.step(x, states)
+
+    engine_rates, bare_rates, shares = [], [], []
+    slice_s = seconds / 6
+    for _ in range(3):
+        spent = model_spent = 0.0
+        steps = 0
+        while spent < slice_s:
+            readings = feed.batch()
+            t0 = time.perf_counter()
+            result = engine.process(readings, now=0.0)
+            spent += time.perf_counter() - t0
+            model_spent += sum(result.round_seconds)
+            steps += len(result.forecasts)
+        engine_rates.append(steps / spent)
+        shares.append(model_spent / spent)
+        spent, steps = 0.0, 0
+        while spent < slice_s:
+            t0 = time.perf_counter()
+            model.step(x, states)
+            spent += time.perf_counter() - t0
+            steps += batch
+        bare_rates.append(steps / spent)
+    return _Trial(
+        statistics.median(engine_rates), statistics.median(bare_rates), statistics.median(shares)
+    )
+
+
+def _rss() -> int:
+    with open(f"/proc/{os.getpid()}/statm", encoding="ascii") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class _Scale:
+    streams: int
+    rate: float
+    rss_per_stream: float
+    store_per_stream: float
+    allocated_per_stream: float
+    raw: int
+    fill_seconds: float
+
+
+def _bench_scale(model: OnnxStepModel, streams: int, batch: int, seconds: float) -> _Scale:
+    ids = [f"sensor-{i:07d}" for i in range(streams)]
+    feed = _Feed(model, ids, seed=streams)
+    gc.collect()
+    before = _rss()
+    engine = StreamEngine(model, EngineConfig())
+    t0 = time.perf_counter()
+    chunk = 8192
+    for start in range(0, streams, chunk):
+        engine.process(feed.batch(ids[start : start + chunk]), now=0.0)
+    fill = time.perf_counter() - t0
+    gc.collect()
+    rss = _rss() - before
+    store = engine.store
+
+    rng = np.random.default_rng(streams)
+    spent, steps = 0.0, 0
+    while spent < seconds:
+        pick = rng.choice(streams, batch, replace=False)
+        readings = feed.batch([ids[i] for i in pick.tolist()])
+        t1 = time.perf_counter()
+        result = engine.process(readings, now=0.0)
+        spent += time.perf_counter() - t1
+        steps += len(result.forecasts)
+    out = _Scale(
+        streams=streams,
+        rate=steps / spent,
+        rss_per_stream=rss / streams,
+        store_per_stream=store.state_bytes / streams,
+        allocated_per_stream=store.allocated_bytes / streams,
+        raw=store.raw_state_bytes_per_stream,
+        fill_seconds=fill,
+    )
+    del engine, store, ids, feed
+    gc.collect()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.engine", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--registry", type=Path, default=Path("models"))
+    parser.add_argument("--model", default="sensors-demo", help="model name in the registry")
+    args = parser.parse_args(argv)
+
+    model, label = _load_model(args.registry, args.model)
+    batches = [1, 256] if args.quick else [1, 64, 256, 1024]
+    scales = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    seconds = 0.6 if args.quick else 3.0
+    card = model.card
+    print(
+        f"model: {label}; {card.n_features} features, horizon {card.horizon}, states "
+        + ", ".join(f"{s.name}{list(s.shape)}" for s in card.states)
+    )
+    print(f"onnxruntime: 1 intra-op thread, no spinning; {os.cpu_count()} CPUs on this machine\n")
+
+    print("throughput by batch size (stream-steps/s, medians of 3 alternating trials)")
+    print(f"{'batch':>6} {'engine':>11} {'bare ORT':>11} {'engine/bare':>12} {'model share':>12}")
+    for batch in batches:
+        trial = _bench_batch(model, batch, seconds)
+        print(
+            f"{batch:>6} {trial.engine_rate:>11,.0f} {trial.bare_rate:>11,.0f} "
+            f"{trial.engine_rate / trial.bare_rate:>11.0%} {trial.model_share:>12.0%}"
+        )
+
+    print("\nscale: batch 1,024 over streams drawn at random; bytes per stream")
+    print(
+        f"{'streams':>9} {'steps/s':>10} {'vs first':>9} {'RSS/stream':>11} "
+        f"{'store/stream':>13} {'alloc/stream':>13} {'raw':>6} {'RSS/raw':>8} {'fill s':>7}"
+    )
+    first = None
+    for streams in scales:
+        s = _bench_scale(model, streams, 1024, seconds)
+        first = first or s.rate
+        print(
+            f"{s.streams:>9,} {s.rate:>10,.0f} {s.rate / first:>9.0%} {s.rss_per_stream:>11,.0f} "
+            f"{s.store_per_stream:>13,.0f} {s.allocated_per_stream:>13,.0f} {s.raw:>6} "
+            f"{s.rss_per_stream / s.raw:>8.2f} {s.fill_seconds:>7.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
