@@ -265,7 +265,6 @@ class StreamEngine:
         rejects: list[tuple[int, Reject]],
         drops: list[tuple[int, tuple[Reading, DropReason]]],
     ) -> None:
-        n = len(sub)
         store = self.store
         ts = np.array([r.ts for r in sub], np.float64)
         offsets = np.array([r.offset for r in sub], np.int64)
@@ -273,51 +272,41 @@ class StreamEngine:
 
         slots = store.slots_of(ids)
         known = slots >= 0
-        safe = np.where(known, slots, 0)
-        last_ts = np.where(known, store.last_ts_at(safe), -np.inf)
-        applied = np.where(known, store.applied_offset_at(safe), -1)
+        if known.all():
+            last_ts, applied = store.last_ts_at(slots), store.applied_offset_at(slots)
+        else:
+            safe = np.where(known, slots, 0)
+            last_ts = np.where(known, store.last_ts_at(safe), -np.inf)
+            applied = np.where(known, store.applied_offset_at(safe), -1)
 
+        # 1. already applied; 2. bad values and timestamps; 3. duplicate or late
         already = (offsets >= 0) & (offsets <= applied)
+        stale = ts <= last_ts  # False for a NaN timestamp
         bad_ts = ~np.isfinite(ts)
         if self.config.impute == "last":
-            missing = np.isnan(x_raw)
-            if missing.any():
-                previous = np.where(known[:, None], store.last_values_at(safe), np.nan)
-                x_raw = np.where(missing, previous, x_raw)
-                for i in np.flatnonzero(np.isnan(x_raw).any(axis=1)).tolist():
-                    if i not in problems:
-                        lacking = [
-                            f for f, v in zip(self._features, x_raw[i], strict=True) if v != v
-                        ]
-                        problems[i] = (
-                            RejectReason.MISSING_FEATURE,
-                            f"no value for {', '.join(lacking)} and no earlier value to impute",
-                        )
-        rejected = np.zeros(n, np.bool_)
-        if problems:
-            rejected[list(problems)] = True
-        rejected |= bad_ts
-        rejected &= ~already
-        with np.errstate(invalid="ignore"):
+            x_raw = self._impute(x_raw, known, slots, problems)
+        if problems or (already | stale | bad_ts).any():
+            rejected = bad_ts.copy()
+            if problems:
+                rejected[list(problems)] = True
+            rejected &= ~already
             duplicate = (ts == last_ts) & ~already & ~rejected
             late = (ts < last_ts) & ~already & ~rejected
-        accepted = ~(already | rejected | duplicate | late)
-
-        if not accepted.all():
-            self._report(
-                sub, idx, already, rejected, duplicate, late, bad_ts, problems, rejects, drops
-            )
-            acc = np.flatnonzero(accepted)
+            self._report(sub, idx, already, rejected, duplicate, late, problems, rejects, drops)
+            acc = np.flatnonzero(~(already | rejected | duplicate | late))
             if len(acc) == 0:
                 return
             ids = [ids[i] for i in acc.tolist()]
             sub = [sub[i] for i in acc.tolist()]
             ts, offsets, x_raw = ts[acc], offsets[acc], x_raw[acc]
-            known, last_ts, idx, slots = known[acc], last_ts[acc], idx[acc], slots[acc]
+            last_ts, idx, slots = last_ts[acc], idx[acc], slots[acc]
 
-        # 4. gaps
-        gap = known & (ts - last_ts > self._max_gap)
+        # 4. gaps (a stream without an applied reading has last_ts -inf: no gap)
+        gap = ts - last_ts > self._max_gap
         n_gaps = int(np.count_nonzero(gap))
+        if n_gaps:
+            gap &= last_ts > -np.inf
+            n_gaps = int(np.count_nonzero(gap))
         self._gaps += n_gaps
         slots = store.ensure(ids, now=now, slots=slots)
         if n_gaps and self.config.gap_policy == "reset":
@@ -365,13 +354,14 @@ class StreamEngine:
         rejected: np.ndarray,
         duplicate: np.ndarray,
         late: np.ndarray,
-        bad_ts: np.ndarray,
         problems: dict[int, tuple[RejectReason, str]],
         rejects: list[tuple[int, Reject]],
         drops: list[tuple[int, tuple[Reading, DropReason]]],
     ) -> None:
-        """Turn the masks of one wave into Reject and drop records (the rare path)."""
-        del bad_ts  # a rejected row without a value problem has a bad timestamp
+        """Turn the masks of one wave into Reject and drop records (the rare path).
+
+        A rejected row without a value problem is rejected for its timestamp.
+        """
         for reason, mask in (
             (DropReason.ALREADY_APPLIED, already),
             (DropReason.DUPLICATE, duplicate),
@@ -389,6 +379,32 @@ class StreamEngine:
             )
 
     # -- values -------------------------------------------------------------------------
+
+    def _impute(
+        self,
+        x_raw: np.ndarray,
+        known: np.ndarray,
+        slots: np.ndarray,
+        problems: dict[int, tuple[RejectReason, str]],
+    ) -> np.ndarray:
+        """Fill NaN (missing or non-finite) values with the stream's last values.
+
+        A row still lacking a value (a new stream, or a feature never seen) is a problem.
+        """
+        missing = np.isnan(x_raw)
+        if not missing.any():
+            return x_raw
+        safe = np.where(known, slots, 0)
+        previous = np.where(known[:, None], self.store.last_values_at(safe), np.nan)
+        x_raw = np.where(missing, previous, x_raw)
+        for i in np.flatnonzero(np.isnan(x_raw).any(axis=1)).tolist():
+            if i not in problems:
+                lacking = [f for f, v in zip(self._features, x_raw[i], strict=True) if v != v]
+                problems[i] = (
+                    RejectReason.MISSING_FEATURE,
+                    f"no value for {', '.join(lacking)} and no earlier value to impute",
+                )
+        return x_raw
 
     def _parse_values(
         self, sub: Sequence[Reading]
