@@ -9,7 +9,11 @@
 - `kafka`: a `KafkaKit` with helpers to create topics, produce, and read a topic until a
   condition holds (bounded by a timeout), plus the consumer-group settings tests should use.
 
-The embedded broker keeps its data in memory: nothing survives the session.
+The embedded broker keeps its data in memory: nothing survives the session. Its ListOffsets
+answer for "latest" is the base offset of the last batch plus one, not the end of the log, so
+`end_offsets()` and `seek_to_end()` can fall short; a fetch response's high watermark
+(`consumer.highwater(tp)`) is right. To check that nothing more was written, produce a marker
+after the records and read until it arrives.
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--streams", type=_positive_int, default=500, help="simulated streams (default 500)"
     )
     p.add_argument(
-        "--rate", type=_positive_float, default=1000.0, help="readings per second (default 1000)"
+        "--rate", type=_positive_float, default=2500.0, help="readings per second (default 2500)"
     )
     p.add_argument(
         "--duration", type=_positive_float, help="stop after this many seconds (default: Ctrl-C)"

@@ -351,7 +351,7 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
                 )
             status_line = board.status_line() + f"   up {time.monotonic() - started:.0f} s"
             screen.show(
-                [*header, board.accuracy_line()],
+                [*header, *board.accuracy_lines()],
                 board.table(shutil.get_terminal_size().columns),
                 status_line,
             )
@@ -361,13 +361,8 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
         stop.set()
         if errors:
             raise errors[0]
-        summary = [
-            "",
-            *board.table(shutil.get_terminal_size().columns),
-            "",
-            board.status_line(),
-            board.accuracy_line(),
-        ]
+        summary = [] if screen.tty else ["", *board.table(100), ""]  # a terminal shows it already
+        summary += [board.status_line(), *board.accuracy_lines()]
         screen.message("\n".join(summary))
     except DemoError as exc:
         screen.message(f"sensorcast demo: {exc}")

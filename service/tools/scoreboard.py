@@ -131,17 +131,19 @@ class Scoreboard:
                 f"in flight {max(lag, 0):,}"
             )
 
-    def accuracy_line(self) -> str:
+    def accuracy_lines(self) -> list[str]:
+        """Next-step MAE of the model and of persistence per target, and the model's skill."""
         acc = self.accuracy()
         if not acc:
-            return "accuracy: waiting for warm forecasts"
-        parts = []
+            return ["next-step accuracy: waiting for warm forecasts"]
+        cells = []
         for target, mae, persist in acc:
-            skill = 1.0 - mae / persist if persist > 0 else float("nan")
-            parts.append(
-                f"{target} MAE {mae:.3f} vs persistence {persist:.3f} (skill {skill:+.0%})"
-            )
-        return f"next-step accuracy over {self._scored:,} warm forecasts: " + ";  ".join(parts)
+            skill = f"{1.0 - mae / persist:+.0%}" if persist > 0 else "n/a"
+            cells.append(f"{target} {mae:.3f} vs {persist:.3f} ({skill})")
+        return [
+            f"next-step MAE over {self._scored:,} warm forecasts, model vs persistence (skill):",
+            "  " + "   ".join(cells),
+        ]
 
     def table(self, width: int = 100) -> list[str]:
         """One row per shown stream: latest reading, the forecast made a step earlier, error."""

@@ -174,11 +174,15 @@ def read_table(path: Path) -> ReadingTable:
         else:
             frame = pd.read_csv(path)
     except ImportError as exc:
-        raise DataSourceError(f"{path}: reading Parquet needs pyarrow: {exc}") from exc
+        raise DataSourceError(f"{path}: reading Parquet needs pyarrow: {_first_line(exc)}") from exc
     except Exception as exc:  # pandas and pyarrow raise many types for a malformed file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataSourceError(f"{path}: cannot read the table: {first}") from exc
+        raise DataSourceError(f"{path}: cannot read the table: {_first_line(exc)}") from exc
     return _from_frame(frame, str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _from_frame(frame: Any, source: str) -> ReadingTable:
@@ -203,7 +207,7 @@ def _from_frame(frame: Any, source: str) -> ReadingTable:
             parsed = pd.to_datetime(ts, utc=True, format="ISO8601")
         except (ValueError, TypeError) as exc:
             raise DataSourceError(
-                f"{source}: column 'ts' is neither epoch seconds nor ISO-8601 times ({exc})"
+                f"{source}: column 'ts' is neither epoch seconds nor ISO-8601 times ({_first_line(exc)})"
             ) from exc
         epoch = ((parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(
             dtype=np.float64
@@ -216,7 +220,9 @@ def _from_frame(frame: Any, source: str) -> ReadingTable:
         try:
             columns.append(pd.to_numeric(frame[name]).to_numpy(dtype=np.float64))
         except (ValueError, TypeError) as exc:
-            raise DataSourceError(f"{source}: column {name!r} is not numeric ({exc})") from exc
+            raise DataSourceError(
+                f"{source}: column {name!r} is not numeric ({_first_line(exc)})"
+            ) from exc
     values = np.stack(columns, axis=1) if columns else np.empty((len(frame), 0))
     if np.isinf(values).any():
         raise DataSourceError(f"{source}: feature columns hold infinite values")
