@@ -39,7 +39,8 @@ __all__ = ["Service"]
 log = logging.getLogger(__name__)
 
 _FIRST_BACKOFF = 0.5
-_CHECKPOINT_TIMEOUT = 10.0
+# One attempt to reach the broker at start; between attempts the service's own backoff runs.
+_BOOTSTRAP_TIMEOUT_MS = 3000
 
 
 class Service:
@@ -64,6 +65,7 @@ class Service:
         self._backoff = _FIRST_BACKOFF
         self._next_checkpoint = 0.0
         self._paused = False
+        self._final_checkpoint_failed = False
 
     # -- control ---------------------------------------------------------------------------
 
@@ -141,7 +143,10 @@ class Service:
         while not self._stop.is_set():
             try:
                 admin = KafkaAdminClient(
-                    bootstrap_servers=k.bootstrap_servers.split(","), client_id=k.client_id
+                    bootstrap_servers=k.bootstrap_servers.split(","),
+                    client_id=k.client_id,
+                    bootstrap_timeout_ms=_BOOTSTRAP_TIMEOUT_MS,
+                    reconnect_backoff_max_ms=_BOOTSTRAP_TIMEOUT_MS // 3,
                 )
                 try:
                     partitions = ensure_topics(
@@ -265,7 +270,7 @@ class Service:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def checkpoint(self, timeout: float = _CHECKPOINT_TIMEOUT) -> None:
+    def checkpoint(self, timeout: float | None = None) -> None:
         """Make everything processed so far durable, in this order and only this order:
 
         1. flush the producer: every forecast and dead letter of a processed record is
@@ -273,11 +278,14 @@ class Service:
         2. commit the input offsets of the processed records.
 
         A failure at 1 skips 2, so an offset is never committed ahead of its forecast
-        (at-least-once). The state changelog (DESIGN.md section 5) is not written yet: a
+        (at-least-once). On a revoke the same two steps run inside the rebalance callback:
+        `flush_before_revoke`, then `KafkaSource.commit_on_loop`. The state changelog (DESIGN.md section 5) is not written yet: a
         member that takes over a partition starts its streams from the initial state. When
         it lands, writing the dirty streams goes between 1 and 2.
         """
         assert self._sink is not None and self._source is not None
+        if timeout is None:
+            timeout = self.settings.kafka.checkpoint_timeout
         started = time.monotonic()
         # 1. flush the forecast producer
         self._sink.flush(timeout)
@@ -344,17 +352,29 @@ class Service:
             self._paused = False
             self._pause(True)
 
+    def flush_before_revoke(self, partitions: set[int]) -> bool:
+        """Step 1 of the checkpoint for partitions being revoked; the source then commits
+        their offsets (step 2) on the consumer's loop."""
+        assert self._sink is not None
+        if self._final_checkpoint_failed:
+            return False  # the broker is gone; do not wait for it again while leaving
+        try:
+            self._sink.flush(self.settings.kafka.checkpoint_timeout)
+        except SinkError as exc:
+            self.metrics.checkpoints.labels(outcome="failed").inc()
+            log.warning(
+                "flush on revoke failed, offsets not committed partitions=%s error=%r",
+                sorted(partitions),
+                exc,
+            )
+            return False
+        return True
+
     def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
-        """Checkpoint (unless the partitions are already lost), then drop their streams."""
-        if not lost and partitions:
-            try:
-                self.checkpoint()
-            except (SinkError, KafkaError) as exc:
-                self.metrics.checkpoints.labels(outcome="failed").inc()
-                log.warning(
-                    "checkpoint on revoke failed partitions=%s error=%r", sorted(partitions), exc
-                )
+        """Drop the streams of partitions no longer ours (after their checkpoint, unless lost)."""
         self._drop_partitions(partitions)
+        if self._source is not None:
+            self.metrics.assigned_partitions.set(len(self._source.assignment() - partitions))
 
     def _drop_partitions(self, partitions: set[int]) -> None:
         assert self._engine is not None
@@ -376,12 +396,13 @@ class Service:
             log.info("final checkpoint done offsets committed")
         except (SensorcastError, KafkaError) as exc:
             status = 1
+            self._final_checkpoint_failed = True
             log.error(
                 "final checkpoint failed; unacknowledged records will be processed again "
                 "by the next member error=%r",
                 exc,
             )
-        self._source.close()
-        self._sink.close()
+        self._source.close(timeout=5.0)
+        self._sink.close(timeout=5.0)
         log.info("stopped status=%d", status)
         return status

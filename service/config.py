@@ -139,6 +139,11 @@ class KafkaSettings(_Section):
         gt=0,
         description="Longest wait, in seconds, between attempts to reach an unreachable broker.",
     )
+    checkpoint_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a checkpoint waits for acknowledgements and the commit before it counts as failed.",
+    )
     shutdown_timeout: float = Field(
         default=30.0,
         gt=0,

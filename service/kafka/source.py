@@ -11,8 +11,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 
 from service.config import KafkaSettings
 
@@ -24,32 +25,53 @@ log = logging.getLogger(__name__)
 class RebalanceHandler(Protocol):
     """What the service does when the group hands partitions out or takes them back.
 
-    Both run inside `KafkaSource.poll`, on the polling thread, before the next batch.
+    kafka-python runs these on the consumer's I/O thread, during `KafkaSource.poll` or
+    `KafkaSource.close`; they must not call the consumer's blocking methods.
     """
 
-    def partitions_assigned(self, partitions: set[int]) -> None: ...
-    def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None: ...
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        """Partitions were assigned; their records follow in later polls."""
+
+    def flush_before_revoke(self, partitions: set[int]) -> bool:
+        """Checkpoint step 1 for partitions about to be revoked: flush the producer.
+
+        True when everything sent is acknowledged, so their offsets may be committed.
+        """
+
+    def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
+        """The partitions are gone (after their offsets were committed, unless `lost`)."""
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs the revoke checkpoint on the consumer's own event loop.
+
+    kafka-python 3 invokes rebalance callbacks on its I/O thread, where the blocking
+    ``commit()`` is refused; the commit is therefore sent with ``commit_async`` and awaited
+    on that loop, before the consumer rejoins the group.
+    """
+
     def __init__(self, source: KafkaSource, handler: RebalanceHandler) -> None:
         self._source = source
         self._handler = handler
 
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         parts = {tp.partition for tp in revoked}
-        if parts:
-            log.info("partitions revoked topic=%s partitions=%s", self._source.topic, sorted(parts))
+        if not parts:
+            return
+        log.info("partitions revoked topic=%s partitions=%s", self._source.topic, sorted(parts))
+        # 1. flush the producer (the service), 2. commit the revoked partitions' offsets
+        if self._handler.flush_before_revoke(parts):
+            await self._source.commit_on_loop(parts)
         self._handler.partitions_revoked(parts, lost=False)
         self._source.forget(parts)
 
-    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+    async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
         parts = {tp.partition for tp in lost}
         log.warning("partitions lost topic=%s partitions=%s", self._source.topic, sorted(parts))
         self._handler.partitions_revoked(parts, lost=True)
         self._source.forget(parts)
 
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         parts = {tp.partition for tp in assigned}
         log.info("partitions assigned topic=%s partitions=%s", self._source.topic, sorted(parts))
         self._handler.partitions_assigned(parts)
@@ -103,19 +125,50 @@ class KafkaSource:
         return {p: o for p, o in self._next.items() if self._committed.get(p) != o}
 
     def commit(self, timeout_ms: int | None = None) -> dict[int, int]:
-        """Commit the next offset of every partition processed since the last commit."""
-        pending = self.pending_commit()
-        if pending:
-            self._consumer.commit(
+        """Commit, for every assigned partition, the next offset to process.
+
+        Unchanged offsets are committed again: the round trip to the group coordinator is
+        what tells the service that the broker is still there. Returns the partitions whose
+        offset moved since the last commit.
+        """
+        offsets = dict(self._next)
+        for tp in self._consumer.assignment():
+            if tp.partition not in offsets:
+                offsets[tp.partition] = self._consumer.position(tp, timeout_ms=timeout_ms)
+        if not offsets:
+            return {}
+        moved = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
+        self._consumer.commit(
+            {
+                TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+                for p, o in offsets.items()
+            },
+            timeout_ms=timeout_ms,
+        )
+        self._committed.update(offsets)
+        if moved:
+            log.debug("offsets committed topic=%s offsets=%s", self.topic, moved)
+        return moved
+
+    async def commit_on_loop(self, partitions: set[int]) -> None:
+        """Commit the processed offsets of `partitions` from inside a rebalance callback."""
+        offsets = {p: o for p, o in self._next.items() if p in partitions}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit_async(
                 {
                     TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
-                    for p, o in pending.items()
-                },
-                timeout_ms=timeout_ms,
+                    for p, o in offsets.items()
+                }
             )
-            self._committed.update(pending)
-            log.debug("offsets committed topic=%s offsets=%s", self.topic, pending)
-        return pending
+        except KafkaError as exc:
+            log.warning(
+                "commit on revoke failed topic=%s offsets=%s error=%r", self.topic, offsets, exc
+            )
+            return
+        self._committed.update(offsets)
+        log.info("offsets committed on revoke topic=%s offsets=%s", self.topic, offsets)
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop the bookkeeping of partitions no longer assigned."""
@@ -136,8 +189,9 @@ class KafkaSource:
             out[tp.partition] = max(0, high - position)
         return out
 
-    def close(self) -> None:
-        self._consumer.close(autocommit=False)
+    def close(self, timeout: float = 5.0) -> None:
+        """Leave the group (running the revoke callback) and close, within `timeout` seconds."""
+        self._consumer.close(autocommit=False, timeout_ms=int(timeout * 1000))
 
     @property
     def consumer(self) -> Any:

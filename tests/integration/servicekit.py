@@ -135,6 +135,14 @@ class RunningService:
         value = self.service.metrics.registry.get_sample_value(name, labels or {})
         return 0.0 if value is None else value
 
+    def join(self, timeout: float = 30.0) -> int | None:
+        """Wait for the service to end by itself; re-raise what ended it."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the service is still running"
+        if self.error is not None:
+            raise self.error
+        return self.exit_code
+
     def stop(self, timeout: float = 30.0) -> int | None:
         self.service.stop()
         self._thread.join(timeout)

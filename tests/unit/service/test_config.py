@@ -116,7 +116,7 @@ def test_bad_value_names_the_setting(
 def test_bad_files(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("[kafka\nmax_batch = 1\n")
-    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
         load_settings(broken)
     with pytest.raises(ConfigError, match="cannot read it"):
         load_settings(tmp_path / "missing.yaml")
@@ -126,7 +126,7 @@ def test_bad_files(tmp_path: Path) -> None:
         load_settings(odd)
     typo = tmp_path / "typo.yaml"
     typo.write_text("kafka:\n  max_batchh: 3\n")
-    with pytest.raises(ConfigError, match="unknown setting kafka.max_batchh"):
+    with pytest.raises(ConfigError, match=r"unknown setting kafka\.max_batchh"):
         load_settings(typo)
 
 
