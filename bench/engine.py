@@ -57,29 +57,33 @@ def _load_model(registry: Path, name: str) -> tuple[OnnxStepModel, str]:
 
 
 class _Feed:
-    """Makes batches of one fresh reading per stream, one period after the previous one."""
+    """Makes readings: each stream's next reading comes one period after its previous one."""
 
     def __init__(self, model: OnnxStepModel, ids: Sequence[str], seed: int = 0) -> None:
         card = model.card
-        self.ids = list(ids)
-        self.features = card.features
+        self.ids = tuple(ids)  # a tuple of str is not traversed by the garbage collector
         self.period = card.period
+        self.seen = np.zeros(len(self.ids), np.int64)
         mean = np.asarray(card.scaler.features.mean)
         std = np.asarray(card.scaler.features.std)
         rng = np.random.default_rng(seed)
         # a small pool of value rows, reused: making readings is not what is measured
         self.pool = [
-            dict(zip(self.features, row, strict=True))
-            for row in (mean + std * rng.normal(size=(997, len(self.features)))).tolist()
+            dict(zip(card.features, row, strict=True))
+            for row in (mean + std * rng.normal(size=(997, len(card.features)))).tolist()
         ]
-        self.step = 0
 
-    def batch(self, ids: Sequence[str] | None = None) -> list[Reading]:
-        self.step += 1
-        ts = 1_700_000_000.0 + self.step * self.period
-        pool, k = self.pool, self.step
-        chosen = self.ids if ids is None else ids
-        return [Reading(sid, ts, pool[(k + i) % 997], 0, self.step) for i, sid in enumerate(chosen)]
+    def batch(self, streams: np.ndarray | None = None) -> list[Reading]:
+        """One reading for each of `streams` (indices into the ids; all of them by default)."""
+        picked = np.arange(len(self.ids)) if streams is None else streams
+        steps = self.seen[picked]
+        self.seen[picked] += 1
+        ts = (1_700_000_000.0 + steps * self.period).tolist()
+        pool, ids = self.pool, self.ids
+        return [
+            Reading(ids[i], t, pool[(i + k) % 997], 0, k)
+            for i, t, k in zip(picked.tolist(), ts, steps.tolist(), strict=True)
+        ]
 
 
 @dataclass
@@ -143,25 +147,24 @@ class _Scale:
 
 
 def _bench_scale(model: OnnxStepModel, streams: int, batch: int, seconds: float) -> _Scale:
-    ids = [f"sensor-{i:07d}" for i in range(streams)]
-    feed = _Feed(model, ids, seed=streams)
+    feed = _Feed(model, [f"sensor-{i:07d}" for i in range(streams)], seed=streams)
+    engine = StreamEngine(model, EngineConfig())
+    chunk = 1024
+    engine.process(feed.batch(np.arange(chunk)), now=0.0)  # warm: onnxruntime's buffers
     gc.collect()
     before = _rss()
-    engine = StreamEngine(model, EngineConfig())
     t0 = time.perf_counter()
-    chunk = 8192
-    for start in range(0, streams, chunk):
-        engine.process(feed.batch(ids[start : start + chunk]), now=0.0)
+    for start in range(chunk, streams, chunk):
+        engine.process(feed.batch(np.arange(start, min(start + chunk, streams))), now=0.0)
     fill = time.perf_counter() - t0
     gc.collect()
-    rss = _rss() - before
+    rss = (_rss() - before) / (streams - chunk)
     store = engine.store
 
     rng = np.random.default_rng(streams)
     spent, steps = 0.0, 0
     while spent < seconds:
-        pick = rng.choice(streams, batch, replace=False)
-        readings = feed.batch([ids[i] for i in pick.tolist()])
+        readings = feed.batch(rng.choice(streams, batch, replace=False))
         t1 = time.perf_counter()
         result = engine.process(readings, now=0.0)
         spent += time.perf_counter() - t1
@@ -169,13 +172,13 @@ def _bench_scale(model: OnnxStepModel, streams: int, batch: int, seconds: float)
     out = _Scale(
         streams=streams,
         rate=steps / spent,
-        rss_per_stream=rss / streams,
+        rss_per_stream=rss,
         store_per_stream=store.state_bytes / streams,
         allocated_per_stream=store.allocated_bytes / streams,
         raw=store.raw_state_bytes_per_stream,
         fill_seconds=fill,
     )
-    del engine, store, ids, feed
+    del engine, store, feed
     gc.collect()
     return out
 

@@ -105,7 +105,9 @@ class StateStore:
         self._active = np.empty(0, np.bool_)
         self._last_values = np.empty((0, n_last_values), np.float32)
         self._index: dict[str, int] = {}
-        self._ids: list[str | None] = []
+        # stream id per slot (None when free); an object array, unlike a list, is not
+        # traversed by the garbage collector, which matters with a million streams
+        self._ids = np.empty(0, object)
         self._free: list[int] = []
         self._high = 0  # slots below this have been handed out at least once
         self._tick = 0
@@ -158,11 +160,12 @@ class StateStore:
             self._dirty,
             self._active,
             self._last_values,
+            self._ids,
         ]
         return sum(a.nbytes for a in arrays)
 
     def _index_bytes(self) -> int:
-        total = sys.getsizeof(self._index) + sys.getsizeof(self._ids) + sys.getsizeof(self._free)
+        total = sys.getsizeof(self._index) + sys.getsizeof(self._free)
         total += sum(sys.getsizeof(k) for k in self._index)
         # slot numbers above the small-int cache are separate int objects
         total += max(0, len(self._index) - 257) * sys.getsizeof(1 << 20)
@@ -201,7 +204,9 @@ class StateStore:
         self._dirty = grown(self._dirty, 0)
         self._active = grown(self._active, 0)
         self._last_values = grown(self._last_values, 0)
-        self._ids.extend([None] * (new - old))
+        ids = np.full(new, None, object)
+        ids[:old] = self._ids
+        self._ids = ids
         self._capacity = new
 
     # -- slots --------------------------------------------------------------------------
@@ -278,8 +283,9 @@ class StateStore:
             self._next_expiry = min(self._next_expiry, now + self.ttl_seconds)
 
     def _reset_tensors(self, slots: np.ndarray) -> None:
-        for tensor, lead, spec in zip(self._tensors, self._lead, self.specs, strict=True):
-            tensor[(*lead, slots)] = spec.init
+        for view, spec in zip(self._views, self.specs, strict=True):
+            for i in range(view.shape[0]):
+                view[i][slots] = spec.init
 
     def _evict_lru(self, count: int) -> None:
         active = np.flatnonzero(self._active[: self._high])
@@ -291,7 +297,7 @@ class StateStore:
         if (used[pick] >= self._tick).any():
             raise StateError("cannot evict a stream that is in use in this round")
         victims = active[pick]
-        ids = [self._ids[s] for s in victims.tolist()]
+        ids: list[str | None] = self._ids[victims].tolist()
         self._evicted.extend(i for i in ids if i is not None)
         self._release(victims)
 
@@ -327,7 +333,7 @@ class StateStore:
         cutoff = now - self.ttl_seconds
         old = seen < cutoff
         victims = active[old]
-        ids = [self._ids[s] for s in victims.tolist()]
+        ids: list[str | None] = self._ids[victims].tolist()
         self._release(victims)
         remaining = seen[~old]
         self._next_expiry = (
@@ -419,8 +425,8 @@ class StateStore:
 
     def dirty_ids(self) -> set[str]:
         """Streams changed since they were last cleared."""
-        ids = self._ids
-        return {s for s in (ids[i] for i in np.flatnonzero(self._dirty).tolist()) if s is not None}
+        ids: list[str | None] = self._ids[np.flatnonzero(self._dirty)].tolist()
+        return {s for s in ids if s is not None}
 
     def clear_dirty(self, stream_ids: Iterable[str]) -> None:
         slots = [self._index[s] for s in stream_ids if s in self._index]
