@@ -10,13 +10,20 @@ it neither exits nor spins.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from kafka import KafkaAdminClient
-from kafka.errors import KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 
 from service.config import ServiceSettings
 from service.core.engine import EngineConfig, StreamEngine
@@ -39,6 +46,13 @@ __all__ = ["Service"]
 log = logging.getLogger(__name__)
 
 _FIRST_BACKOFF = 0.5
+# Commit errors that mean "the group is changing", not "the broker is unreachable".
+_GROUP_CHURN = (
+    RebalanceInProgressError,
+    CommitFailedError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+)
 # One attempt to reach the broker at start; between attempts the service's own backoff runs.
 _BOOTSTRAP_TIMEOUT_MS = 3000
 
@@ -66,6 +80,8 @@ class Service:
         self._next_checkpoint = 0.0
         self._paused = False
         self._final_checkpoint_failed = False
+        self._revoked: set[int] = set()
+        self._rebalances: queue.SimpleQueue[tuple[str, set[int]]] = queue.SimpleQueue()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -201,6 +217,7 @@ class Service:
                 log.warning("poll failed error=%r", exc)
                 self._stop.wait(self._backoff)
                 continue
+            self._apply_rebalances()
             if records:
                 self._process(records)
             if time.monotonic() >= self._next_checkpoint:
@@ -298,6 +315,13 @@ class Service:
         k = self.settings.kafka
         try:
             self.checkpoint()
+        except _GROUP_CHURN as exc:
+            # Not a broker problem: the next poll completes the rebalance, whose revoke
+            # callback commits; until then the commit waits.
+            self.metrics.checkpoints.labels(outcome="failed").inc()
+            log.info("commit deferred while the group rebalances error=%s", type(exc).__name__)
+            self._next_checkpoint = time.monotonic() + k.commit_interval
+            return
         except (SinkError, KafkaError) as exc:
             self.metrics.checkpoints.labels(outcome="failed").inc()
             self._set_reachable(False)
@@ -341,16 +365,18 @@ class Service:
 
     # -- rebalances (called by KafkaSource inside poll) --------------------------------------
 
+    # kafka-python runs these on its I/O thread while the poll loop may be between polls;
+    # they only flush the (thread-safe) producer, set readiness and queue an event. The
+    # poll loop applies the events to the store after the poll that completes the
+    # rebalance, before it processes any record of a new assignment.
+
     def partitions_assigned(self, partitions: set[int]) -> None:
         assert self._source is not None
-        self.metrics.assigned_partitions.set(len(self._source.assignment()))
+        self._rebalances.put(("assigned", self._source.assignment()))
         # Restoring the partitions' streams from the changelog belongs here (next milestone);
         # until then a newly assigned partition's streams start from the initial state.
         self.readiness.set("state_restored", True)
         self.readiness.set("partitions_assigned", True)
-        if self._paused:  # newly assigned partitions start unpaused
-            self._paused = False
-            self._pause(True)
 
     def flush_before_revoke(self, partitions: set[int]) -> bool:
         """Step 1 of the checkpoint for partitions being revoked; the source then commits
@@ -371,10 +397,30 @@ class Service:
         return True
 
     def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
-        """Drop the streams of partitions no longer ours (after their checkpoint, unless lost)."""
-        self._drop_partitions(partitions)
-        if self._source is not None:
-            self.metrics.assigned_partitions.set(len(self._source.assignment() - partitions))
+        self._rebalances.put(("lost" if lost else "revoked", set(partitions)))
+
+    def _apply_rebalances(self) -> None:
+        """Drop the streams of partitions no longer ours.
+
+        Lost partitions' streams go at once: another member may already be applying their
+        readings. Revoked partitions' streams go at the next assignment unless they come
+        back in it, as every partition does in an eager rebalance that leaves this
+        member's share unchanged.
+        """
+        while not self._rebalances.empty():
+            event, partitions = self._rebalances.get_nowait()
+            if event == "lost":
+                self._drop_partitions(partitions)
+            elif event == "revoked":
+                self._revoked |= partitions
+            else:
+                gone, self._revoked = self._revoked - partitions, set()
+                if gone:
+                    self._drop_partitions(gone)
+                self.metrics.assigned_partitions.set(len(partitions))
+                if self._paused:  # newly assigned partitions start unpaused
+                    self._paused = False
+                    self._pause(True)
 
     def _drop_partitions(self, partitions: set[int]) -> None:
         assert self._engine is not None
@@ -394,6 +440,14 @@ class Service:
         try:
             self.checkpoint(timeout=k.shutdown_timeout)
             log.info("final checkpoint done offsets committed")
+        except _GROUP_CHURN as exc:
+            # A rebalance is under way; its revoke callback committed what was processed.
+            left = self._source.pending_commit()
+            if left:
+                status = 1
+                log.error("final commit refused by a rebalance offsets=%s error=%r", left, exc)
+            else:
+                log.info("final checkpoint done offsets committed on revoke")
         except (SensorcastError, KafkaError) as exc:
             status = 1
             self._final_checkpoint_failed = True

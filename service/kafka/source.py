@@ -122,7 +122,8 @@ class KafkaSource:
 
     def pending_commit(self) -> dict[int, int]:
         """Partitions whose processed position is past their last commit."""
-        return {p: o for p, o in self._next.items() if self._committed.get(p) != o}
+        committed = dict(self._committed)  # snapshots: rebalance callbacks run on another thread
+        return {p: o for p, o in dict(self._next).items() if committed.get(p) != o}
 
     def commit(self, timeout_ms: int | None = None) -> dict[int, int]:
         """Commit, for every assigned partition, the next offset to process.
@@ -131,13 +132,14 @@ class KafkaSource:
         what tells the service that the broker is still there. Returns the partitions whose
         offset moved since the last commit.
         """
-        offsets = dict(self._next)
+        offsets = dict(self._next)  # a snapshot: rebalance callbacks run on another thread
         for tp in self._consumer.assignment():
             if tp.partition not in offsets:
                 offsets[tp.partition] = self._consumer.position(tp, timeout_ms=timeout_ms)
         if not offsets:
             return {}
-        moved = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
+        committed = dict(self._committed)
+        moved = {p: o for p, o in offsets.items() if committed.get(p) != o}
         self._consumer.commit(
             {
                 TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
@@ -152,7 +154,7 @@ class KafkaSource:
 
     async def commit_on_loop(self, partitions: set[int]) -> None:
         """Commit the processed offsets of `partitions` from inside a rebalance callback."""
-        offsets = {p: o for p, o in self._next.items() if p in partitions}
+        offsets = {p: o for p, o in dict(self._next).items() if p in partitions}
         if not offsets:
             return
         try:
