@@ -256,3 +256,42 @@ def test_state_bytes_stay_near_the_raw_floor_for_large_states() -> None:
     assert store.capacity > n  # the slack beyond the used slots is not resident
     assert store.state_bytes / n <= 1024 * 1.25
     assert store.allocated_bytes / n >= 1024 * store.capacity / n
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_dump_many_and_load_many_match_one_by_one(dtype: str) -> None:
+    rng = np.random.default_rng(3)
+    src = _store(dtype=dtype, n_last_values=2)
+    ids = [f"s{i}" for i in range(50)]
+    slots = src.ensure(ids)
+    src.scatter(slots, [rng.normal(size=s.batched_shape(50)).astype(np.float32) for s in SPECS])
+    src.advance(slots, np.arange(50.0), np.arange(50), now=1.0, values=rng.normal(size=(50, 2)))
+    many = src.dump_many(ids)
+    assert many == [src.dump(sid) for sid in ids]
+
+    dst = _store(dtype=dtype, n_last_values=2)
+    dst.ensure(["s3", "other"])  # an existing stream is replaced
+    stale = src.dump("s7")
+    dst.load_many([("s7", b"ignored: a later record wins"), *zip(ids, many, strict=True)], now=2.0)
+    for sid in ids:
+        for got, want in zip(dst.states_of(sid) or [], src.states_of(sid) or [], strict=True):
+            np.testing.assert_array_equal(got, want)
+        a, b = dst.info(sid), src.info(sid)
+        assert a is not None and b is not None
+        assert (a.last_ts, a.steps, a.applied_offset) == (b.last_ts, b.steps, b.applied_offset)
+        assert a.last_seen == 2.0
+    assert dst.dump("s7") == stale
+    assert dst.dirty_ids() == set()
+    assert len(dst) == 51
+
+
+def test_load_many_validates_records() -> None:
+    store = _store()
+    store.ensure(["a"])
+    good = store.dump("a")
+    with pytest.raises(StateError, match="format"):
+        store.load_many([("a", b"XXXX" + good[4:]), ("b", b"XXXX" + good[4:])])
+    with pytest.raises(StateError, match="too short"):
+        store.load_many([("a", good), ("b", good[:7])])
+    with pytest.raises(StateError, match="no state"):
+        store.dump_many(["a", "missing"])
