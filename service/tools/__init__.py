@@ -7,6 +7,7 @@ so ``sensorcast --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import threading
@@ -38,12 +39,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _quiet_kafka(args: argparse.Namespace) -> None:
+    """kafka-python logs every connection at INFO; a tool shows them only with --verbose."""
+    if not getattr(args, "verbose", False):
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from service.tools.replay import make_producer, replay
     from service.tools.sources import load_source, parse_time
 
+    _quiet_kafka(args)
     table = load_source(
         args.source,
         streams=args.streams,
@@ -89,6 +97,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_tail(args: argparse.Namespace) -> int:
     from service.tools.tail import ForecastView, follow, format_line, format_table
 
+    _quiet_kafka(args)
     stop = threading.Event()
     shown = 0
     latest: dict[str, ForecastView] = {}
@@ -114,10 +123,12 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         if not table_mode or time.monotonic() - last_draw < 1.0:
             return
         last_draw = time.monotonic()
-        rows = max(3, shutil.get_terminal_size().lines - 4)
+        size = shutil.get_terminal_size()
+        rows = max(3, size.lines - 4)
         lines = [f"{args.topic}: {shown} forecasts, {len(latest)} streams (Ctrl-C to stop)"]
         lines += format_table(latest, rows, args.steps)
-        sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+        text = "\n".join(line[: size.columns] for line in lines)
+        sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
         sys.stdout.flush()
 
     try:
@@ -145,6 +156,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from service.tools.demo import DemoOptions, run_demo
 
+    _quiet_kafka(args)
     return run_demo(
         DemoOptions(
             streams=args.streams,

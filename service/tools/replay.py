@@ -68,7 +68,6 @@ def make_producer(bootstrap_servers: str, **overrides: Any) -> Any:
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap_servers,
         "client_id": "sensorcast-replay",
-        "acks": 1,
         "linger_ms": 10,
         "batch_size": 256 * 1024,
         "max_request_size": 4 * 1024 * 1024,
@@ -169,7 +168,7 @@ def replay(
         raise ReplayError(
             f"{failures.count} of {sent} readings to {topic} were not delivered: {failures.first}"
         )
-    log.info(
+    log.debug(
         "replay done topic=%s sent=%d seconds=%.2f per_second=%.0f",
         topic,
         sent,
