@@ -1,16 +1,20 @@
 """Engine benchmark: the streaming engine against a bare onnxruntime call, and at scale.
 
-    python -m bench.engine            # full run, a few minutes
-    python -m bench.engine --quick    # a smoke run in well under a minute
+    python -m bench.engine            # full run, about a minute
+    python -m bench.engine --quick    # a smoke run of a few seconds
 
-1. Throughput by batch size: stream-steps per second of `StreamEngine.process` (readings
-   with dict values in, `Forecast` objects out: validation, state gather/scatter,
-   bookkeeping included) against `OnnxStepModel.step` alone on the same batch with
-   preallocated inputs. Both are timed in alternating short trials; the median is reported.
-   The engine's time is also split into the model call and everything else.
-2. Scale: 10k, 100k and 1M active streams; throughput at batch 1,024 over streams drawn at
-   random, and resident bytes per stream (growth of the process's RSS while the streams were
-   created, and the store's own accounting) against the raw state bytes.
+1. Throughput by batch size, in stream-steps per second, three ways on the same batch:
+   - engine: `StreamEngine.process` end to end, readings with dict values in and `Forecast`
+     objects out (validation, slot lookup, gather, model, scatter, bookkeeping, forecasts);
+   - state path: the same work on arrays, without the per-reading Python objects (slot
+     lookup, gather, model call, scatter, bookkeeping);
+   - bare: `OnnxStepModel.step` alone with preallocated inputs.
+   They run in alternating short trials; medians are reported, with the share of the
+   engine's time spent in the model call.
+2. Scale: 10k, 100k and 1M active streams (and 1M with float16 state); throughput at batch
+   1,024 over streams drawn at random, and resident bytes per stream (growth of the process's
+   RSS while the streams were created, and the store's own accounting) against the raw state
+   bytes.
 
 The model is ``sensors-demo`` from the registry when it is there, otherwise a 2x64 LSTM
 built with onnx.helper (`service.testing.build_onnx_lstm`). Results are printed, not asserted.
@@ -32,6 +36,7 @@ import numpy as np
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
 from service.core.readings import Reading
+from service.core.state import StateDType
 from service.errors import SensorcastError
 from service.registry import Registry
 from service.testing import build_onnx_lstm
@@ -89,12 +94,17 @@ class _Feed:
 @dataclass
 class _Trial:
     engine_rate: float
+    state_rate: float
     bare_rate: float
     model_share: float
 
 
 def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
-    """Alternate engine and bare trials of about `seconds`/6 each; medians of each."""
+    """Alternate engine, state-path and bare trials of about `seconds`/9 each; medians.
+
+    The state path is the engine's work around the model without the per-reading Python
+    objects: slot lookup, gather, the model call, scatter and bookkeeping, on arrays.
+    """
     card = model.card
     feed = _Feed(model, [f"sensor-{i:07d}" for i in range(batch)])
     engine = StreamEngine(model, EngineConfig())
@@ -104,8 +114,11 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
     states = [np.full(s.batched_shape(batch), s.init, np.float32) for s in card.states]
     model.step(x, states)
 
-    engine_rates, bare_rates, shares = [], [], []
-    slice_s = seconds / 6
+    store = engine.store
+    ids = [f"state-{i:07d}" for i in range(batch)]  # streams of their own: other timestamps
+    offsets = np.zeros(batch, np.int64)
+    engine_rates, state_rates, bare_rates, shares = [], [], [], []
+    slice_s = seconds / 9
     for _ in range(3):
         spent = model_spent = 0.0
         steps = 0
@@ -119,6 +132,18 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
         engine_rates.append(steps / spent)
         shares.append(model_spent / spent)
         spent, steps = 0.0, 0
+        ts = np.full(batch, 1e10)
+        while spent < slice_s:
+            ts += 1.0
+            t0 = time.perf_counter()
+            slots = store.ensure(ids, slots=store.slots_of(ids))
+            _, new_states = model.step(x, store.gather(slots))
+            store.scatter(slots, new_states)
+            store.advance(slots, ts, offsets, 0.0)
+            spent += time.perf_counter() - t0
+            steps += batch
+        state_rates.append(steps / spent)
+        spent, steps = 0.0, 0
         while spent < slice_s:
             t0 = time.perf_counter()
             model.step(x, states)
@@ -126,7 +151,10 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
             steps += batch
         bare_rates.append(steps / spent)
     return _Trial(
-        statistics.median(engine_rates), statistics.median(bare_rates), statistics.median(shares)
+        statistics.median(engine_rates),
+        statistics.median(state_rates),
+        statistics.median(bare_rates),
+        statistics.median(shares),
     )
 
 
@@ -146,9 +174,11 @@ class _Scale:
     fill_seconds: float
 
 
-def _bench_scale(model: OnnxStepModel, streams: int, batch: int, seconds: float) -> _Scale:
+def _bench_scale(
+    model: OnnxStepModel, streams: int, batch: int, seconds: float, dtype: StateDType = "float32"
+) -> _Scale:
     feed = _Feed(model, [f"sensor-{i:07d}" for i in range(streams)], seed=streams)
-    engine = StreamEngine(model, EngineConfig())
+    engine = StreamEngine(model, EngineConfig(state_dtype=dtype))
     chunk = 1024
     engine.process(feed.batch(np.arange(chunk)), now=0.0)  # warm: onnxruntime's buffers
     gc.collect()
@@ -194,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model, label = _load_model(args.registry, args.model)
     batches = [1, 256] if args.quick else [1, 64, 256, 1024]
-    scales = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    scales: list[tuple[int, StateDType]] = [(10_000, "float32"), (100_000, "float32")]
+    if not args.quick:
+        scales += [(1_000_000, "float32"), (1_000_000, "float16")]
     seconds = 0.6 if args.quick else 3.0
     card = model.card
     print(
@@ -204,25 +236,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"onnxruntime: 1 intra-op thread, no spinning; {os.cpu_count()} CPUs on this machine\n")
 
     print("throughput by batch size (stream-steps/s, medians of 3 alternating trials)")
-    print(f"{'batch':>6} {'engine':>11} {'bare ORT':>11} {'engine/bare':>12} {'model share':>12}")
+    print(
+        f"{'batch':>6} {'engine':>11} {'state path':>11} {'bare ORT':>11} "
+        f"{'engine/bare':>12} {'state/bare':>11} {'model share':>12}"
+    )
     for batch in batches:
         trial = _bench_batch(model, batch, seconds)
         print(
-            f"{batch:>6} {trial.engine_rate:>11,.0f} {trial.bare_rate:>11,.0f} "
-            f"{trial.engine_rate / trial.bare_rate:>11.0%} {trial.model_share:>12.0%}"
+            f"{batch:>6} {trial.engine_rate:>11,.0f} {trial.state_rate:>11,.0f} "
+            f"{trial.bare_rate:>11,.0f} {trial.engine_rate / trial.bare_rate:>12.0%} "
+            f"{trial.state_rate / trial.bare_rate:>11.0%} {trial.model_share:>12.0%}"
         )
 
     print("\nscale: batch 1,024 over streams drawn at random; bytes per stream")
     print(
-        f"{'streams':>9} {'steps/s':>10} {'vs first':>9} {'RSS/stream':>11} "
+        f"{'streams':>13} {'steps/s':>10} {'vs first':>9} {'RSS/stream':>11} "
         f"{'store/stream':>13} {'alloc/stream':>13} {'raw':>6} {'RSS/raw':>8} {'fill s':>7}"
     )
     first = None
-    for streams in scales:
-        s = _bench_scale(model, streams, 1024, seconds)
+    for streams, dtype in scales:
+        s = _bench_scale(model, streams, 1024, seconds, dtype)
         first = first or s.rate
+        label = f"{s.streams:,}" + (" f16" if dtype == "float16" else "")
         print(
-            f"{s.streams:>9,} {s.rate:>10,.0f} {s.rate / first:>9.0%} {s.rss_per_stream:>11,.0f} "
+            f"{label:>13} {s.rate:>10,.0f} {s.rate / first:>9.0%} {s.rss_per_stream:>11,.0f} "
             f"{s.store_per_stream:>13,.0f} {s.allocated_per_stream:>13,.0f} {s.raw:>6} "
             f"{s.rss_per_stream / s.raw:>8.2f} {s.fill_seconds:>7.1f}"
         )
