@@ -150,3 +150,19 @@ def test_demo_stops_cleanly_on_ctrl_c(registry: Path) -> None:
     assert demo.finish(timeout=45) == 0, demo.text
     assert "demo stopped after" in demo.lines[-1]
     _assert_nothing_left(demo)
+
+
+def test_a_service_that_cannot_start_ends_the_demo_with_its_log(registry: Path) -> None:
+    env = {**os.environ, "SENSORCAST_KAFKA__MAX_BATCH": "0", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "service.cli", "demo", "--registry", str(registry)]
+    result = subprocess.run(
+        [*cmd, "--duration", "30", "--http-port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the service exited with status 2" in result.stdout
+    assert "SENSORCAST_KAFKA__MAX_BATCH" in result.stdout  # the tail of the service's log
+    assert "demo stopped after" in result.stdout

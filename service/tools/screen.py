@@ -1,0 +1,38 @@
+"""Where the demo draws: a refreshing table on a terminal, periodic plain lines otherwise."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import TextIO
+
+__all__ = ["Screen"]
+
+
+class Screen:
+    """On a terminal, `show` redraws the whole screen; piped or redirected, it prints the
+    status line every `plain_every` seconds, so logs and tests get readable text."""
+
+    def __init__(self, out: TextIO, plain_every: float = 5.0) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._plain_every = plain_every
+        self._last_plain = 0.0
+
+    @property
+    def width(self) -> int:
+        return shutil.get_terminal_size().columns if self.tty else 100
+
+    def show(self, header: list[str], body: list[str], status: str) -> None:
+        if self.tty:
+            size = shutil.get_terminal_size()
+            lines = [*header, status, "", *body][: max(1, size.lines - 1)]
+            text = "\n".join(line[: size.columns] for line in lines)
+            self.out.write("\x1b[H\x1b[2J" + text + "\n")
+            self.out.flush()
+        elif time.monotonic() - self._last_plain >= self._plain_every:
+            self._last_plain = time.monotonic()
+            self.message(status)
+
+    def message(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
