@@ -17,7 +17,7 @@ class Screen:
         self.out = out
         self.tty = out.isatty()
         self._plain_every = plain_every
-        self._last_plain = 0.0
+        self._last_plain = float("-inf")
 
     @property
     def width(self) -> int:

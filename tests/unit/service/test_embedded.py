@@ -125,3 +125,32 @@ def test_port_taken_after_choosing_is_retried(monkeypatch: pytest.MonkeyPatch) -
         with EmbeddedBroker() as second:
             assert second.port != first.port
             assert second.running and first.running
+
+
+def test_broker_dies_with_its_parent() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "from service.embedded import EmbeddedBroker\n"
+        "b = EmbeddedBroker().start()\n"
+        "print(b.pid, flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        broker_pid = int(parent.stdout.readline())
+        assert _alive(broker_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(broker_pid):
+            assert time.monotonic() < deadline, "the broker outlived its parent"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
