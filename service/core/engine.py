@@ -108,6 +108,8 @@ class EngineResult:
     round_sizes: list[int] = field(default_factory=list)
     round_seconds: list[float] = field(default_factory=list)
     resets: int = 0
+    gaps: int = 0
+    """Readings that came after a gap longer than ``max_gap_periods`` (reset or not)."""
     evicted: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
 
@@ -127,7 +129,7 @@ class EngineStats:
     rounds: int = 0
     model_seconds: float = 0.0
 
-    def add(self, result: EngineResult, readings: int, gaps: int) -> None:
+    def add(self, result: EngineResult, readings: int) -> None:
         self.readings += readings
         self.forecasts += len(result.forecasts)
         for reject in result.rejects:
@@ -135,7 +137,7 @@ class EngineStats:
         for _, reason in result.drops:
             self.drops[reason] = self.drops.get(reason, 0) + 1
         self.resets += result.resets
-        self.gaps += gaps
+        self.gaps += result.gaps
         self.evicted += len(result.evicted)
         self.expired += len(result.expired)
         self.rounds += len(result.round_sizes)
@@ -181,7 +183,6 @@ class StreamEngine:
         self._horizon_offsets = np.arange(1, card.horizon + 1, dtype=np.float64) * card.period
         self._max_gap = config.max_gap_periods * card.period
         self._y_shape = (card.horizon, card.n_targets)
-        self._gaps = 0
 
     # -- public -------------------------------------------------------------------------
 
@@ -189,12 +190,13 @@ class StreamEngine:
         """Apply `readings` (any mix of streams, each stream's in order); see the module doc.
 
         `now` is the wall-clock time used for TTL expiry and last-seen bookkeeping
-        (``time.time()`` when not given).
+        (``time.time()`` when not given). If the model fails (`InferenceError`), rounds
+        already run in this call stay applied; their readings are dropped as already applied
+        (or duplicates) if the batch is processed again.
         """
         now = time.time() if now is None else now
         result = EngineResult()
         result.expired = self.store.expire(now)
-        self._gaps = 0
         ids = [r.stream_id for r in readings]
         waves = list(self._waves(ids))
         tagged: list[tuple[np.ndarray, list[Forecast]]] = []
@@ -220,7 +222,7 @@ class StreamEngine:
         result.rejects = [r for _, r in rejects]
         result.drops = [d for _, d in drops]
         result.evicted = self.store.drain_evicted()
-        self.stats.add(result, len(readings), self._gaps)
+        self.stats.add(result, len(readings))
         return result
 
     # -- batching -----------------------------------------------------------------------
@@ -307,7 +309,7 @@ class StreamEngine:
         if n_gaps:
             gap &= last_ts > -np.inf
             n_gaps = int(np.count_nonzero(gap))
-        self._gaps += n_gaps
+        result.gaps += n_gaps
         slots = store.ensure(ids, now=now, slots=slots)
         if n_gaps and self.config.gap_policy == "reset":
             store.reset(slots[gap])

@@ -204,6 +204,7 @@ def test_a_long_gap_resets_the_state(elman: ElmanLagModel) -> None:
     np.testing.assert_allclose(sink.values_of("s")[3:], oracle(elman, values[3:]), rtol=1e-5)
     assert [f.warm for f in sink.forecasts] == [False, True, True, False, True, True]
     assert sum(r.resets for r in sink.results) == 1
+    assert sum(r.gaps for r in sink.results) == 1
     assert engine.stats.resets == 1 and engine.stats.gaps == 1
 
 
