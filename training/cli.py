@@ -153,6 +153,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-norm", type=float, help="gradient clipping by global norm (default 1.0)")
     g.add_argument("--epochs", dest="max_epochs", type=int, help="maximum epochs (default 50)")
     g.add_argument("--patience", type=int, help="early stopping patience in epochs (default 8)")
+    g.add_argument(
+        "--refit-epochs",
+        type=int,
+        help="after early stopping, train a fresh model on train+validation for this many epochs (default 0: off)",
+    )
     g.add_argument("--seed", type=int, help="torch and sampling seed (default 0)")
 
     g = p.add_argument_group("output")

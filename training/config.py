@@ -60,6 +60,11 @@ class TrainConfig(BaseModel):
     clip_norm: float = Field(default=1.0, gt=0)
     max_epochs: int = Field(default=50, ge=1)
     patience: int = Field(default=8, ge=1)
+    refit_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="after early stopping, retrain on train+val for this many epochs",
+    )
     seed: int = 0
     ar_order: int = Field(default=12, ge=1, description="order of the AR baseline")
 

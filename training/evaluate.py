@@ -203,11 +203,17 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def plot_losses(history: list[dict[str, float]], path: Path) -> Path:
+def plot_losses(
+    history: list[dict[str, float]], path: Path, *, refit: list[dict[str, float]] | None = None
+) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    if refit:
+        ax.plot(
+            [h["epoch"] for h in refit], [h["train_loss"] for h in refit], label="refit (train+val)"
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE (scaled)")
     ax.set_yscale("log")

@@ -31,7 +31,11 @@ def train_and_export(
     """Train, score on the held-out parts, export with checks, and write the model folder."""
     result = train(config, progress=progress)
     report = _report(result.model, result, config)
-    report["training"] = {"history": result.history, "best_epoch": result.best_epoch}
+    report["training"] = {
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "refit_history": result.refit_history,
+    }
     graph = export_onnx(result.model)
     check_gru_nodes(graph)
     parity = parity_error(result.model, graph)
@@ -144,7 +148,7 @@ def _write_artifacts(
 ) -> None:
     write_report(report, directory / "report.json")
     if history:
-        plot_losses(history, directory / "loss.png")
+        plot_losses(history, directory / "loss.png", refit=result.refit_history)
     stream = result.streams[0]
     forecast = run_streams(model, [stream.x])[0]
     periods = {name: (p["from"], p["to"]) for name, p in report["periods"].items()}

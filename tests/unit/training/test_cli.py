@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from service.cli import main
+from service.registry import Registry
+
+TINY = [
+    "--streams", "4", "--steps", "160", "--hidden", "6", "--layers", "1", "--horizon", "2",
+    "--epochs", "1", "--chunk", "20", "--burn-in", "2", "--no-progress",
+]  # fmt: skip
+
+
+def _fails_with_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("sensorcast: error:")
+    assert match in lines[0]
+
+
+def test_train_help_lists_the_options() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in ("--data", "--kind", "--val-start", "--dedupe", "--refit-epochs", "--registry"):
+        assert option in out
+
+
+def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _fails_with_one_line(capsys, ["train", "--data", str(tmp_path / "nope.csv")], "no such file")
+
+
+def test_bad_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"stream_id": ["a", "a"], "ts": [60.0, 0.0], "v": [1.0, 2.0]}).to_csv(
+        path, index=False
+    )
+    _fails_with_one_line(capsys, ["train", "--data", str(path)], "--sort")
+    _fails_with_one_line(
+        capsys, ["train", "--data", str(path), "--features", "w"], "missing column"
+    )
+
+
+def test_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _fails_with_one_line(capsys, ["train", "--hidden", "0"], "hidden")
+    _fails_with_one_line(capsys, ["train", "--val-start", "someday"], "someday")
+    _fails_with_one_line(capsys, ["train", "--extra-test", "oops"], "NAME=START,END")
+    _fails_with_one_line(capsys, ["train", "--config", str(tmp_path / "none.yaml")], "cannot read")
+    _fails_with_one_line(capsys, ["evaluate", str(tmp_path)], "not a model folder")
+    _fails_with_one_line(capsys, ["export", str(tmp_path), "--version", "2"], "not a model folder")
+
+
+def test_argparse_errors_exit_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--kind", "transformer"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and "Traceback" not in err
+
+
+def test_train_evaluate_export(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("kind: gru\nseed: 3\n")
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                *TINY,
+                "--name",
+                "cli-gru",
+                "--registry",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert "cli-gru:1" in capsys.readouterr().out
+    model_dir = tmp_path / "cli-gru" / "1"
+    card = json.loads((model_dir / "card.json").read_text())
+    assert card["kind"] == "gru" and card["provenance"]["seed"] == 3
+
+    assert main(["evaluate", str(model_dir)]) == 0
+    assert "test" in capsys.readouterr().out
+
+    assert main(["export", str(model_dir), "--version", "2", "--registry", str(tmp_path)]) == 0
+    assert Registry(tmp_path).versions("cli-gru") == ["1", "2"]
+    _fails_with_one_line(
+        capsys,
+        ["export", str(model_dir), "--version", "2", "--registry", str(tmp_path)],
+        "already exists",
+    )

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from torch import Tensor
+
+from service.modelcard import StateSpec
+from training.data import Splits, fit_scaler, load_dataset
+from training.evaluate import (
+    arv,
+    card_metrics,
+    evaluate,
+    fit_ar,
+    persistence_forecast,
+    plot_forecasts,
+    plot_losses,
+    predict_ar,
+)
+from training.models import Forecaster, ModelConfig
+from training.train import prepare_streams
+
+
+class Persistence(Forecaster):
+    """Forecasts the current (scaled) reading for every horizon step."""
+
+    def __init__(self, horizon: int) -> None:
+        super().__init__()
+        self.config = ModelConfig(
+            kind="rnn", n_features=1, n_targets=1, horizon=horizon, hidden=1, layers=1
+        )
+
+    def state_specs(self) -> list[StateSpec]:
+        return [StateSpec(name="h", shape=(1, 1), batch_axis=1)]
+
+    def forward(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        return x[:, :, None, :].expand(-1, -1, self.config.horizon, -1), states[0]
+
+
+def test_arv_mae_rmse_by_hand() -> None:
+    assert arv(np.array([1.0, 2.0]), np.array([0.0, 0.0]), variance=2.5) == pytest.approx(1.0)
+
+
+def test_persistence_forecast_repeats_the_last_reading() -> None:
+    x = np.array([[1.0, 10.0], [2.0, 20.0]], np.float32)
+    out = persistence_forecast(x, [1], horizon=3)
+    assert out.shape == (2, 3, 1)
+    assert out[:, :, 0].tolist() == [[10.0] * 3, [20.0] * 3]
+
+
+def test_ar_fit_recovers_known_coefficients() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    x = np.zeros(n)
+    for t in range(2, n):
+        x[t] = 0.1 + 0.6 * x[t - 1] - 0.3 * x[t - 2] + 0.01 * rng.standard_normal()
+    inputs = [x[:, None].astype(np.float32)]
+    targets = [np.concatenate([x[1:], [0.0]])[:, None, None].astype(np.float32)]
+    masks = [np.r_[np.ones(n - 1, bool), False][:, None]]
+    coef = fit_ar(inputs, targets, masks, [0], order=2)
+    np.testing.assert_allclose(coef[0, 0], [0.1, 0.6, -0.3], atol=0.02)
+    pred = predict_ar(inputs[0], coef, [0])
+    assert pred[10, 0, 0] == pytest.approx(coef[0, 0] @ [1.0, x[10], x[9]], rel=1e-5)
+
+
+def test_evaluate_scores_against_hand_computed_values(tmp_path: Path) -> None:
+    values = np.array([0.0, 1.0, 3.0, 2.0, 4.0, 8.0, 5.0, 7.0, 6.0, 9.0])
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"stream_id": "a", "ts": np.arange(10.0), "v": values}).to_csv(path, index=False)
+    data = load_dataset(str(path))
+    splits = Splits(val_start=5.0, test_start=7.0)
+    scaler = fit_scaler(data, splits)
+    streams = prepare_streams(data.series(), data, scaler, horizon=2)
+    report = evaluate(Persistence(2), data, streams, splits, scaler, ar_order=1)
+
+    variance = values.var()
+    assert report["variance"]["value"] == pytest.approx([variance])
+    test = report["periods"]["test"]
+    # Targets at t = 7, 8, 9. Horizon 1 from origins 6, 7, 8; horizon 2 from origins 5, 6, 7.
+    e1 = values[[6, 7, 8]] - values[[7, 8, 9]]
+    e2 = values[[5, 6, 7]] - values[[7, 8, 9]]
+    model = test["model"]
+    assert model["per_horizon"][0]["arv"] == pytest.approx(np.mean(e1**2) / variance, rel=1e-5)
+    assert model["per_horizon"][1]["arv"] == pytest.approx(np.mean(e2**2) / variance, rel=1e-5)
+    both = np.concatenate([e1, e2])
+    assert model["arv"] == pytest.approx(np.mean(both**2) / variance, rel=1e-5)
+    assert model["mae"] == pytest.approx(np.mean(np.abs(both)), rel=1e-5)
+    assert model["rmse"] == pytest.approx(np.sqrt(np.mean(both**2)), rel=1e-5)
+    assert model["count"] == 6
+    # The model is persistence, so it has no skill over persistence.
+    assert test["persistence"]["arv"] == pytest.approx(model["arv"], rel=1e-5)
+    assert model["skill_persistence"] == pytest.approx(0.0, abs=1e-5)
+    assert model["skill_ar1"] == pytest.approx(1 - model["arv"] / test["ar1"]["arv"], rel=1e-5)
+
+    metrics = card_metrics(report)
+    assert metrics["test.arv"] == model["arv"]
+    assert metrics["test.h2.arv"] == model["per_horizon"][1]["arv"]
+    assert {"val.arv", "test.skill_persistence", "test.skill_ar1"} <= set(metrics)
+
+
+def test_variance_until_and_extra_periods(tmp_path: Path) -> None:
+    values = np.arange(20.0) % 7
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"stream_id": "a", "ts": np.arange(20.0), "v": values}).to_csv(path, index=False)
+    data = load_dataset(str(path))
+    splits = Splits(val_start=8.0, test_start=12.0, test_end=15.0)
+    scaler = fit_scaler(data, splits)
+    streams = prepare_streams(data.series(), data, scaler, horizon=1)
+    report = evaluate(
+        Persistence(1),
+        data,
+        streams,
+        splits,
+        scaler,
+        extra_tests={"late": (15.0, 20.0)},
+        variance_until=10.0,
+        ar_order=2,
+    )
+    assert report["variance"]["value"] == pytest.approx([values[:10].var()])
+    assert report["periods"]["late"]["model"]["count"] == 5
+    assert report["periods"]["test"]["model"]["count"] == 3
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    history = [
+        {"epoch": 1, "train_loss": 1.0, "val_loss": 1.2},
+        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.9},
+    ]
+    loss = plot_losses(history, tmp_path / "loss.png", refit=[{"epoch": 1, "train_loss": 0.7}])
+    ts = np.arange(50.0)
+    fc = plot_forecasts(
+        ts,
+        np.sin(ts)[:, None],
+        np.sin(ts)[:, None, None].repeat(2, 1),
+        {"test": (40.0, None)},
+        tmp_path / "f.png",
+        title="t",
+    )
+    for path in (loss, fc):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

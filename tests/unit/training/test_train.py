@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import Splits, fit_scaler, load_dataset
+from training.errors import TrainingDataError
+from training.train import (
+    make_batches,
+    make_chunks,
+    masked_mse,
+    prepare_streams,
+    resolve_splits,
+    train,
+)
+
+from .conftest import tiny_config
+
+
+def test_tiny_run_learns_and_restores_the_best_epoch() -> None:
+    result = train(tiny_config(max_epochs=6, patience=6), progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    vals = [h["val_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert min(vals) < vals[0]
+    assert result.best_epoch == int(np.argmin(vals)) + 1
+    assert all(math.isfinite(h["grad_norm"]) for h in result.history)
+    assert not result.model.training
+
+
+def test_same_seed_same_weights() -> None:
+    a = train(tiny_config(), progress=False).model.state_dict()
+    b = train(tiny_config(), progress=False).model.state_dict()
+    c = train(tiny_config(seed=1), progress=False).model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_early_stopping_stops_after_patience() -> None:
+    result = train(tiny_config(max_epochs=30, patience=1, lr=0.3), progress=False)
+    assert len(result.history) < 30
+    assert len(result.history) == result.best_epoch + 1
+
+
+def test_refit_trains_a_fresh_model_on_train_and_validation() -> None:
+    result = train(tiny_config(refit_epochs=2), progress=False)
+    assert len(result.refit_history) == 2
+    plain = train(tiny_config(), progress=False)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(
+            result.model.state_dict().values(), plain.model.state_dict().values(), strict=True
+        )
+    )
+
+
+def test_targets_are_the_next_horizon_steps() -> None:
+    data = load_dataset("synthetic", n_streams=2, n_steps=30, targets=["temp"])
+    splits = Splits(val_start=data.table["ts"].max(), test_start=data.table["ts"].max())
+    scaler = fit_scaler(data, splits)
+    [s, _] = prepare_streams(data.series(), data, scaler, horizon=3)
+    n = len(s.x)
+    assert s.y.shape == (n, 3, 1)
+    for h in range(3):
+        np.testing.assert_array_equal(s.y[: n - 1 - h, h, 0], s.x[1 + h :, 0])
+        np.testing.assert_array_equal(s.target_ts[: n - 1 - h, h], s.ts[1 + h :])
+        assert np.isinf(s.target_ts[n - 1 - h :, h]).all()
+
+
+def test_loss_mask_leaves_out_burn_in_and_other_parts() -> None:
+    data = load_dataset("synthetic", n_streams=1, n_steps=40, targets=["temp"])
+    ts = data.series()[0].ts
+    splits = Splits(val_start=ts[20], test_start=ts[30])
+    [s] = prepare_streams(data.series(), data, fit_scaler(data, splits), horizon=2)
+    mask = s.loss_mask(splits, "train", burn_in=5)
+    assert not mask[:5].any()
+    assert (s.target_ts[mask] < ts[20]).all()
+    assert mask[5:19, 0].all() and not mask[19:, 0].any()
+    assert mask[5:18, 1].all() and not mask[18:, 1].any()
+
+
+def test_batches_carry_one_stream_per_slot_padded_at_the_end() -> None:
+    data = load_dataset("synthetic", n_streams=3, n_steps=25)
+    splits = Splits(val_start=1e12, test_start=1e12)
+    streams = prepare_streams(data.series(), data, fit_scaler(data, splits), horizon=1)
+    masks = [np.ones(s.y.shape[:2], bool) for s in streams]
+    masks[1][10:] = False  # stream 1 ends its training part early
+    [batch] = list(make_batches(streams, masks, batch_size=8, rng=np.random.default_rng(0)))
+    assert batch.x.shape[0] == 3
+    rows = {tuple(batch.x[i, 0].tolist()): i for i in range(3)}
+    for s, m in zip(streams, masks, strict=True):
+        slot = rows[tuple(s.x[0].tolist())]
+        n = int(m.any(axis=1).sum())
+        np.testing.assert_array_equal(batch.x[slot, :n].numpy(), s.x[:n])
+        assert not batch.mask[slot, n:].any()
+
+
+def test_chunks_cover_the_sequence_in_order() -> None:
+    data = load_dataset("synthetic", n_streams=1, n_steps=50)
+    splits = Splits(val_start=1e12, test_start=1e12)
+    streams = prepare_streams(data.series(), data, fit_scaler(data, splits), horizon=1)
+    [batch] = list(
+        make_batches(streams, [np.ones((len(streams[0].x), 1), bool)], 1, np.random.default_rng(0))
+    )
+    chunks = list(make_chunks(batch, chunk=16, first=5))
+    assert [c[0].shape[1] for c in chunks][:2] == [5, 16]
+    torch.testing.assert_close(torch.cat([c[0] for c in chunks], dim=1), batch.x)
+
+
+def test_masked_mse_ignores_masked_cells() -> None:
+    pred = torch.tensor([[[[1.0], [2.0]], [[3.0], [4.0]]]])  # [1, 2, 2, 1]
+    target = torch.zeros_like(pred)
+    mask = torch.tensor([[[True, False], [False, True]]])
+    assert masked_mse(pred, target, mask).item() == pytest.approx((1 + 16) / 2)
+
+
+def test_default_split_and_explicit_boundaries() -> None:
+    data = load_dataset("synthetic", n_streams=1, n_steps=101)
+    lo, hi = data.table["ts"].min(), data.table["ts"].max()
+    splits = resolve_splits(tiny_config(), data)
+    assert splits.val_start == pytest.approx(lo + 0.7 * (hi - lo))
+    assert splits.test_start == pytest.approx(lo + 0.85 * (hi - lo))
+    explicit = resolve_splits(
+        tiny_config(val_start="1970-01-02", test_start=200000.0, test_end=300000), data
+    )
+    assert (explicit.val_start, explicit.test_start, explicit.test_end) == (
+        86400.0,
+        200000.0,
+        300000.0,
+    )
+
+
+def test_no_training_targets_is_an_error() -> None:
+    with pytest.raises(TrainingDataError, match="no training targets"):
+        train(tiny_config(burn_in=100_000), progress=False)
