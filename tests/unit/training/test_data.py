@@ -83,16 +83,16 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_missing_columns(tmp_path: Path) -> None:
-    with pytest.raises(TrainingDataError, match="missing column.*stream_id"):
+    with pytest.raises(TrainingDataError, match=r"missing column.*stream_id"):
         load_dataset(str(_write(tmp_path, _table().drop(columns="stream_id"))))
-    with pytest.raises(TrainingDataError, match="missing column.*humidity"):
+    with pytest.raises(TrainingDataError, match=r"missing column.*humidity"):
         load_dataset(str(_write(tmp_path, _table())), features=["humidity"])
 
 
 def test_unsorted_timestamps_fail_unless_sorted(tmp_path: Path) -> None:
     table = _table().iloc[[0, 2, 1, 3, 4, 5]]
     path = _write(tmp_path, table)
-    with pytest.raises(TrainingDataError, match="not sorted.*--sort"):
+    with pytest.raises(TrainingDataError, match=r"not sorted.*--sort"):
         load_dataset(str(path))
     data = load_dataset(str(path), sort=True)
     np.testing.assert_array_equal(data.series()[0].values[:, 0], [1.0, 2.0, 3.0])
@@ -103,7 +103,7 @@ def test_duplicate_timestamps_fail_unless_deduped(tmp_path: Path) -> None:
         ["stream_id", "ts"], kind="stable"
     )
     path = _write(tmp_path, table)
-    with pytest.raises(TrainingDataError, match="share a timestamp.*--dedupe"):
+    with pytest.raises(TrainingDataError, match=r"share a timestamp.*--dedupe"):
         load_dataset(str(path))
     last = load_dataset(str(path), dedupe="last").series()[0]
     first = load_dataset(str(path), dedupe="first").series()[0]
@@ -116,7 +116,7 @@ def test_nans_fail_unless_filled(tmp_path: Path) -> None:
     table.loc[1, "temp"] = np.nan
     table.loc[3, "load"] = np.nan  # the first value of stream b: filled backward
     path = _write(tmp_path, table)
-    with pytest.raises(TrainingDataError, match="missing values.*--fill ffill"):
+    with pytest.raises(TrainingDataError, match=r"missing values.*--fill ffill"):
         load_dataset(str(path))
     a, b = load_dataset(str(path), fill="ffill").series()
     np.testing.assert_array_equal(a.values[:, 0], [1.0, 1.0, 3.0])
