@@ -21,48 +21,22 @@ Per reading, in this order:
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from service.core.model import StepModel
 from service.core.readings import DropReason, Forecast, Reading, Reject, RejectReason
 from service.core.state import StateDType, StateStore
+from service.core.values import FeatureValues, Problems
 from service.errors import ConfigError, InferenceError
 from service.modelcard import ModelCard
 
 __all__ = ["EngineConfig", "EngineResult", "EngineStats", "StreamEngine"]
-
-# exact types accepted as numbers on the fast path (bool is deliberately absent)
-_NUMERIC_TYPES = frozenset(
-    {
-        float,
-        int,
-        np.float64,
-        np.float32,
-        np.float16,
-        np.int64,
-        np.int32,
-        np.int16,
-        np.int8,
-        np.uint64,
-        np.uint32,
-        np.uint16,
-        np.uint8,
-    }
-)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
 
 
 @dataclass(frozen=True)
@@ -168,14 +142,7 @@ class StreamEngine:
             raise ConfigError("last-value imputation needs a store that keeps the last values")
         self.stats = EngineStats()
         self._features = list(card.features)
-        self._feature_set = frozenset(card.features)
-        self._n_features = card.n_features
-        self._getter: Callable[[Any], tuple[Any, ...]]
-        if card.n_features > 1:
-            self._getter = itemgetter(*card.features)
-        else:
-            only = card.features[0]
-            self._getter = lambda d: (d[only],)
+        self._values = FeatureValues(card.features, impute=config.impute == "last")
         self._x_mean = np.asarray(card.scaler.features.mean, np.float64)
         self._x_std = np.asarray(card.scaler.features.std, np.float64)
         self._y_mean = np.asarray(card.scaler.targets.mean, np.float32)
@@ -270,7 +237,7 @@ class StreamEngine:
         store = self.store
         ts = np.array([r.ts for r in sub], np.float64)
         offsets = np.array([r.offset for r in sub], np.int64)
-        x_raw, problems = self._parse_values(sub)
+        x_raw, problems = self._values.parse([r.values for r in sub])
 
         slots = store.slots_of(ids)
         known = slots >= 0
@@ -356,7 +323,7 @@ class StreamEngine:
         rejected: np.ndarray,
         duplicate: np.ndarray,
         late: np.ndarray,
-        problems: dict[int, tuple[RejectReason, str]],
+        problems: Problems,
         rejects: list[tuple[int, Reject]],
         drops: list[tuple[int, tuple[Reading, DropReason]]],
     ) -> None:
@@ -380,14 +347,14 @@ class StreamEngine:
                 (int(idx[i]), Reject(why, detail, r, partition=r.partition, offset=r.offset))
             )
 
-    # -- values -------------------------------------------------------------------------
+    # -- imputation ---------------------------------------------------------------------
 
     def _impute(
         self,
         x_raw: np.ndarray,
         known: np.ndarray,
         slots: np.ndarray,
-        problems: dict[int, tuple[RejectReason, str]],
+        problems: Problems,
     ) -> np.ndarray:
         """Fill NaN (missing or non-finite) values with the stream's last values.
 
@@ -407,115 +374,3 @@ class StreamEngine:
                     f"no value for {', '.join(lacking)} and no earlier value to impute",
                 )
         return x_raw
-
-    def _parse_values(
-        self, sub: Sequence[Reading]
-    ) -> tuple[np.ndarray, dict[int, tuple[RejectReason, str]]]:
-        """Raw feature values as float64 ``[n, n_features]`` and the problems by row.
-
-        With last-value imputation, missing and non-finite values come back as NaN for the
-        caller to fill. The fast path converts the whole batch at once; any oddity sends the
-        batch down the per-row path, which says exactly what is wrong with each row.
-        """
-        n = len(sub)
-        nf = self._n_features
-        values = [r.values for r in sub]
-        flat: list[Any] | None = None
-        kinds = set(map(type, values))
-        if (kinds == {dict} or kinds <= {list, tuple}) and set(map(len, values)) == {nf}:
-            try:
-                rows = map(self._getter, values) if kinds == {dict} else values
-                flat = list(chain.from_iterable(rows))
-            except KeyError:
-                flat = None
-        if flat is not None and set(map(type, flat)) <= _NUMERIC_TYPES:
-            try:
-                x = np.fromiter(flat, np.float64, n * nf).reshape(n, nf)
-            except (OverflowError, ValueError, TypeError):
-                pass
-            else:
-                finite = np.isfinite(x)
-                if finite.all():
-                    return x, {}
-                problems: dict[int, tuple[RejectReason, str]] = {}
-                if self.config.impute == "last":
-                    x[~finite] = np.nan
-                else:
-                    for i in np.flatnonzero(~finite.all(axis=1)).tolist():
-                        problems[i] = self._non_finite(x[i], finite[i])
-                return x, problems
-        return self._parse_rows(values)
-
-    def _non_finite(self, row: np.ndarray, finite: np.ndarray) -> tuple[RejectReason, str]:
-        bad = [
-            f"{f}={v!r}"
-            for f, v, ok in zip(self._features, row.tolist(), finite, strict=True)
-            if not ok
-        ]
-        return RejectReason.NON_FINITE, f"non-finite value(s): {', '.join(bad)}"
-
-    def _parse_rows(
-        self, values: list[Any]
-    ) -> tuple[np.ndarray, dict[int, tuple[RejectReason, str]]]:
-        x = np.full((len(values), self._n_features), np.nan)
-        problems: dict[int, tuple[RejectReason, str]] = {}
-        for i, v in enumerate(values):
-            problem = self._parse_row(v, x[i])
-            if problem is not None:
-                problems[i] = problem
-        return x, problems
-
-    def _parse_row(self, values: object, out: np.ndarray) -> tuple[RejectReason, str] | None:
-        """Fill `out` (NaN where imputable) or say why the row is rejected."""
-        impute = self.config.impute == "last"
-        if isinstance(values, dict):
-            unknown = [k for k in values if k not in self._feature_set]
-            if unknown:
-                return (
-                    RejectReason.UNKNOWN_FEATURE,
-                    f"unknown feature(s) {', '.join(map(repr, unknown[:5]))}; "
-                    f"the model takes {', '.join(self._features)}",
-                )
-            missing = [f for f in self._features if f not in values]
-            if missing and not impute:
-                return RejectReason.MISSING_FEATURE, f"missing feature(s) {', '.join(missing)}"
-            items = [(f, values.get(f)) for f in self._features]
-            present = [f not in missing for f in self._features]
-        elif isinstance(values, list | tuple):
-            if len(values) != self._n_features:
-                reason = (
-                    RejectReason.MISSING_FEATURE
-                    if len(values) < self._n_features
-                    else RejectReason.UNKNOWN_FEATURE
-                )
-                return (
-                    reason,
-                    f"{len(values)} values for {self._n_features} features "
-                    f"({', '.join(self._features)})",
-                )
-            items = list(zip(self._features, values, strict=True))
-            present = [True] * self._n_features
-        else:
-            return (
-                RejectReason.INVALID,
-                f"values must be an object keyed by feature name or a list in card order, "
-                f"got {type(values).__name__}",
-            )
-        for j, ((name, value), here) in enumerate(zip(items, present, strict=True)):
-            if not here:
-                continue  # imputed later
-            if not _is_number(value):
-                return (
-                    RejectReason.NON_NUMERIC,
-                    f"feature {name} is {type(value).__name__} {value!r:.40}, not a number",
-                )
-            try:
-                number = float(value)  # type: ignore[arg-type]
-            except OverflowError:
-                number = math.inf
-            if not math.isfinite(number):
-                if not impute:
-                    return RejectReason.NON_FINITE, f"feature {name} is {value!r}"
-                continue
-            out[j] = number
-        return None
