@@ -11,7 +11,6 @@ restore), the wall-clock time it was last seen (TTL) and a use counter (LRU cap)
 
 from __future__ import annotations
 
-import struct
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service.core import statecodec
 from service.errors import StateError
 from service.modelcard import StateSpec
 
@@ -26,24 +26,7 @@ __all__ = ["StateDType", "StateStore", "StreamInfo"]
 
 StateDType = Literal["float32", "float16"]
 
-_MAGIC = b"SCST"
-_FORMAT_VERSION = 1
-# magic, format version, dtype code, tensor count, last-value count, last_ts, steps, applied_offset
-_HEADER = struct.Struct("<4sBBHHdqq")
-_HEADER_DTYPE = np.dtype(
-    [
-        ("magic", "S4"),
-        ("version", "u1"),
-        ("dtype", "u1"),
-        ("n_tensors", "<u2"),
-        ("n_values", "<u2"),
-        ("last_ts", "<f8"),
-        ("steps", "<i8"),
-        ("applied", "<i8"),
-    ]
-)
-_DTYPE_CODES: dict[str, int] = {"float32": 0, "float16": 1}
-_CODE_DTYPES = {code: np.dtype(name) for name, code in _DTYPE_CODES.items()}
+_DTYPES = ("float32", "float16")
 _NO_OFFSET = -1
 
 
@@ -84,7 +67,7 @@ class StateStore:
         max_streams: int | None = None,
         ttl_seconds: float | None = None,
     ) -> None:
-        if dtype not in _DTYPE_CODES:
+        if dtype not in _DTYPES:
             raise StateError(f"state dtype must be float32 or float16, got {dtype!r}")
         if growth <= 1.0:
             raise StateError(f"growth must be > 1, got {growth}")
@@ -98,6 +81,9 @@ class StateStore:
         self.growth = growth
         self.max_streams = max_streams
         self.ttl_seconds = ttl_seconds
+        self._layout = statecodec.RecordLayout(
+            tuple(spec.size for spec in self.specs), n_last_values
+        )
         capacity = max(1, capacity if max_streams is None else min(capacity, max_streams))
         self._capacity = 0
         self._tensors: list[np.ndarray] = [
@@ -435,32 +421,6 @@ class StateStore:
 
     # -- checkpoints --------------------------------------------------------------------
 
-    def _check_record(self, stream_id: str, data: bytes) -> np.dtype[Any]:
-        """Validate a dumped record against this store; returns the dtype it was stored in."""
-        if len(data) < _HEADER.size:
-            raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
-        magic, version, code, n_tensors, n_values, *_ = _HEADER.unpack_from(data)
-        if magic != _MAGIC or version != _FORMAT_VERSION:
-            raise StateError(
-                f"state record for {stream_id!r} has format {magic!r} v{version}, "
-                f"expected {_MAGIC!r} v{_FORMAT_VERSION}"
-            )
-        if code not in _CODE_DTYPES:
-            raise StateError(f"state record for {stream_id!r} has unknown dtype code {code}")
-        stored = _CODE_DTYPES[code]
-        if n_tensors != len(self.specs) or n_values != self.n_last_values:
-            raise StateError(
-                f"state record for {stream_id!r} holds {n_tensors} tensors and {n_values} last "
-                f"values; this model keeps {len(self.specs)} and {self.n_last_values}"
-            )
-        expected = _HEADER.size + sum(s.size for s in self.specs) * stored.itemsize + n_values * 4
-        if len(data) != expected:
-            raise StateError(
-                f"state record for {stream_id!r} is {len(data)} bytes, expected {expected} "
-                "for this model's state shapes"
-            )
-        return stored
-
     def dirty_ids(self) -> set[str]:
         """Streams changed since they were last cleared."""
         ids: list[str | None] = self._ids[np.flatnonzero(self._dirty)].tolist()
@@ -471,115 +431,51 @@ class StateStore:
         self._dirty[np.asarray(slots, np.int64)] = False
 
     def dump(self, stream_id: str) -> bytes:
-        """One stream's state as compact binary: header, then every tensor, then last values."""
-        slot = self._index.get(stream_id)
-        if slot is None:
-            raise StateError(f"no state for stream {stream_id!r}")
-        parts = [
-            _HEADER.pack(
-                _MAGIC,
-                _FORMAT_VERSION,
-                _DTYPE_CODES[self.dtype.name],
-                len(self.specs),
-                self.n_last_values,
-                float(self._last_ts[slot]),
-                int(self._steps[slot]),
-                int(self._applied[slot]),
-            )
-        ]
-        for t, lead in zip(self._tensors, self._lead, strict=True):
-            parts.append(np.ascontiguousarray(t[(*lead, slot)]).tobytes())
-        if self.n_last_values:
-            parts.append(self._last_values[slot].tobytes())
-        return b"".join(parts)
+        """One stream's state as a compact binary record (see `service.core.statecodec`)."""
+        return self.dump_many([stream_id])[0]
 
     def load(self, stream_id: str, data: bytes, *, now: float = 0.0) -> None:
-        """Restore one stream from `dump` output, replacing any state it has."""
-        stored = self._check_record(stream_id, data)
-        _, _, _, _, n_values, last_ts, steps, applied = _HEADER.unpack_from(data)
-        slot = int(self.ensure([stream_id], now=now)[0])
-        pos = _HEADER.size
-        for t, lead, spec in zip(self._tensors, self._lead, self.specs, strict=True):
-            n = spec.size * stored.itemsize
-            t[(*lead, slot)] = np.frombuffer(data, stored, spec.size, pos).reshape(spec.shape)
-            pos += n
-        if n_values:
-            self._last_values[slot] = np.frombuffer(data, np.float32, n_values, pos)
-        self._last_ts[slot] = last_ts
-        self._steps[slot] = steps
-        self._applied[slot] = applied
-        self._dirty[slot] = False
-        self._mark_seen(np.array([slot]), now)
+        """Restore one stream from its record, replacing any state it has."""
+        self.load_many([(stream_id, data)], now=now)
 
     def dump_many(self, stream_ids: Sequence[str]) -> list[bytes]:
-        """`dump` for many streams at once (vectorised; what a checkpoint writes)."""
-        n = len(stream_ids)
+        """Records of many streams at once (vectorised; what a checkpoint writes)."""
         slots = self.slots_of(stream_ids)
         if (slots < 0).any():
             missing = [s for s, k in zip(stream_ids, slots.tolist(), strict=True) if k < 0]
             raise StateError(f"no state for streams {missing[:5]}")
-        header = np.zeros(n, _HEADER_DTYPE)
-        header["magic"] = _MAGIC
-        header["version"] = _FORMAT_VERSION
-        header["dtype"] = _DTYPE_CODES[self.dtype.name]
-        header["n_tensors"] = len(self.specs)
-        header["n_values"] = self.n_last_values
-        header["last_ts"] = self._last_ts[slots]
-        header["steps"] = self._steps[slots]
-        header["applied"] = self._applied[slots]
-        parts = [header.view(np.uint8).reshape(n, _HEADER.size)]
-        for view in self._views:
-            rows = np.take(view, slots, axis=1).transpose(1, 0, 2).reshape(n, -1)
-            parts.append(rows.view(np.uint8))
-        if self.n_last_values:
-            parts.append(np.ascontiguousarray(self._last_values[slots]).view(np.uint8))
-        matrix = np.concatenate(parts, axis=1)
-        return [row.tobytes() for row in matrix]
+        n = len(slots)
+        batch = statecodec.RecordBatch(
+            self.dtype,
+            self._last_ts[slots],
+            self._steps[slots],
+            self._applied[slots],
+            [np.take(v, slots, axis=1).transpose(1, 0, 2).reshape(n, -1) for v in self._views],
+            self._last_values[slots] if self.n_last_values else None,
+        )
+        return statecodec.encode(batch)
 
     def load_many(self, records: Sequence[tuple[str, bytes]], *, now: float = 0.0) -> None:
-        """`load` for many streams at once (vectorised; what a restore reads).
+        """Restore many streams at once (vectorised; what a restore reads).
 
-        Later records of a stream replace earlier ones, as when a changelog is read to its end.
+        Later records of a stream replace earlier ones, as when a changelog is read to its
+        end. Every record is checked before any is applied.
         """
         latest = dict(records)
         if not latest:
             return
-        ids, blobs = list(latest), list(latest.values())
-        sizes = set(map(len, blobs))
-        if len(sizes) != 1 or sizes.pop() < _HEADER.size:
-            for sid, blob in zip(ids, blobs, strict=True):
-                self.load(sid, blob, now=now)  # mixed records: one by one, with precise errors
-            return
-        n = len(ids)
-        buf = np.frombuffer(b"".join(blobs), np.uint8).reshape(n, -1)
-        header = np.ascontiguousarray(buf[:, : _HEADER.size]).view(_HEADER_DTYPE).reshape(n)
-        first = header[0]
-        uniform = all(
-            (header[field] == first[field]).all()
-            for field in ("magic", "version", "dtype", "n_tensors", "n_values")
-        )
-        if not uniform:
-            for sid, blob in zip(ids, blobs, strict=True):
-                self.load(sid, blob, now=now)
-            return
-        self._check_record(ids[0], blobs[0])
-        stored = _CODE_DTYPES[int(first["dtype"])]
+        ids = list(latest)
+        batch = statecodec.decode(ids, list(latest.values()), self._layout)
         slots = self.ensure(ids, now=now)
-        pos = _HEADER.size
-        for view, spec in zip(self._views, self.specs, strict=True):
-            width = spec.size * stored.itemsize
-            rows = np.ascontiguousarray(buf[:, pos : pos + width]).view(stored)
+        n = len(ids)
+        for view, rows in zip(self._views, batch.tensors, strict=True):
             batched = rows.reshape(n, view.shape[0], view.shape[2]).transpose(1, 0, 2)
             for i in range(view.shape[0]):
                 view[i][slots] = batched[i]
-            pos += width
-        if self.n_last_values:
-            width = self.n_last_values * 4
-            self._last_values[slots] = np.ascontiguousarray(buf[:, pos : pos + width]).view(
-                np.float32
-            )
-        self._last_ts[slots] = header["last_ts"]
-        self._steps[slots] = header["steps"]
-        self._applied[slots] = header["applied"]
+        if batch.last_values is not None:
+            self._last_values[slots] = batch.last_values
+        self._last_ts[slots] = batch.last_ts
+        self._steps[slots] = batch.steps
+        self._applied[slots] = batch.applied
         self._dirty[slots] = False
         self._mark_seen(slots, now)

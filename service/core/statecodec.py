@@ -1,0 +1,153 @@
+"""The binary record of one stream's state, as the changelog stores it.
+
+Layout, little-endian: the magic ``b"SCST"``, the format version (u8), the storage dtype
+(u8: 0 float32, 1 float16), the tensor count (u16), the last-value count (u16), ``last_ts``
+(f64), steps seen (i64) and ``applied_offset`` (i64), 34 bytes in all; then every state
+tensor in card order, in its per-stream shape, C order, at the storage dtype; then the
+stream's last raw feature values (float32) when last-value imputation is on. A 2x64 LSTM's
+record is 34 + 2 * 512 = 1,058 bytes.
+
+Records are encoded and decoded a batch at a time, with numpy, because a checkpoint writes
+and a restore reads many thousands of them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import StateError
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "RecordBatch", "RecordLayout", "decode", "encode"]
+
+MAGIC = b"SCST"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sBBHHdqq")
+_HEADER_DTYPE = np.dtype(
+    [
+        ("magic", "S4"),
+        ("version", "u1"),
+        ("dtype", "u1"),
+        ("n_tensors", "<u2"),
+        ("n_values", "<u2"),
+        ("last_ts", "<f8"),
+        ("steps", "<i8"),
+        ("applied", "<i8"),
+    ]
+)
+_DTYPE_CODES: dict[str, int] = {"float32": 0, "float16": 1}
+_CODE_DTYPES = {code: np.dtype(name) for name, code in _DTYPE_CODES.items()}
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """What a store expects in a record: floats per tensor and the number of last values."""
+
+    sizes: tuple[int, ...]
+    n_last_values: int
+
+    def record_bytes(self, dtype: np.dtype[np.floating]) -> int:
+        return _HEADER.size + sum(self.sizes) * dtype.itemsize + self.n_last_values * 4
+
+
+@dataclass
+class RecordBatch:
+    """Decoded records: one row per stream. `tensors[k]` is ``[n, sizes[k]]`` at `dtype`."""
+
+    dtype: np.dtype[np.floating]
+    last_ts: np.ndarray
+    steps: np.ndarray
+    applied: np.ndarray
+    tensors: list[np.ndarray]
+    last_values: np.ndarray | None
+
+
+def encode(batch: RecordBatch) -> list[bytes]:
+    """One record per row of `batch`."""
+    n = len(batch.last_ts)
+    header = np.zeros(n, _HEADER_DTYPE)
+    header["magic"] = MAGIC
+    header["version"] = FORMAT_VERSION
+    header["dtype"] = _DTYPE_CODES[batch.dtype.name]
+    header["n_tensors"] = len(batch.tensors)
+    header["n_values"] = 0 if batch.last_values is None else batch.last_values.shape[1]
+    header["last_ts"] = batch.last_ts
+    header["steps"] = batch.steps
+    header["applied"] = batch.applied
+    parts = [header.view(np.uint8).reshape(n, _HEADER.size)]
+    parts += [np.ascontiguousarray(t, batch.dtype).view(np.uint8) for t in batch.tensors]
+    if batch.last_values is not None:
+        parts.append(np.ascontiguousarray(batch.last_values, np.float32).view(np.uint8))
+    return [row.tobytes() for row in np.concatenate(parts, axis=1)]
+
+
+def _check(stream_id: str, data: bytes, layout: RecordLayout) -> np.dtype[np.floating]:
+    """Validate one record against `layout`; returns its storage dtype."""
+    if len(data) < _HEADER.size:
+        raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
+    magic, version, code, n_tensors, n_values, *_ = _HEADER.unpack_from(data)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise StateError(
+            f"state record for {stream_id!r} has format {magic!r} v{version}, "
+            f"expected {MAGIC!r} v{FORMAT_VERSION}"
+        )
+    if code not in _CODE_DTYPES:
+        raise StateError(f"state record for {stream_id!r} has unknown dtype code {code}")
+    if n_tensors != len(layout.sizes) or n_values != layout.n_last_values:
+        raise StateError(
+            f"state record for {stream_id!r} holds {n_tensors} tensors and {n_values} last "
+            f"values; this model keeps {len(layout.sizes)} and {layout.n_last_values}"
+        )
+    stored = _CODE_DTYPES[code]
+    expected = layout.record_bytes(stored)
+    if len(data) != expected:
+        raise StateError(
+            f"state record for {stream_id!r} is {len(data)} bytes, expected {expected} "
+            "for this model's state shapes"
+        )
+    return stored
+
+
+def decode(ids: Sequence[str], blobs: Sequence[bytes], layout: RecordLayout) -> RecordBatch:
+    """Validate and decode records (one per id); raises `StateError` for the first bad one."""
+    stored = [_check(sid, blob, layout) for sid, blob in zip(ids, blobs, strict=True)]
+    if len(set(stored)) > 1:  # float32 and float16 records mixed: decode each, then widen
+        parts = [decode([sid], [blob], layout) for sid, blob in zip(ids, blobs, strict=True)]
+        return RecordBatch(
+            np.dtype(np.float32),
+            np.concatenate([p.last_ts for p in parts]),
+            np.concatenate([p.steps for p in parts]),
+            np.concatenate([p.applied for p in parts]),
+            [
+                np.concatenate([p.tensors[k].astype(np.float32) for p in parts])
+                for k in range(len(layout.sizes))
+            ],
+            None
+            if layout.n_last_values == 0
+            else np.concatenate([p.last_values for p in parts if p.last_values is not None]),
+        )
+    dtype = stored[0] if stored else np.dtype(np.float32)
+    n = len(blobs)
+    buf = np.frombuffer(b"".join(blobs), np.uint8).reshape(n, layout.record_bytes(dtype))
+    header = np.ascontiguousarray(buf[:, : _HEADER.size]).view(_HEADER_DTYPE).reshape(n)
+    tensors = []
+    pos = _HEADER.size
+    for size in layout.sizes:
+        width = size * dtype.itemsize
+        tensors.append(np.ascontiguousarray(buf[:, pos : pos + width]).view(dtype))
+        pos += width
+    last_values = None
+    if layout.n_last_values:
+        width = layout.n_last_values * 4
+        last_values = np.ascontiguousarray(buf[:, pos : pos + width]).view(np.float32)
+    return RecordBatch(
+        dtype,
+        header["last_ts"].astype(np.float64),
+        header["steps"].astype(np.int64),
+        header["applied"].astype(np.int64),
+        tensors,
+        last_values,
+    )
