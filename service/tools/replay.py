@@ -129,10 +129,15 @@ def replay(
     """
     if rate is not None and rate <= 0:
         raise ReplayError(f"rate must be positive, got {rate}")
+    from kafka.errors import KafkaError
+
     failures = _Failures()
     burst = max(1, round(rate * _TICK)) if rate else 1000
     send = producer.send
-    partition_of = _KeyPartitioner(sorted(producer.partitions_for(topic)))
+    try:
+        partition_of = _KeyPartitioner(sorted(producer.partitions_for(topic)))
+    except KafkaError as exc:
+        raise ReplayError(f"cannot find the partitions of topic {topic}: {exc}") from exc
     sent = 0
     started = time.monotonic()
     it = iter(readings)
@@ -161,8 +166,13 @@ def replay(
                         stop.wait(wait)
                     else:
                         time.sleep(wait)
+    except KafkaError as exc:  # the broker went away: the send buffer filled and timed out
+        raise ReplayError(f"sending to {topic} failed after {sent} readings: {exc}") from exc
     finally:
-        producer.flush(timeout=flush_timeout)
+        try:
+            producer.flush(timeout=flush_timeout)
+        except KafkaError as exc:
+            raise ReplayError(f"readings to {topic} not acknowledged in time: {exc}") from exc
     seconds = time.monotonic() - started
     if failures.count:
         raise ReplayError(

@@ -19,7 +19,7 @@ from service.testing import build_onnx_lstm
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 
 @pytest.fixture(scope="module")
