@@ -81,6 +81,7 @@ class Service:
         self._paused = False
         self._final_checkpoint_failed = False
         self._revoked: set[int] = set()
+        self._mirror_partitions = False
         self._rebalances: queue.SimpleQueue[tuple[str, set[int]]] = queue.SimpleQueue()
 
     # -- control ---------------------------------------------------------------------------
@@ -165,7 +166,7 @@ class Service:
                     reconnect_backoff_max_ms=_BOOTSTRAP_TIMEOUT_MS // 3,
                 )
                 try:
-                    partitions = ensure_topics(
+                    counts = ensure_topics(
                         admin,
                         input_topic=k.input_topic,
                         derived_topics=[k.output_topic, k.dead_letter_topic],
@@ -188,12 +189,15 @@ class Service:
                 self._stop.wait(delay)
                 delay = min(delay * 2, k.reconnect_backoff_max)
                 continue
+            # A forecast goes to its reading's partition number when the output topic
+            # mirrors the input, which also spares the producer hashing every key.
+            self._mirror_partitions = counts[k.output_topic] == counts[k.input_topic]
             self._set_reachable(True)
             log.info(
                 "connected bootstrap=%s input=%s partitions=%d output=%s dead_letters=%s group=%s",
                 k.bootstrap_servers,
                 k.input_topic,
-                partitions,
+                counts[k.input_topic],
                 k.output_topic,
                 k.dead_letter_topic,
                 k.group_id,
@@ -229,8 +233,12 @@ class Service:
         batch = self._decoder.decode(records, received=received)
         result = self._engine.process(batch.readings, now=received)
         sink, encode = self._sink, self._encoder.encode
-        for forecast in result.forecasts:
-            sink.send_forecast(forecast.stream_id, encode(forecast))
+        if self._mirror_partitions:
+            for forecast in result.forecasts:
+                sink.send_forecast(forecast.stream_id, encode(forecast), forecast.partition)
+        else:
+            for forecast in result.forecasts:
+                sink.send_forecast(forecast.stream_id, encode(forecast))
         partition_of = self._partition_of
         for reading in batch.readings:
             partition_of[reading.stream_id] = reading.partition
@@ -372,7 +380,9 @@ class Service:
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         assert self._source is not None
-        self._rebalances.put(("assigned", self._source.assignment()))
+        owned = self._source.assignment()
+        self._rebalances.put(("assigned", owned))
+        self.metrics.assigned_partitions.set(len(owned))
         # Restoring the partitions' streams from the changelog belongs here (next milestone);
         # until then a newly assigned partition's streams start from the initial state.
         self.readiness.set("state_restored", True)
@@ -417,7 +427,6 @@ class Service:
                 gone, self._revoked = self._revoked - partitions, set()
                 if gone:
                     self._drop_partitions(gone)
-                self.metrics.assigned_partitions.set(len(partitions))
                 if self._paused:  # newly assigned partitions start unpaused
                     self._paused = False
                     self._pause(True)

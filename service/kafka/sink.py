@@ -42,22 +42,31 @@ class KafkaSink:
             reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
         )
         self._failed: deque[
-            tuple[str, bytes | None, bytes | None, _Headers | None, BaseException]
+            tuple[str, bytes | None, bytes | None, _Headers | None, int | None, BaseException]
         ] = deque()
 
-    def send_forecast(self, stream_id: str, value: bytes) -> None:
-        self._send(self.forecast_topic, stream_id.encode(), value, None)
+    def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
+        """Send a forecast keyed by its stream; `partition` skips the key hash when the
+        output topic mirrors the input's partitions."""
+        self._send(self.forecast_topic, stream_id.encode(), value, None, partition)
 
     def send_dead_letter(self, key: bytes | None, value: bytes | None, headers: _Headers) -> None:
         if key is None and value is None:
             value = b""  # a record needs a key or a value
-        self._send(self.dead_letter_topic, key, value, headers)
+        self._send(self.dead_letter_topic, key, value, headers, None)
 
     def _send(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: _Headers | None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: _Headers | None,
+        partition: int | None,
     ) -> None:
-        future = self._producer.send(topic, key=key, value=value, headers=headers)
-        future.add_errback(self._on_error, topic, key, value, headers)
+        future = self._producer.send(
+            topic, key=key, value=value, headers=headers, partition=partition
+        )
+        future.add_errback(self._on_error, topic, key, value, headers, partition)
 
     def _on_error(
         self,
@@ -65,10 +74,11 @@ class KafkaSink:
         key: bytes | None,
         value: bytes | None,
         headers: _Headers | None,
+        partition: int | None,
         exc: BaseException,
     ) -> None:
         # Runs on the producer's I/O thread; deque.append is thread-safe.
-        self._failed.append((topic, key, value, headers, exc))
+        self._failed.append((topic, key, value, headers, partition, exc))
 
     def flush(self, timeout: float) -> None:
         """Block until every record sent so far is acknowledged, re-sending failed ones.
@@ -87,18 +97,18 @@ class KafkaSink:
             if not self._failed:
                 return
             n = len(self._failed)
-            first = self._failed[0][4]
+            first = self._failed[0][5]
             if time.monotonic() >= deadline:
                 raise SinkError(
                     f"{n} records failed delivery and time ran out; last error: {first}"
                 )
             log.warning("delivery failed, sending again records=%d error=%s", n, first)
             for _ in range(n):
-                topic, key, value, headers, _exc = self._failed.popleft()
+                topic, key, value, headers, partition, _exc = self._failed.popleft()
                 try:
-                    self._send(topic, key, value, headers)
+                    self._send(topic, key, value, headers, partition)
                 except KafkaError as exc:
-                    self._failed.append((topic, key, value, headers, exc))
+                    self._failed.append((topic, key, value, headers, partition, exc))
                     raise SinkError(f"cannot send to {topic}: {exc}") from exc
 
     def close(self, timeout: float = 5.0) -> None:

@@ -59,8 +59,8 @@ def ensure_topics(
     create: bool,
     partitions: int,
     replication_factor: int,
-) -> int:
-    """Check (and, when `create`, make) the input and derived topics; return the input's
+) -> dict[str, int]:
+    """Check (and, when `create`, make) the input and derived topics; return each one's
     partition count. A missing topic that may not be created raises `TopicError` naming it."""
     wanted = [input_topic, *derived_topics]
     existing = partition_counts(admin, wanted)
@@ -77,4 +77,5 @@ def ensure_topics(
     for topic in derived_topics:
         if topic not in existing:
             _create(admin, topic, n_input, replication_factor)
-    return n_input
+            existing[topic] = n_input
+    return existing

@@ -45,16 +45,14 @@ def test_second_member_takes_over_partitions_without_loss_or_duplicates(
 
         second = RunningService(settings).start()
         second.wait_ready()
-        wait_until(
-            lambda: (
-                first.metric("sensorcast_assigned_partitions")
-                + second.metric("sensorcast_assigned_partitions")  # type: ignore[union-attr]
-                == 4
-                and first.metric("sensorcast_assigned_partitions") > 0
-            ),
-            30,
-            "the partitions to be shared",
-        )
+        pair = (first, second)
+
+        def shared() -> bool:
+            counts = [m.metric("sensorcast_assigned_partitions") for m in pair]
+            moved = first.metric("sensorcast_evictions_total", {"cause": "revoked"})
+            return sum(counts) == 4 and min(counts) > 0 and moved > 0
+
+        wait_until(shared, 30, "the partitions to be shared and handed-over streams dropped")
         # Everything the first member processed was committed before it let go.
         probe = KafkaConsumer(
             bootstrap_servers=kafka.bootstrap, group_id=k.group_id, enable_auto_commit=False
