@@ -7,7 +7,6 @@ so tailing never disturbs the service's group) and hands each forecast to a call
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -15,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import pydantic_core
 
 from service.errors import SensorcastError
 
@@ -54,14 +55,14 @@ class ForecastView:
 def parse_forecast(value: bytes) -> ForecastView:
     """Decode a forecast message; raises `ValueError` when it is not one."""
     try:
-        msg = json.loads(value)
+        msg = pydantic_core.from_json(value)
         model = msg.get("model") or {}
         return ForecastView(
             stream_id=str(msg["stream_id"]),
             ts=float(msg["ts"]),
             model=f"{model.get('name', '?')}:{model.get('version', '?')}",
             horizon_ts=[float(t) for t in msg["horizon_ts"]],
-            forecast={str(k): [float(x) for x in v] for k, v in msg["forecast"].items()},
+            forecast={str(k): list(map(float, v)) for k, v in msg["forecast"].items()},
             warm=bool(msg["warm"]),
             partition=int(msg.get("partition", -1)),
             offset=int(msg.get("offset", -1)),
