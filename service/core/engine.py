@@ -16,7 +16,9 @@ Per reading, in this order:
 3. ``ts == last_ts``: dropped as a duplicate; ``ts < last_ts``: dropped as late;
 4. a gap of more than ``max_gap_periods`` card periods since ``last_ts`` resets the stream's
    state under the ``reset`` gap policy;
-5. the reading is applied and its forecast made, de-normalised with the card's scaler.
+5. the reading is applied and its forecast made, de-normalised with the card's scaler, for
+   ``ts + k * period`` (k = 1..horizon), ``warm`` once the stream has seen the card's
+   warm-up steps since its state was last (re)initialised.
 """
 
 from __future__ import annotations
