@@ -21,6 +21,10 @@ period=300
 steps=$((days * 86400 / period))
 start=$(($(date +%s) / 86400 * 86400 - 365 * 86400))
 
+# As the container's PID 1 this shell gets `docker stop`'s SIGTERM; pass it on to the replay.
+child=""
+trap 'if [ -n "${child}" ]; then kill -TERM "${child}" 2>/dev/null; wait "${child}"; fi; exit 143' TERM INT
+
 while [ $((start + steps * period)) -le "$(date +%s)" ]; do
     echo "replay: ${streams} streams x ${steps} readings from $(date -u -d "@${start}" +%Y-%m-%dT%H:%MZ) at ${rate}/s"
     sensorcast replay synthetic \
@@ -31,7 +35,10 @@ while [ $((start + steps * period)) -le "$(date +%s)" ]; do
         --period "${period}" \
         --start-ts "${start}" \
         --rate "${rate}" \
-        --quiet
+        --quiet &
+    child=$!
+    wait "${child}"
+    child=""
     start=$((start + steps * period))
 done
 echo "replay: caught up with the present; done"

@@ -3,10 +3,14 @@ replay job only settings, ports, files and flags that exist."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
+import signal
 import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,19 +173,68 @@ def test_dependencies_are_defined_services() -> None:
             assert dep in services, f"{name} depends on unknown {dep}"
 
 
-def test_replay_script_is_valid_shell_and_a_valid_replay_command() -> None:
-    script = DEPLOY / "replay.sh"
-    subprocess.run(["sh", "-n", str(script)], check=True, timeout=10)
-    text = script.read_text()
-    command = re.search(r"^\s*sensorcast replay (.*?)(?<!\\)$", text, re.S | re.M)
-    assert command, "replay.sh runs `sensorcast replay`"
-    joined = re.sub(r"\\\n", " ", text[command.start() :].split("\n    start=")[0])
-    argv = shlex.split(re.sub(r'"\$\{(\w+)\}"', r"\1", joined))
+def _replay_argv() -> list[str]:
+    """The `sensorcast replay` command line of replay.sh, shell variables as their names."""
+    lines = (DEPLOY / "replay.sh").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith("sensorcast replay"))
+    command = []
+    for line in lines[first:]:
+        command.append(line.strip().removesuffix("\\").removesuffix("&"))
+        if not line.rstrip().endswith("\\"):
+            break
+    return shlex.split(re.sub(r'"\$\{(\w+)\}"', r"\1", " ".join(command)))
+
+
+def test_replay_script_runs_a_valid_replay_command() -> None:
+    subprocess.run(["sh", "-n", str(DEPLOY / "replay.sh")], check=True, timeout=10)
+    argv = _replay_argv()
+    assert argv[:3] == ["sensorcast", "replay", "synthetic"]
     placeholders = {"streams": "5", "steps": "10", "period": "300", "start": "0", "rate": "1"}
-    argv = [placeholders.get(a, a) for a in argv]
-    args = build_parser().parse_args(argv[1:])
+    args = build_parser().parse_args([placeholders.get(a, a) for a in argv[1:]])
     assert args.handler.__name__ == "_cmd_replay"
-    assert args.source == "synthetic"
+    assert (args.streams, args.steps, args.period, args.rate) == (5, 10, 300.0, 1.0)
     mount = _services()["replay"]["volumes"][0].split(":")
     assert mount[0] == "./replay.sh"
     assert _services()["replay"]["entrypoint"] == ["/bin/sh", mount[1]]
+
+
+def _stub_sensorcast(bin_dir: Path, body: str) -> dict[str, str]:
+    bin_dir.mkdir()
+    stub = bin_dir / "sensorcast"
+    stub.write_text("#!/bin/sh\n" + body)
+    stub.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "REPLAY_DAYS": "120"}
+
+
+def test_replay_passes_are_contiguous_and_stop_at_the_present(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    env = _stub_sensorcast(tmp_path / "bin", f'echo "$@" >> {calls}\n')
+    subprocess.run(["sh", str(DEPLOY / "replay.sh")], env=env, check=True, timeout=30)
+    passes = [line.split() for line in calls.read_text().splitlines()]
+    starts = [int(p[p.index("--start-ts") + 1]) for p in passes]
+    steps = int(passes[0][passes[0].index("--steps") + 1])
+    period = int(passes[0][passes[0].index("--period") + 1])
+    assert steps * period == 120 * 86_400
+    assert len(passes) == 3  # 365 days back, 120 days a pass
+    assert all(b - a == steps * period for a, b in itertools.pairwise(starts))
+    assert starts[-1] + steps * period <= time.time() < starts[-1] + 2 * steps * period
+
+
+def test_replay_script_passes_sigterm_to_the_replay(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    env = _stub_sensorcast(tmp_path / "bin", f"echo $$ > {pid_file}\nexec sleep 60\n")
+    shell = subprocess.Popen(["sh", str(DEPLOY / "replay.sh")], env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline, "the stub replay never started"
+            time.sleep(0.01)
+        child = int(pid_file.read_text())
+        shell.send_signal(signal.SIGTERM)
+        assert shell.wait(timeout=10) == 143
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
