@@ -290,16 +290,23 @@ class StateStore:
             for i in range(view.shape[0]):
                 view[i][slots] = spec.init
 
-    def _evict_lru(self, count: int) -> None:
+    def _evict_lru(self, needed: int) -> None:
+        """Evict at least `needed` least recently used streams not in use in this call.
+
+        Finding them scans every slot, so at least 1/128 of the cap goes at once: with a
+        million streams a scan costs ~15 ms and is then paid once per ~8,000 new streams.
+        """
         active = np.flatnonzero(self._active[: self._high])
         used = self._last_used[active]
-        if count < len(active):
-            pick = np.argpartition(used, count - 1)[:count]
-        else:
-            pick = np.arange(len(active))
-        if (used[pick] >= self._tick).any():
+        evictable = active[used < self._tick]
+        if len(evictable) < needed:
             raise StateError("cannot evict a stream that is in use in this round")
-        victims = active[pick]
+        used = self._last_used[evictable]
+        count = min(len(evictable), max(needed, (self.max_streams or 0) // 128))
+        if count < len(evictable):
+            victims = evictable[np.argpartition(used, count - 1)[:count]]
+        else:
+            victims = evictable
         ids: list[str | None] = self._ids[victims].tolist()
         self._evicted.extend(i for i in ids if i is not None)
         self._release(victims)

@@ -295,3 +295,18 @@ def test_load_many_validates_records() -> None:
         store.load_many([("a", good), ("b", good[:7])])
     with pytest.raises(StateError, match="no state"):
         store.dump_many(["a", "missing"])
+
+
+def test_a_large_cap_evicts_in_batches_of_the_least_recently_used() -> None:
+    store = _store(max_streams=1280)
+    ids = [f"s{i}" for i in range(1280)]
+    for sid in ids[:20]:  # s0, s1, ... s19 used one after another, first
+        store.ensure([sid])
+    store.ensure(ids[20:])
+    store.ensure(ids[:5])  # now the least recently used are s5..s14
+    store.ensure(["new"])
+    evicted = store.drain_evicted()
+    assert sorted(evicted, key=lambda s: int(s[1:])) == [f"s{i}" for i in range(5, 15)]
+    assert len(store) == 1280 - 10 + 1
+    store.ensure(["newer"])  # room left: nothing evicted
+    assert store.drain_evicted() == []
