@@ -53,7 +53,8 @@ class EngineConfig:
     ttl_seconds: float | None = None
     """Streams not seen for this long (wall clock, the `now` given to `process`) expire."""
     max_streams: int | None = None
-    """Capacity cap; the least recently used streams are evicted beyond it."""
+    """Capacity cap; beyond it the least recently used streams are evicted (at least 1/128 of
+    the cap at a time, which amortises the search for them)."""
     state_dtype: StateDType = "float32"
     initial_capacity: int = 1024
 
