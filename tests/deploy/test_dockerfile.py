@@ -8,10 +8,13 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -245,3 +248,42 @@ def test_healthcheck_command_probes_healthz(running: bool) -> None:
         if running:
             server.stop()
     assert (result.returncode == 0) is running, result.stderr
+
+
+def test_builder_context_builds_a_wheel_without_torch(tmp_path: Path) -> None:
+    """Build the wheel from exactly what the builder stage copies (offline: no dependencies)."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for copy in _stages()[0].args("COPY"):
+        *sources, _destination = copy.split()
+        for source in sources:
+            if (REPO / source).is_dir():
+                shutil.copytree(
+                    REPO / source, context / source, ignore=shutil.ignore_patterns("__pycache__")
+                )
+            else:
+                shutil.copy2(REPO / source, context / source)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path / "wheels"), str(context)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (wheel,) = (tmp_path / "wheels").glob("sensorcast-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        requires = [
+            Requirement(line.split(":", 1)[1].strip())
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
+        console = archive.read(entry_points).decode()
+    installed = {
+        r.name.lower() for r in requires if r.marker is None or r.marker.evaluate({"extra": ""})
+    }
+    assert "torch" not in installed
+    assert {"onnxruntime", "kafka-python", "prometheus-client"} <= installed
+    assert "sensorcast = service.cli:main" in console
+    assert "service/http.py" in names and "service/core/engine.py" in names
