@@ -9,6 +9,7 @@ it neither exits nor spins.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -433,6 +434,10 @@ class Service:
 
     def _drop_partitions(self, partitions: set[int]) -> None:
         assert self._engine is not None
+        topic = self.settings.kafka.input_topic
+        for p in partitions:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(topic, str(p))
         gone = [sid for sid, p in self._partition_of.items() if p in partitions]
         self._engine.store.drop(gone)
         self._forget(gone, "revoked")

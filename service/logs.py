@@ -35,5 +35,7 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # kafka-python logs every failed connection attempt; our own lines say what matters.
-    logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    # kafka-python logs every failed connection attempt, several lines a second while a
+    # broker is down; the service's own lines name the broker, the error and the retry.
+    # Its lines are shown at DEBUG.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)

@@ -187,7 +187,12 @@ class KafkaSource:
                 continue
             position = self._next.get(tp.partition)
             if position is None:
-                position = self._committed.get(tp.partition, high)
+                try:
+                    position = self._consumer.position(tp, timeout_ms=0)
+                except KafkaError:
+                    continue  # not known yet
+                if position is None:
+                    continue
             out[tp.partition] = max(0, high - position)
         return out
 
