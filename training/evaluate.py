@@ -240,19 +240,29 @@ def plot_forecasts(
     horizon = forecast.shape[1]
     n = len(ts) if last_steps is None else min(last_steps, len(ts))
     lo = len(ts) - n
+    when = _dates(ts)
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot(ts[lo:], actual[lo:, 0], color="black", lw=1.2, label="actual")
+    ax.plot(when[lo:], actual[lo:, 0], color="black", lw=1.2, label="actual")
     for h in sorted({0, horizon - 1}):
         ax.plot(
-            ts[lo + 1 + h :], forecast[lo : len(ts) - 1 - h, h, 0], lw=1, label=f"forecast +{h + 1}"
+            when[lo + 1 + h :],
+            forecast[lo : len(ts) - 1 - h, h, 0],
+            lw=1,
+            label=f"forecast +{h + 1}",
         )
     for i, (name, (start, end)) in enumerate(periods.items()):
         right = ts[-1] if end is None else min(end, ts[-1])
         if start < right and start >= ts[lo]:
-            ax.axvspan(start, right, alpha=0.12, color=f"C{i + 2}", label=name)
+            span = _dates(np.array([start, right]))
+            ax.axvspan(span[0], span[1], alpha=0.12, color=f"C{i + 2}", label=name)
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _dates(ts: np.ndarray) -> np.ndarray:
+    """Epoch seconds as datetime64, so the time axis reads as dates."""
+    return np.asarray(np.round(ts), dtype=np.int64).astype("datetime64[s]")

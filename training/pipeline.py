@@ -31,6 +31,15 @@ def train_and_export(
     """Train, score on the held-out parts, export with checks, and write the model folder."""
     result = train(config, progress=progress)
     report = _report(result.model, result, config)
+    if result.early_stopped is not None:
+        # The honest validation score: the early-stopped model never trained on the val part.
+        # After the refit the val period is in-sample, so the card reports this one instead.
+        before = _report(result.early_stopped, result, config)
+        report["before_refit"] = before["periods"]
+        report["periods"].pop("val", None)
+        if "val" in before["periods"]:
+            report["periods"] = {"val": before["periods"]["val"], **report["periods"]}
+            report["periods"]["val"]["note"] = "early-stopped model, before the refit on train+val"
     report["training"] = {
         "history": result.history,
         "best_epoch": result.best_epoch,

@@ -75,6 +75,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     refit_history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
+    early_stopped: Forecaster | None = None  # the model before the refit, when there is one
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
@@ -147,6 +148,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     # and reporting an honest score); a fresh model from the same seed now trains on
     # train + validation for a fixed number of epochs. The test part stays unseen.
     if config.refit_epochs:
+        model.eval()
+        result.early_stopped = model
         torch.manual_seed(config.seed)
         model = build_model(model.config)
         optimiser = torch.optim.AdamW(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,17 @@ def test_train_and_export_writes_a_valid_model_folder(tmp_path: Path) -> None:
     assert "torch" in card.provenance.packages
     assert "test.arv" in card.metrics and "test.skill_persistence" in card.metrics
     check_gru_nodes(graph)
+
+
+def test_refit_model_reports_the_honest_validation_score(tmp_path: Path) -> None:
+    ref = train_and_export(
+        tiny_config(kind="rnn", name="tiny-refit", refit_epochs=1), tmp_path, progress=False
+    )
+    report = json.loads((ref.directory / "report.json").read_text())
+    assert report["periods"]["val"] == report["before_refit"]["val"] | {
+        "note": report["periods"]["val"]["note"]
+    }
+    card = ModelCard.read(ref.directory)
+    assert card.metrics["val.arv"] == report["before_refit"]["val"]["model"]["arv"]
+    assert card.metrics["test.arv"] == report["periods"]["test"]["model"]["arv"]
+    assert len(report["training"]["refit_history"]) == 1

@@ -49,6 +49,7 @@ def test_early_stopping_stops_after_patience() -> None:
 def test_refit_trains_a_fresh_model_on_train_and_validation() -> None:
     result = train(tiny_config(refit_epochs=2), progress=False)
     assert len(result.refit_history) == 2
+    assert result.early_stopped is not None and result.early_stopped is not result.model
     plain = train(tiny_config(), progress=False)
     assert any(
         not torch.equal(a, b)
