@@ -26,6 +26,8 @@ from tests.deploy.deploykit import (
 )
 
 K8S = DEPLOY / "k8s"
+# The oldest Kubernetes release the manifests are written for (autoscaling/v2, policy/v1).
+KUBERNETES_VERSION = "1.28"
 
 
 def _kustomization() -> dict[str, Any]:
@@ -223,3 +225,15 @@ def test_models_path_matches_the_image() -> None:
     assert "SENSORCAST_MODEL__REGISTRY=/opt/sensorcast/models" in dockerfile
     assert _settings_env()["SENSORCAST_MODEL__REGISTRY"] == "/opt/sensorcast/models"
     assert (REPO / "models" / _settings_env()["SENSORCAST_MODEL__NAME"]).is_dir()
+
+
+@pytest.mark.parametrize("kind", ["Namespace", "ConfigMap", "Deployment", "Service",
+                                  "PodDisruptionBudget", "HorizontalPodAutoscaler"])  # fmt: skip
+def test_manifest_matches_the_kubernetes_schema(kind: str) -> None:
+    """Strict: an unknown or misspelt field (``readinessprobe``) fails, as on a real API server."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    resource = _resources()[kind]
+    try:
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(f"{kind}: {exc.message} at {'/'.join(map(str, exc.path))}")
