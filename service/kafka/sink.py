@@ -24,22 +24,29 @@ __all__ = ["KafkaSink"]
 log = logging.getLogger(__name__)
 
 _Headers = list[tuple[str, bytes]]
+_RESEND_PAUSE = 0.1  # seconds between rounds of re-sending failed records
 
 
 class KafkaSink:
     """Produces forecasts and dead letters."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, producer: Any | None = None) -> None:
+        """`producer` replaces the kafka-python producer (tests pass one with the same
+        ``send``/``flush``/``close`` methods)."""
         self.forecast_topic = settings.output_topic
         self.dead_letter_topic = settings.dead_letter_topic
-        self._producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers.split(","),
-            client_id=settings.client_id,
-            acks="all",
-            linger_ms=settings.linger_ms,
-            batch_size=256 * 1024,
-            max_request_size=max(1024 * 1024, 2 * settings.max_message_bytes),
-            reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
+        self._producer = (
+            producer
+            if producer is not None
+            else KafkaProducer(
+                bootstrap_servers=settings.bootstrap_servers.split(","),
+                client_id=settings.client_id,
+                acks="all",
+                linger_ms=settings.linger_ms,
+                batch_size=256 * 1024,
+                max_request_size=max(1024 * 1024, 2 * settings.max_message_bytes),
+                reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
+            )
         )
         self._failed: deque[
             tuple[str, bytes | None, bytes | None, _Headers | None, int | None, BaseException]
@@ -103,6 +110,7 @@ class KafkaSink:
                     f"{n} records failed delivery and time ran out; last error: {first}"
                 )
             log.warning("delivery failed, sending again records=%d error=%s", n, first)
+            time.sleep(min(_RESEND_PAUSE, max(0.0, deadline - time.monotonic())))
             for _ in range(n):
                 topic, key, value, headers, partition, _exc = self._failed.popleft()
                 try:
