@@ -9,6 +9,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,26 @@ def _listeners(text: str) -> dict[str, tuple[str, int]]:
         host, _, port = address.rpartition(":")
         out[name] = (host, int(port))
     return out
+
+
+def test_compose_file_follows_the_compose_specification(tmp_path: Path) -> None:
+    """The Compose Specification's schema (vendored by check-jsonschema), offline."""
+    pytest.importorskip("check_jsonschema")
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(COMPOSE)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    # and it can fail: a misspelt key is reported
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(COMPOSE.read_text().replace("stop_grace_period:", "stop_grace_periods:"))
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(broken)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "stop_grace_periods" in result.stdout + result.stderr
 
 
 def test_stack_has_every_part() -> None:
