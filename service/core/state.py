@@ -462,7 +462,10 @@ class StateStore:
             self._last_ts[slots],
             self._steps[slots],
             self._applied[slots],
-            [np.take(v, slots, axis=1).transpose(1, 0, 2).reshape(n, -1) for v in self._views],
+            [
+                np.take(v, slots, axis=1).transpose(1, 0, 2).reshape(n, v.shape[0] * v.shape[2])
+                for v in self._views
+            ],
             self._last_values[slots] if self.n_last_values else None,
         )
         return statecodec.encode(batch)
