@@ -30,6 +30,8 @@ __all__ = ["StateDType", "StateStore", "StreamInfo"]
 StateDType = Literal["float32", "float16"]
 
 _DTYPES = ("float32", "float16")
+# every float16 bit pattern's float32 value (256 KiB)
+_FLOAT16_TO_32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 _NO_OFFSET = -1
 
 
@@ -360,8 +362,9 @@ class StateStore:
             np.take(view, slots, axis=1).reshape(spec.batched_shape(batch))
             for view, spec in zip(self._views, self.specs, strict=True)
         ]
-        if self.dtype != np.float32:
-            out = [a.astype(np.float32) for a in out]
+        if self.dtype == np.float16:
+            # a table lookup widens float16 about twice as fast as numpy's astype
+            out = [np.take(_FLOAT16_TO_32, a.view(np.uint16)) for a in out]
         return out
 
     def scatter(self, slots: np.ndarray, states: Sequence[np.ndarray]) -> None:
