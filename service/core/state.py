@@ -97,6 +97,12 @@ class StateStore:
         # each tensor seen as [before, slots, after]: rows are moved one leading index at a
         # time, which numpy does ~30x faster than `tensor[:, slots]` on a large array
         self._views: list[np.ndarray] = []
+        # each tensor's batched shape with -1 for the batch
+        self._batched = [
+            (*spec.shape[: spec.batch_axis], -1, *spec.shape[spec.batch_axis :])
+            for spec in self.specs
+        ]
+        self._half = self.dtype == np.float16
         # index prefix that puts a slot index on each tensor's batch axis
         self._lead: list[tuple[Any, ...]] = [
             (slice(None),) * spec.batch_axis for spec in self.specs
@@ -240,9 +246,10 @@ class StateStore:
         self._tick += 1
         if slots is None:
             slots = self.slots_of(stream_ids)
-        new_pos = np.flatnonzero(slots < 0)
-        if len(new_pos):
-            known = slots[slots >= 0]
+        unknown = slots < 0
+        if unknown.any():
+            new_pos = np.flatnonzero(unknown)
+            known = slots[~unknown]
             self._last_used[known] = self._tick  # protect them from eviction below
             slots[new_pos] = self._allocate([stream_ids[i] for i in new_pos.tolist()], now)
         self._last_used[slots] = self._tick
@@ -357,12 +364,11 @@ class StateStore:
 
     def gather(self, slots: np.ndarray) -> list[np.ndarray]:
         """The state tensors of `slots`, batched in slot order, as float32 (new arrays)."""
-        batch = len(slots)
         out = [
-            np.take(view, slots, axis=1).reshape(spec.batched_shape(batch))
-            for view, spec in zip(self._views, self.specs, strict=True)
+            np.take(view, slots, axis=1).reshape(shape)
+            for view, shape in zip(self._views, self._batched, strict=True)
         ]
-        if self.dtype == np.float16:
+        if self._half:
             # a table lookup widens float16 about twice as fast as numpy's astype
             out = [np.take(_FLOAT16_TO_32, a.view(np.uint16)) for a in out]
         return out
