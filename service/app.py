@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
-from collections import Counter
 from typing import TYPE_CHECKING
 
-from kafka import KafkaAdminClient
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -33,10 +30,11 @@ from service.core.readings import Reject
 from service.errors import SensorcastError, SinkError
 from service.http import HttpServer, Readiness
 from service.kafka.codec import ForecastEncoder, ReadingDecoder, dead_letter_headers
+from service.kafka.connect import connect
 from service.kafka.sink import KafkaSink
 from service.kafka.source import KafkaSource
-from service.kafka.topics import ensure_topics
 from service.metrics import ServiceMetrics
+from service.partitions import PartitionStreams
 from service.registry import Registry
 
 if TYPE_CHECKING:
@@ -54,8 +52,6 @@ _GROUP_CHURN = (
     IllegalGenerationError,
     UnknownMemberIdError,
 )
-# One attempt to reach the broker at start; between attempts the service's own backoff runs.
-_BOOTSTRAP_TIMEOUT_MS = 3000
 
 
 class Service:
@@ -76,14 +72,12 @@ class Service:
             max_message_bytes=settings.kafka.max_message_bytes,
             max_future_seconds=settings.kafka.max_future_seconds,
         )
-        self._partition_of: dict[str, int] = {}
+        self._streams = PartitionStreams()
         self._backoff = _FIRST_BACKOFF
         self._next_checkpoint = 0.0
         self._paused = False
         self._final_checkpoint_failed = False
-        self._revoked: set[int] = set()
         self._mirror_partitions = False
-        self._rebalances: queue.SimpleQueue[tuple[str, set[int]]] = queue.SimpleQueue()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -160,25 +154,7 @@ class Service:
         delay = _FIRST_BACKOFF
         while not self._stop.is_set():
             try:
-                admin = KafkaAdminClient(
-                    bootstrap_servers=k.bootstrap_servers.split(","),
-                    client_id=k.client_id,
-                    bootstrap_timeout_ms=_BOOTSTRAP_TIMEOUT_MS,
-                    reconnect_backoff_max_ms=_BOOTSTRAP_TIMEOUT_MS // 3,
-                )
-                try:
-                    counts = ensure_topics(
-                        admin,
-                        input_topic=k.input_topic,
-                        derived_topics=[k.output_topic, k.dead_letter_topic],
-                        create=k.create_topics,
-                        partitions=k.partitions,
-                        replication_factor=k.replication_factor,
-                    )
-                finally:
-                    admin.close()
-                self._sink = KafkaSink(k)
-                self._source = KafkaSource(k, self)
+                transport = connect(k, self)
             except (KafkaError, OSError) as exc:
                 self._set_reachable(False)
                 log.warning(
@@ -190,15 +166,14 @@ class Service:
                 self._stop.wait(delay)
                 delay = min(delay * 2, k.reconnect_backoff_max)
                 continue
-            # A forecast goes to its reading's partition number when the output topic
-            # mirrors the input, which also spares the producer hashing every key.
-            self._mirror_partitions = counts[k.output_topic] == counts[k.input_topic]
+            self._source, self._sink = transport.source, transport.sink
+            self._mirror_partitions = transport.mirror_partitions
             self._set_reachable(True)
             log.info(
                 "connected bootstrap=%s input=%s partitions=%d output=%s dead_letters=%s group=%s",
                 k.bootstrap_servers,
                 k.input_topic,
-                counts[k.input_topic],
+                transport.partitions[k.input_topic],
                 k.output_topic,
                 k.dead_letter_topic,
                 k.group_id,
@@ -222,7 +197,7 @@ class Service:
                 log.warning("poll failed error=%r", exc)
                 self._stop.wait(self._backoff)
                 continue
-            self._apply_rebalances()
+            self._apply_moves()
             if records:
                 self._process(records)
             if time.monotonic() >= self._next_checkpoint:
@@ -240,29 +215,13 @@ class Service:
         else:
             for forecast in result.forecasts:
                 sink.send_forecast(forecast.stream_id, encode(forecast))
-        partition_of = self._partition_of
-        for reading in batch.readings:
-            partition_of[reading.stream_id] = reading.partition
+        self._streams.note(batch.readings)
         rejects = batch.rejects + result.rejects
         if rejects:
             self._dead_letter(rejects, records)
-        m = self.metrics
-        m.readings_consumed.inc(len(records))
-        m.batch_size.observe(len(records))
-        if result.forecasts:
-            m.forecasts_produced.inc(len(result.forecasts))
-            # Every reading of a batch is received at once: one observation per batch.
-            m.reading_to_forecast_seconds.observe(time.time() - received)
-        m.rounds_per_batch.observe(len(result.round_sizes))
-        for seconds in result.round_seconds:
-            m.model_call_seconds.observe(seconds)
-        if result.drops:
-            for reason, n in Counter(reason for _, reason in result.drops).items():
-                m.drops.labels(reason=str(reason)).inc(n)
-        if result.resets:
-            m.state_resets.inc(result.resets)
-        self._forget(result.evicted, "capacity")
-        self._forget(result.expired, "ttl")
+        self.metrics.record_batch(len(records), result, time.time() - received)
+        self._streams.forget(result.evicted)
+        self._streams.forget(result.expired)
 
     def _dead_letter(self, rejects: list[Reject], records: list[ConsumerRecord]) -> None:
         assert self._sink is not None
@@ -288,12 +247,6 @@ class Service:
                 reject.detail,
             )
 
-    def _forget(self, stream_ids: list[str], cause: str) -> None:
-        if stream_ids:
-            for sid in stream_ids:
-                self._partition_of.pop(sid, None)
-            self.metrics.evictions.labels(cause=cause).inc(len(stream_ids))
-
     # -- checkpoints -----------------------------------------------------------------------
 
     def checkpoint(self, timeout: float | None = None) -> None:
@@ -305,9 +258,11 @@ class Service:
 
         A failure at 1 skips 2, so an offset is never committed ahead of its forecast
         (at-least-once). On a revoke the same two steps run inside the rebalance callback:
-        `flush_before_revoke`, then `KafkaSource.commit_on_loop`. The state changelog (DESIGN.md section 5) is not written yet: a
-        member that takes over a partition starts its streams from the initial state. When
-        it lands, writing the dirty streams goes between 1 and 2.
+        `flush_before_revoke`, then `KafkaSource.commit_on_loop`.
+
+        The state changelog (DESIGN.md section 5) is not written yet: a member that takes
+        over a partition starts its streams from the initial state. When it lands, writing
+        the dirty streams goes between 1 and 2.
         """
         assert self._sink is not None and self._source is not None
         if timeout is None:
@@ -372,17 +327,16 @@ class Service:
         self.metrics.broker_reachable.set(1 if reachable else 0)
         self.readiness.set("broker_reachable", reachable)
 
-    # -- rebalances (called by KafkaSource inside poll) --------------------------------------
+    # -- rebalances -------------------------------------------------------------------------
 
-    # kafka-python runs these on its I/O thread while the poll loop may be between polls;
-    # they only flush the (thread-safe) producer, set readiness and queue an event. The
-    # poll loop applies the events to the store after the poll that completes the
-    # rebalance, before it processes any record of a new assignment.
+    # kafka-python runs the three callbacks below on its I/O thread, while the poll loop may
+    # be between polls: they only flush the (thread-safe) producer, set readiness and
+    # metrics, and queue events that `_apply_moves` applies to the store after the poll.
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         assert self._source is not None
         owned = self._source.assignment()
-        self._rebalances.put(("assigned", owned))
+        self._streams.assigned(owned)
         self.metrics.assigned_partitions.set(len(owned))
         # Restoring the partitions' streams from the changelog belongs here (next milestone);
         # until then a newly assigned partition's streams start from the initial state.
@@ -408,42 +362,31 @@ class Service:
         return True
 
     def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
-        self._rebalances.put(("lost" if lost else "revoked", set(partitions)))
+        if lost:
+            self._streams.lost(partitions)
+        else:
+            self._streams.revoked(partitions)
 
-    def _apply_rebalances(self) -> None:
-        """Drop the streams of partitions no longer ours.
-
-        Lost partitions' streams go at once: another member may already be applying their
-        readings. Revoked partitions' streams go at the next assignment unless they come
-        back in it, as every partition does in an eager rebalance that leaves this
-        member's share unchanged.
-        """
-        while not self._rebalances.empty():
-            event, partitions = self._rebalances.get_nowait()
-            if event == "lost":
-                self._drop_partitions(partitions)
-            elif event == "revoked":
-                self._revoked |= partitions
-            else:
-                gone, self._revoked = self._revoked - partitions, set()
-                if gone:
-                    self._drop_partitions(gone)
-                if self._paused:  # newly assigned partitions start unpaused
-                    self._paused = False
-                    self._pause(True)
-
-    def _drop_partitions(self, partitions: set[int]) -> None:
+    def _apply_moves(self) -> None:
+        """Drop the streams of partitions that are no longer ours (see `PartitionStreams`)."""
         assert self._engine is not None
-        topic = self.settings.kafka.input_topic
-        for p in partitions:
-            with contextlib.suppress(KeyError):
-                self.metrics.consumer_lag.remove(topic, str(p))
-        gone = [sid for sid, p in self._partition_of.items() if p in partitions]
-        self._engine.store.drop(gone)
-        self._forget(gone, "revoked")
-        if gone:
-            log.info("streams dropped partitions=%s streams=%d", sorted(partitions), len(gone))
-        self.metrics.active_streams.set(len(self._engine.store))
+        moves = self._streams.take_moves()
+        if moves.partitions:
+            topic = self.settings.kafka.input_topic
+            for p in moves.partitions:
+                with contextlib.suppress(KeyError):
+                    self.metrics.consumer_lag.remove(topic, str(p))
+            self._engine.store.drop(moves.stream_ids)
+            self.metrics.evictions.labels(cause="revoked").inc(len(moves.stream_ids))
+            self.metrics.active_streams.set(len(self._engine.store))
+            log.info(
+                "streams dropped partitions=%s streams=%d",
+                sorted(moves.partitions),
+                len(moves.stream_ids),
+            )
+        if moves.assigned and self._paused:  # newly assigned partitions start unpaused
+            self._paused = False
+            self._pause(True)
 
     # -- shutdown --------------------------------------------------------------------------
 

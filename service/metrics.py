@@ -8,10 +8,12 @@ conventions: ``sensorcast_`` prefix, ``_total`` on counters, base units (seconds
 from __future__ import annotations
 
 import platform
+from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from service import __version__
+from service.core.engine import EngineResult
 from service.core.readings import DropReason, RejectReason
 
 __all__ = ["CONTENT_TYPE", "EVICTION_CAUSES", "METRIC_NAMES", "ServiceMetrics"]
@@ -174,6 +176,28 @@ class ServiceMetrics:
             self.drops.labels(reason=str(drop))
         for cause in EVICTION_CAUSES:
             self.evictions.labels(cause=cause)
+
+    def record_batch(self, records: int, result: EngineResult, latency: float) -> None:
+        """Count one micro-batch: `records` consumed, what the engine did with them, and
+        `latency` from the poll to the forecasts being handed to the producer."""
+        self.readings_consumed.inc(records)
+        self.batch_size.observe(records)
+        if result.forecasts:
+            self.forecasts_produced.inc(len(result.forecasts))
+            # Every reading of a batch is received at once: one observation per batch.
+            self.reading_to_forecast_seconds.observe(latency)
+        self.rounds_per_batch.observe(len(result.round_sizes))
+        for seconds in result.round_seconds:
+            self.model_call_seconds.observe(seconds)
+        if result.drops:
+            for reason, n in Tally(reason for _, reason in result.drops).items():
+                self.drops.labels(reason=str(reason)).inc(n)
+        if result.resets:
+            self.state_resets.inc(result.resets)
+        if result.evicted:
+            self.evictions.labels(cause="capacity").inc(len(result.evicted))
+        if result.expired:
+            self.evictions.labels(cause="ttl").inc(len(result.expired))
 
     def set_model(self, name: str, version: str, kind: str) -> None:
         self.model_info.info({"name": name, "version": version, "kind": kind})
