@@ -60,7 +60,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log.format, "DEBUG" if args.verbose else settings.log.level)
     service = Service(settings)
 
+    signals = 0
+
     def _stop(signum: int, frame: FrameType | None) -> None:
+        # The first signal finishes the batch in hand and checkpoints; a second one is
+        # an operator in a hurry: leave now, the records since the last commit are
+        # processed again by the next member.
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            raise KeyboardInterrupt
         service.stop()
 
     signal.signal(signal.SIGTERM, _stop)

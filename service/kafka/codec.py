@@ -6,6 +6,10 @@ in the future) and ``values`` (an object or a list). What the values hold is the
 judge against the model card. Parsing and the structural checks run in pydantic's Rust core
 (``validate_json`` on the raw bytes, no ``json.loads``); the Python left per record is a key
 comparison, a clock comparison and building the `Reading`.
+
+Records are validated one by one rather than joined into one JSON array per batch: measured
+on ~100-byte readings both cost about 2.5 us a record (``json.loads`` alone: 5 us), and one
+at a time a malformed record can neither fail nor, by splicing, corrupt its neighbours.
 """
 
 from __future__ import annotations
