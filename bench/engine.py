@@ -9,7 +9,8 @@
    - state path: the same work on arrays, without the per-reading Python objects (slot
      lookup, gather, model call, scatter, bookkeeping);
    - bare: `OnnxStepModel.step` alone with preallocated inputs.
-   They run in alternating short trials; medians are reported, with the share of the
+   They run in alternating short trials and the best trial of each is reported (other
+   processes only ever slow a trial down), with the share of the
    engine's time spent in the model call.
 2. Scale: 10k, 100k and 1M active streams (and 1M with float16 state); throughput at batch
    1,024 over streams drawn at random, and resident bytes per stream (growth of the process's
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,7 +100,7 @@ class _Trial:
 
 
 def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
-    """Alternate engine, state-path and bare trials of about `seconds`/9 each; medians.
+    """Alternate engine, state-path and bare trials of about `seconds`/15 each, 5 of each; the best.
 
     The state path is the engine's work around the model without the per-reading Python
     objects: slot lookup, gather, the model call, scatter and bookkeeping, on arrays.
@@ -118,8 +118,8 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
     ids = [f"state-{i:07d}" for i in range(batch)]  # streams of their own: other timestamps
     offsets = np.zeros(batch, np.int64)
     engine_rates, state_rates, bare_rates, shares = [], [], [], []
-    slice_s = seconds / 9
-    for _ in range(3):
+    slice_s = seconds / 15
+    for _ in range(5):
         spent = model_spent = 0.0
         steps = 0
         while spent < slice_s:
@@ -151,10 +151,10 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
             steps += batch
         bare_rates.append(steps / spent)
     return _Trial(
-        statistics.median(engine_rates),
-        statistics.median(state_rates),
-        statistics.median(bare_rates),
-        statistics.median(shares),
+        max(engine_rates),
+        max(state_rates),
+        max(bare_rates),
+        shares[engine_rates.index(max(engine_rates))],
     )
 
 
@@ -165,18 +165,16 @@ def _rss() -> int:
 
 @dataclass
 class _Scale:
-    streams: int
-    rate: float
+    label: str
+    engine: StreamEngine
+    feed: _Feed
     rss_per_stream: float
-    store_per_stream: float
-    allocated_per_stream: float
-    raw: int
     fill_seconds: float
+    rates: list[float]
 
 
-def _bench_scale(
-    model: OnnxStepModel, streams: int, batch: int, seconds: float, dtype: StateDType = "float32"
-) -> _Scale:
+def _build_scale(model: OnnxStepModel, streams: int, dtype: StateDType) -> _Scale:
+    """An engine holding `streams` streams, and the RSS it took to create them."""
     feed = _Feed(model, [f"sensor-{i:07d}" for i in range(streams)], seed=streams)
     engine = StreamEngine(model, EngineConfig(state_dtype=dtype))
     chunk = 1024
@@ -189,28 +187,20 @@ def _bench_scale(
     fill = time.perf_counter() - t0
     gc.collect()
     rss = (_rss() - before) / (streams - chunk)
-    store = engine.store
+    label = f"{streams:,}" + (" f16" if dtype == "float16" else "")
+    return _Scale(label, engine, feed, rss, fill, [])
 
-    rng = np.random.default_rng(streams)
+
+def _time_scale(scale: _Scale, batch: int, seconds: float, rng: np.random.Generator) -> None:
+    streams = len(scale.feed.ids)
     spent, steps = 0.0, 0
     while spent < seconds:
-        readings = feed.batch(rng.choice(streams, batch, replace=False))
-        t1 = time.perf_counter()
-        result = engine.process(readings, now=0.0)
-        spent += time.perf_counter() - t1
+        readings = scale.feed.batch(rng.choice(streams, batch, replace=False))
+        t0 = time.perf_counter()
+        result = scale.engine.process(readings, now=0.0)
+        spent += time.perf_counter() - t0
         steps += len(result.forecasts)
-    out = _Scale(
-        streams=streams,
-        rate=steps / spent,
-        rss_per_stream=rss,
-        store_per_stream=store.state_bytes / streams,
-        allocated_per_stream=store.allocated_bytes / streams,
-        raw=store.raw_state_bytes_per_stream,
-        fill_seconds=fill,
-    )
-    del engine, store, feed
-    gc.collect()
-    return out
+    scale.rates.append(steps / spent)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"onnxruntime: 1 intra-op thread, no spinning; {os.cpu_count()} CPUs on this machine\n")
 
-    print("throughput by batch size (stream-steps/s, medians of 3 alternating trials)")
+    print("throughput by batch size (stream-steps/s, best of 5 alternating trials)")
     print(
         f"{'batch':>6} {'engine':>11} {'state path':>11} {'bare ORT':>11} "
         f"{'engine/bare':>12} {'state/bare':>11} {'model share':>12}"
@@ -248,20 +238,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{trial.state_rate / trial.bare_rate:>11.0%} {trial.model_share:>12.0%}"
         )
 
-    print("\nscale: batch 1,024 over streams drawn at random; bytes per stream")
+    print(
+        "\nscale: batch 1,024 over streams drawn at random (best of 5 alternating trials); "
+        "bytes per stream"
+    )
     print(
         f"{'streams':>13} {'steps/s':>10} {'vs first':>9} {'RSS/stream':>11} "
         f"{'store/stream':>13} {'alloc/stream':>13} {'raw':>6} {'RSS/raw':>8} {'fill s':>7}"
     )
-    first = None
-    for streams, dtype in scales:
-        s = _bench_scale(model, streams, 1024, seconds, dtype)
-        first = first or s.rate
-        label = f"{s.streams:,}" + (" f16" if dtype == "float16" else "")
+    built = [_build_scale(model, streams, dtype) for streams, dtype in scales]
+    rng = np.random.default_rng(7)
+    for _ in range(5):  # alternate, so that a busy moment does not fall on one size only
+        for scale in built:
+            _time_scale(scale, 1024, seconds / 5, rng)
+    first = max(built[0].rates)
+    for scale in built:
+        store = scale.engine.store
+        n = len(store)
+        rate = max(scale.rates)
+        raw = store.raw_state_bytes_per_stream
         print(
-            f"{label:>13} {s.rate:>10,.0f} {s.rate / first:>9.0%} {s.rss_per_stream:>11,.0f} "
-            f"{s.store_per_stream:>13,.0f} {s.allocated_per_stream:>13,.0f} {s.raw:>6} "
-            f"{s.rss_per_stream / s.raw:>8.2f} {s.fill_seconds:>7.1f}"
+            f"{scale.label:>13} {rate:>10,.0f} {rate / first:>9.0%} {scale.rss_per_stream:>11,.0f} "
+            f"{store.state_bytes / n:>13,.0f} {store.allocated_bytes / n:>13,.0f} {raw:>6} "
+            f"{scale.rss_per_stream / raw:>8.2f} {scale.fill_seconds:>7.1f}"
         )
     return 0
 
