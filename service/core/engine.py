@@ -131,15 +131,19 @@ class StreamEngine:
         self.card: ModelCard = model.card
         self.config = config = config or EngineConfig()
         card = self.card
-        self.store = store or StateStore(
-            card.states,
-            dtype=config.state_dtype,
-            n_last_values=card.n_features if config.impute == "last" else 0,
-            capacity=config.initial_capacity,
-            max_streams=config.max_streams,
-            ttl_seconds=config.ttl_seconds,
+        self.store = (
+            store
+            if store is not None
+            else StateStore(
+                card.states,
+                dtype=config.state_dtype,
+                n_last_values=card.n_features if config.impute == "last" else 0,
+                capacity=config.initial_capacity,
+                max_streams=config.max_streams,
+                ttl_seconds=config.ttl_seconds,
+            )
         )
-        if [s.shape for s in self.store.specs] != [s.shape for s in card.states]:
+        if self.store.specs != list(card.states):
             raise ConfigError("the state store's tensors do not match the model card's states")
         if config.impute == "last" and self.store.n_last_values != card.n_features:
             raise ConfigError("last-value imputation needs a store that keeps the last values")
@@ -217,7 +221,7 @@ class StreamEngine:
             order = np.argsort(occurrence, kind="stable")
             sizes = np.bincount(occurrence)
             waves = np.split(order, np.cumsum(sizes)[:-1])
-        cap = self.config.max_streams
+        cap = self.store.max_streams
         for wave in waves:
             if cap is None or len(wave) <= cap:
                 yield wave

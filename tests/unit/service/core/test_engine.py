@@ -445,3 +445,25 @@ def test_stats_accumulate_across_calls(elman: ElmanLagModel) -> None:
     assert stats.drops == {DropReason.DUPLICATE: 1}
     assert stats.rejects == {RejectReason.MISSING_FEATURE: 1}
     assert stats.model_seconds > 0
+
+
+def test_an_engine_can_use_a_store_it_is_given(elman: ElmanLagModel) -> None:
+    from service.core.state import StateStore
+
+    store = StateStore(elman.card.states, max_streams=2)
+    engine = StreamEngine(elman, store=store)
+    assert engine.store is store  # an empty store is still the one to use
+    batch = [readings_for(f"s{i}", [[1.0, 2.0]])[0] for i in range(5)]
+    result = engine.process(batch, now=0.0)
+    assert result.round_sizes == [2, 2, 1]  # the store's cap decides the chunks
+    assert len(store) == 2
+
+
+def test_a_store_for_other_states_is_refused(elman: ElmanLagModel) -> None:
+    from service.core.state import StateStore
+    from service.modelcard import StateSpec
+
+    with pytest.raises(ConfigError, match="state store"):
+        StreamEngine(elman, store=StateStore([StateSpec(name="h", shape=(1, 8), batch_axis=1)]))
+    with pytest.raises(ConfigError, match="imputation"):
+        StreamEngine(elman, EngineConfig(impute="last"), StateStore(elman.card.states))
