@@ -217,6 +217,8 @@ def test_replay_script_runs_a_valid_replay_command() -> None:
     mount = _services()["replay"]["volumes"][0].split(":")
     assert mount[0] == "./replay.sh"
     assert _services()["replay"]["entrypoint"] == ["/bin/sh", mount[1]]
+    # The replay runs no HTTP server, so the image's /healthz check must not mark it unhealthy.
+    assert _services()["replay"]["healthcheck"] == {"disable": True}
 
 
 def _stub_sensorcast(bin_dir: Path, body: str) -> dict[str, str]:
