@@ -366,6 +366,11 @@ class Service:
             self._streams.lost(partitions)
         else:
             self._streams.revoked(partitions)
+        assert self._source is not None
+        left = self._source.assignment() - partitions
+        self.metrics.assigned_partitions.set(len(left))
+        if not left:  # until the rebalance completes
+            self.readiness.set("partitions_assigned", False)
 
     def _apply_moves(self) -> None:
         """Drop the streams of partitions that are no longer ours (see `PartitionStreams`)."""
