@@ -27,7 +27,7 @@ from service.config import ServiceSettings
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
 from service.core.readings import Reject
-from service.errors import SensorcastError, SinkError
+from service.errors import ConfigError, SensorcastError, SinkError
 from service.http import HttpServer, Readiness
 from service.kafka.codec import ForecastEncoder, ReadingDecoder, dead_letter_headers
 from service.kafka.connect import connect
@@ -115,7 +115,14 @@ class Service:
     def _start_http(self) -> None:
         http = self.settings.http
         if http.enabled:
-            self._http = HttpServer(http.host, http.port, self.metrics, self.readiness).start()
+            try:
+                server = HttpServer(http.host, http.port, self.metrics, self.readiness)
+            except OSError as exc:
+                raise ConfigError(
+                    f"http.port: cannot listen on {http.host}:{http.port} ({exc.strerror}); "
+                    "choose another port with SENSORCAST_HTTP__PORT or --http-port"
+                ) from exc
+            self._http = server.start()
         self._started.set()
 
     def _load_model(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -80,6 +81,21 @@ def test_bad_setting_is_one_clear_line_and_status_2(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("sensorcast: error: ") and needle in lines[0]
+
+
+def test_busy_http_port_is_one_clear_line(tmp_path: Path) -> None:
+    model = make_model(tmp_path / "models")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _sensorcast(
+            "serve", "--registry", str(model.registry), "--model", model.card.name,
+            "--set", "http.host=127.0.0.1", "--http-port", str(port),
+        )  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("sensorcast: error: http.port: cannot listen on 127.0.0.1:")
 
 
 def test_missing_topic_without_create_is_an_error_naming_it(
