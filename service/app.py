@@ -306,8 +306,21 @@ class Service:
         self._backoff = _FIRST_BACKOFF
         self._set_reachable(True)
         self._pause(False)
+        self._expire_idle()
         self._update_gauges()
         self._next_checkpoint = time.monotonic() + k.commit_interval
+
+    def _expire_idle(self) -> None:
+        """Let idle streams expire even while no readings arrive (the engine expires them
+        at the start of every batch otherwise)."""
+        assert self._engine is not None
+        if self.settings.engine.ttl_seconds is None:
+            return
+        expired = self._engine.process([], now=time.time()).expired
+        if expired:
+            self._streams.forget(expired)
+            self.metrics.evictions.labels(cause="ttl").inc(len(expired))
+            log.info("streams expired streams=%d", len(expired))
 
     def _pause(self, paused: bool) -> None:
         """While checkpoints fail, stop fetching so nothing more piles up unacknowledged."""

@@ -100,6 +100,29 @@ def test_readyz_turns_true_only_after_assignment_and_later_readings_flow(
     assert svc.service.readiness.ready is False
 
 
+def test_idle_streams_expire_without_new_readings(kafka: KafkaKit, tmp_path: Path) -> None:
+    model = make_model(tmp_path / "models")
+    settings = settings_for(
+        kafka.bootstrap, model.registry, model.card.name, kafka.name, **{"engine.ttl_seconds": 1.0}
+    )
+    k = settings.kafka
+    values = {"temp": 20.0, "pressure": 101.0, "vibration": 0.5}
+    with running(settings) as svc:
+        svc.wait_ready()
+        kafka.produce(
+            k.input_topic,
+            [(f"idle-{i}", reading(f"idle-{i}", 1_700_000_000.0, values)) for i in range(5)],
+        )
+        kafka.consume_until(k.output_topic, 5)
+        wait_until(
+            lambda: svc.metric("sensorcast_evictions_total", {"cause": "ttl"}) == 5,
+            15,
+            "idle streams to expire",
+        )
+        wait_until(lambda: svc.metric("sensorcast_active_streams") == 0, 5, "the gauge")
+        assert svc.service.engine is not None and len(svc.service.engine.store) == 0
+
+
 @pytest.mark.skipif(
     not (REPO_MODELS / "sensors-demo").is_dir(), reason="models/sensors-demo is not in the registry"
 )
