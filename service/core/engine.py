@@ -1,10 +1,13 @@
 """The streaming engine: readings in; forecasts, rejects and drops out.
 
-`StreamEngine.process` applies a batch of readings to the per-stream state in the
-`StateStore`, running the step model once per *round* over every stream with a pending
-reading. A batch holding several readings of one stream is split into waves: wave k holds the
-k-th reading of each stream, so the readings of a stream are applied in order, one round
-each, and the result never depends on how readings were batched.
+`StreamEngine.process_batch` applies a `ReadingBatch` (readings as columns: ids, timestamps,
+a float32 value matrix) to the per-stream state in the `StateStore` and returns a
+`ForecastBatch`, with no per-reading Python objects on the way; `process` is the same behind
+an adapter for lists of `Reading` objects. Each call runs the step model once per *round*
+over every stream with a pending reading. A batch holding several readings of one stream is
+split into waves: wave k holds the k-th reading of each stream, so the readings of a stream
+are applied in order, one round each, and the result never depends on how readings were
+batched.
 
 Per reading, in this order:
 
@@ -32,13 +35,25 @@ from typing import Literal
 import numpy as np
 
 from service.core.model import StepModel
-from service.core.readings import DropReason, Forecast, Reading, Reject, RejectReason
+from service.core.readings import (
+    DropReason,
+    Forecast,
+    ForecastBatch,
+    Reading,
+    ReadingBatch,
+    Reject,
+    RejectReason,
+)
 from service.core.state import StateDType, StateStore
 from service.core.values import FeatureValues, Problems
 from service.errors import ConfigError, InferenceError
 from service.modelcard import ModelCard
 
-__all__ = ["EngineConfig", "EngineResult", "EngineStats", "StreamEngine"]
+__all__ = ["BatchResult", "EngineConfig", "EngineResult", "EngineStats", "StreamEngine"]
+
+# what one round hands back: the batch rows it applied (None: all, in order), their
+# forecast values in original units and their warm flags
+_Round = tuple[np.ndarray | None, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,26 @@ class EngineResult:
 
 
 @dataclass
+class BatchResult:
+    """What one `process_batch` call did; rejects and drops name rows of the batch.
+
+    `reject_rows[i]` is the row of `rejects[i]`; `drops` holds ``(row, reason)`` pairs.
+    """
+
+    forecasts: ForecastBatch
+    rejects: list[Reject] = field(default_factory=list)
+    reject_rows: list[int] = field(default_factory=list)
+    drops: list[tuple[int, DropReason]] = field(default_factory=list)
+    round_sizes: list[int] = field(default_factory=list)
+    round_seconds: list[float] = field(default_factory=list)
+    resets: int = 0
+    gaps: int = 0
+    """Readings that came after a gap longer than ``max_gap_periods`` (reset or not)."""
+    evicted: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+
+
+@dataclass
 class EngineStats:
     """Cumulative counters since the engine started (for metrics)."""
 
@@ -106,7 +141,7 @@ class EngineStats:
     rounds: int = 0
     model_seconds: float = 0.0
 
-    def add(self, result: EngineResult, readings: int) -> None:
+    def add(self, result: EngineResult | BatchResult, readings: int) -> None:
         self.readings += readings
         self.forecasts += len(result.forecasts)
         for reject in result.rejects:
@@ -150,8 +185,8 @@ class StreamEngine:
         self.stats = EngineStats()
         self._features = list(card.features)
         self._values = FeatureValues(card.features, impute=config.impute == "last")
-        self._x_mean = np.asarray(card.scaler.features.mean, np.float64)
-        self._x_std = np.asarray(card.scaler.features.std, np.float64)
+        self._x_mean = np.asarray(card.scaler.features.mean, np.float32)
+        self._x_std = np.asarray(card.scaler.features.std, np.float32)
         self._y_mean = np.asarray(card.scaler.targets.mean, np.float32)
         self._y_std = np.asarray(card.scaler.targets.std, np.float32)
         self._horizon_offsets = np.arange(1, card.horizon + 1, dtype=np.float64) * card.period
@@ -160,44 +195,77 @@ class StreamEngine:
 
     # -- public -------------------------------------------------------------------------
 
-    def process(self, readings: Sequence[Reading], *, now: float | None = None) -> EngineResult:
-        """Apply `readings` (any mix of streams, each stream's in order); see the module doc.
+    def process_batch(self, batch: ReadingBatch, *, now: float | None = None) -> BatchResult:
+        """Apply a columnar batch (any mix of streams, each stream's in order); see the module doc.
 
-        `now` is the wall-clock time used for TTL expiry and last-seen bookkeeping
-        (``time.time()`` when not given). If the model fails (`InferenceError`), rounds
-        already run in this call stay applied; their readings are dropped as already applied
-        (or duplicates) if the batch is processed again.
+        The hot path: no per-reading Python objects, one model call per round. Forecasts
+        come back in the batch's row order; `BatchResult.reject_rows` and the drops name
+        rows of `batch`. `now` is the wall-clock time used for TTL expiry and last-seen
+        bookkeeping (``time.time()`` when not given). If the model fails (`InferenceError`),
+        rounds already run in this call stay applied; their readings are dropped as already
+        applied (or duplicates) if the batch is processed again.
         """
         now = time.time() if now is None else now
-        result = EngineResult()
+        card = self.card
+        result = BatchResult(ForecastBatch.empty(card.horizon, card.n_targets, card.period))
         result.expired = self.store.expire(now)
-        ids = [r.stream_id for r in readings]
-        waves = list(self._waves(ids))
-        tagged: list[tuple[np.ndarray, list[Forecast]]] = []
+        n = len(batch)
+        waves = list(self._waves(batch.stream_ids))
+        rounds: list[_Round] = []
         rejects: list[tuple[int, Reject]] = []
-        drops: list[tuple[int, tuple[Reading, DropReason]]] = []
+        drops: list[tuple[int, DropReason]] = []
         for idx in waves:
-            if len(waves) == 1 and len(idx) == len(readings):
-                self._apply(readings, ids, idx, now, result, tagged, rejects, drops)
-            else:
-                positions = idx.tolist()
-                sub = [readings[i] for i in positions]
-                sub_ids = [ids[i] for i in positions]
-                self._apply(sub, sub_ids, idx, now, result, tagged, rejects, drops)
-        if len(tagged) == 1:
-            result.forecasts = tagged[0][1]
-        elif tagged:
-            order = np.argsort(np.concatenate([i for i, _ in tagged]), kind="stable")
-            flat = [f for _, fs in tagged for f in fs]
-            result.forecasts = [flat[i] for i in order.tolist()]
+            whole = len(waves) == 1 and len(idx) == n
+            done = self._apply(batch, None if whole else idx, now, result, rejects, drops)
+            if done is not None:
+                rounds.append(done)
+        if rounds:
+            result.forecasts = self._forecasts(batch, rounds)
         if len(waves) > 1:
             rejects.sort(key=itemgetter(0))
             drops.sort(key=itemgetter(0))
+        result.reject_rows = [i for i, _ in rejects]
         result.rejects = [r for _, r in rejects]
-        result.drops = [d for _, d in drops]
+        result.drops = drops
         result.evicted = self.store.drain_evicted()
-        self.stats.add(result, len(readings))
+        self.stats.add(result, n)
         return result
+
+    def process(self, readings: Sequence[Reading], *, now: float | None = None) -> EngineResult:
+        """Apply `readings` as objects: `process_batch` behind an adapter (tests and tools).
+
+        Values are checked with `FeatureValues.matrix`; forecasts come back as `Forecast`
+        objects and rejects and drops carry their `Reading`.
+        """
+        batch = self.batch_of(readings)
+        done = self.process_batch(batch, now=now)
+        result = EngineResult(
+            forecasts=done.forecasts.forecasts(),
+            round_sizes=done.round_sizes,
+            round_seconds=done.round_seconds,
+            resets=done.resets,
+            gaps=done.gaps,
+            evicted=done.evicted,
+            expired=done.expired,
+        )
+        for row, reject in zip(done.reject_rows, done.rejects, strict=True):
+            reject.reading = readings[row]
+        result.rejects = done.rejects
+        result.drops = [(readings[row], reason) for row, reason in done.drops]
+        return result
+
+    def batch_of(self, readings: Sequence[Reading]) -> ReadingBatch:
+        """`readings` as a `ReadingBatch`, their values checked against the card."""
+        values, problems = self._values.matrix([r.values for r in readings])
+        return ReadingBatch(
+            [r.stream_id for r in readings],
+            np.array([r.ts for r in readings], np.float64),
+            values,
+            np.array([r.partition for r in readings], np.int32),
+            np.array([r.offset for r in readings], np.int64),
+            np.array([r.received for r in readings], np.float64),
+            problems,
+        )
 
     # -- batching -----------------------------------------------------------------------
 
@@ -212,12 +280,15 @@ class StreamEngine:
         if len(set(ids)) == n:
             waves: list[np.ndarray] = [np.arange(n)]
         else:
-            counts: dict[str, int] = {}
+            # rank of each row among its stream's rows, by a stable sort on stream codes
+            codes: dict[str, int] = {}
+            code = np.fromiter((codes.setdefault(s, len(codes)) for s in ids), np.int64, n)
+            by_stream = np.argsort(code, kind="stable")
+            sorted_codes = code[by_stream]
+            starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+            counts = np.diff(np.r_[starts, n])
             occurrence = np.empty(n, np.int64)
-            for i, sid in enumerate(ids):
-                k = counts.get(sid, 0)
-                counts[sid] = k + 1
-                occurrence[i] = k
+            occurrence[by_stream] = np.arange(n) - np.repeat(starts, counts)
             order = np.argsort(occurrence, kind="stable")
             sizes = np.bincount(occurrence)
             waves = np.split(order, np.cumsum(sizes)[:-1])
@@ -228,23 +299,69 @@ class StreamEngine:
             else:
                 yield from (wave[i : i + cap] for i in range(0, len(wave), cap))
 
+    def _forecasts(self, batch: ReadingBatch, rounds: list[_Round]) -> ForecastBatch:
+        """The rounds' forecasts as one batch in row order."""
+        if len(rounds) == 1:
+            rows, values, warm = rounds[0]
+        else:
+            rows = np.concatenate([r[0] for r in rounds])
+            order = np.argsort(rows, kind="stable")
+            rows = rows[order]
+            values = np.concatenate([r[1] for r in rounds])[order]
+            warm = np.concatenate([r[2] for r in rounds])[order]
+        if rows is None:  # every row of the batch, in order
+            return ForecastBatch(
+                batch.stream_ids,
+                batch.ts,
+                values,
+                warm,
+                batch.partitions,
+                batch.offsets,
+                batch.received,
+                self.card.period,
+            )
+        ids = batch.stream_ids
+        return ForecastBatch(
+            [ids[i] for i in rows.tolist()],
+            batch.ts[rows],
+            values,
+            warm,
+            batch.partitions[rows],
+            batch.offsets[rows],
+            batch.received[rows],
+            self.card.period,
+        )
+
     # -- one wave: distinct streams, one model call -------------------------------------
 
     def _apply(
         self,
-        sub: Sequence[Reading],
-        ids: list[str],
-        idx: np.ndarray,
+        batch: ReadingBatch,
+        idx: np.ndarray | None,
         now: float,
-        result: EngineResult,
-        tagged: list[tuple[np.ndarray, list[Forecast]]],
+        result: BatchResult,
         rejects: list[tuple[int, Reject]],
-        drops: list[tuple[int, tuple[Reading, DropReason]]],
-    ) -> None:
+        drops: list[tuple[int, DropReason]],
+    ) -> _Round | None:
+        """One round over the rows `idx` of `batch` (all of them, in order, when None).
+
+        Returns the applied rows (None for all), their forecast values and warm flags.
+        """
         store = self.store
-        ts = np.array([r.ts for r in sub], np.float64)
-        offsets = np.array([r.offset for r in sub], np.int64)
-        x_raw, problems = self._values.parse([r.values for r in sub])
+        if idx is None:
+            ids = batch.stream_ids
+            ts, offsets, x_raw = batch.ts, batch.offsets, batch.values
+            problems = dict(batch.problems)
+        else:
+            all_ids = batch.stream_ids
+            ids = [all_ids[i] for i in idx.tolist()]
+            ts, offsets, x_raw = batch.ts[idx], batch.offsets[idx], batch.values[idx]
+            problems = {}
+            if batch.problems:
+                problems = {
+                    j: batch.problems[i] for j, i in enumerate(idx.tolist()) if i in batch.problems
+                }
+        rows = idx
 
         slots = store.slots_of(ids)
         known = slots >= 0
@@ -259,23 +376,24 @@ class StreamEngine:
         already = (offsets >= 0) & (offsets <= applied)
         stale = ts <= last_ts  # False for a NaN timestamp
         bad_ts = ~np.isfinite(ts)
-        if self.config.impute == "last":
-            x_raw = self._impute(x_raw, known, slots, problems)
+        if np.isnan(x_raw).any():
+            x_raw = self._missing(x_raw, known, slots, problems)
         if problems or (already | stale | bad_ts).any():
-            rejected = bad_ts.copy()
+            rejected = bad_ts
             if problems:
+                rejected = rejected.copy()
                 rejected[list(problems)] = True
             rejected &= ~already
             duplicate = (ts == last_ts) & ~already & ~rejected
             late = (ts < last_ts) & ~already & ~rejected
-            self._report(sub, idx, already, rejected, duplicate, late, problems, rejects, drops)
+            self._report(batch, idx, already, rejected, duplicate, late, problems, rejects, drops)
             acc = np.flatnonzero(~(already | rejected | duplicate | late))
             if len(acc) == 0:
-                return
+                return None
             ids = [ids[i] for i in acc.tolist()]
-            sub = [sub[i] for i in acc.tolist()]
             ts, offsets, x_raw = ts[acc], offsets[acc], x_raw[acc]
-            last_ts, idx, slots = last_ts[acc], idx[acc], slots[acc]
+            last_ts, slots = last_ts[acc], slots[acc]
+            rows = acc if idx is None else idx[acc]
 
         # 4. gaps (a stream without an applied reading has last_ts -inf: no gap)
         gap = ts - last_ts > self._max_gap
@@ -291,7 +409,7 @@ class StreamEngine:
 
         # 5. one model call over the wave
         states = store.gather(slots)
-        x = ((x_raw - self._x_mean) / self._x_std).astype(np.float32)[:, None, :]
+        x = ((x_raw - self._x_mean) / self._x_std)[:, None, :]
         started = time.perf_counter()
         y, new_states = self.model.step(x, states)
         result.round_seconds.append(time.perf_counter() - started)
@@ -303,81 +421,66 @@ class StreamEngine:
             )
         store.scatter(slots, new_states)
         store.advance(slots, ts, offsets, now, x_raw if store.n_last_values else None)
-
-        warm = (store.steps_at(slots) >= self.card.warmup_steps).tolist()
-        values = y[:, 0] * self._y_std + self._y_mean
-        horizon_ts = (ts[:, None] + self._horizon_offsets).tolist()
-        forecasts = list(
-            map(
-                Forecast,
-                ids,
-                ts.tolist(),
-                horizon_ts,
-                values,
-                warm,
-                [r.partition for r in sub],
-                offsets.tolist(),
-                [r.received for r in sub],
-            )
-        )
-        tagged.append((idx, forecasts))
+        warm = store.steps_at(slots) >= self.card.warmup_steps
+        return rows, y[:, 0] * self._y_std + self._y_mean, warm
 
     def _report(
         self,
-        sub: Sequence[Reading],
-        idx: np.ndarray,
+        batch: ReadingBatch,
+        idx: np.ndarray | None,
         already: np.ndarray,
         rejected: np.ndarray,
         duplicate: np.ndarray,
         late: np.ndarray,
         problems: Problems,
         rejects: list[tuple[int, Reject]],
-        drops: list[tuple[int, tuple[Reading, DropReason]]],
+        drops: list[tuple[int, DropReason]],
     ) -> None:
-        """Turn the masks of one wave into Reject and drop records (the rare path).
+        """Turn the masks of one wave into rejects and drops by batch row (the rare path).
 
         A rejected row without a value problem is rejected for its timestamp.
         """
+        rows = np.arange(len(already)) if idx is None else idx
         for reason, mask in (
             (DropReason.ALREADY_APPLIED, already),
             (DropReason.DUPLICATE, duplicate),
             (DropReason.LATE, late),
         ):
-            for i in np.flatnonzero(mask).tolist():
-                drops.append((int(idx[i]), (sub[i], reason)))
+            drops.extend((i, reason) for i in rows[mask].tolist())
         for i in np.flatnonzero(rejected).tolist():
-            r = sub[i]
+            row = int(rows[i])
+            ts = float(batch.ts[row])
             why, detail = problems.get(
-                i, (RejectReason.BAD_TIMESTAMP, f"timestamp {r.ts!r} is not finite")
+                i, (RejectReason.BAD_TIMESTAMP, f"timestamp {ts!r} is not finite")
             )
-            rejects.append(
-                (int(idx[i]), Reject(why, detail, r, partition=r.partition, offset=r.offset))
-            )
+            partition, offset = int(batch.partitions[row]), int(batch.offsets[row])
+            rejects.append((row, Reject(why, detail, None, partition=partition, offset=offset)))
 
-    # -- imputation ---------------------------------------------------------------------
+    # -- missing values -----------------------------------------------------------------
 
-    def _impute(
+    def _missing(
         self,
         x_raw: np.ndarray,
         known: np.ndarray,
         slots: np.ndarray,
         problems: Problems,
     ) -> np.ndarray:
-        """Fill NaN (missing or non-finite) values with the stream's last values.
+        """Rows with NaN (missing or non-finite) values: filled with the stream's last values
+        under last-value imputation, otherwise problems.
 
         A row still lacking a value (a new stream, or a feature never seen) is a problem.
         """
-        missing = np.isnan(x_raw)
-        if not missing.any():
-            return x_raw
-        safe = np.where(known, slots, 0)
-        previous = np.where(known[:, None], self.store.last_values_at(safe), np.nan)
-        x_raw = np.where(missing, previous, x_raw)
+        if self.config.impute == "last":
+            missing = np.isnan(x_raw)
+            safe = np.where(known, slots, 0)
+            previous = np.where(known[:, None], self.store.last_values_at(safe), np.nan)
+            x_raw = np.where(missing, previous, x_raw)
         for i in np.flatnonzero(np.isnan(x_raw).any(axis=1)).tolist():
             if i not in problems:
                 lacking = [f for f, v in zip(self._features, x_raw[i], strict=True) if v != v]
                 problems[i] = (
                     RejectReason.MISSING_FEATURE,
-                    f"no value for {', '.join(lacking)} and no earlier value to impute",
+                    f"no value for {', '.join(lacking)}"
+                    + (" and no earlier value to impute" if self.config.impute == "last" else ""),
                 )
         return x_raw

@@ -8,7 +8,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DropReason", "Forecast", "Reading", "Reject", "RejectReason"]
+__all__ = [
+    "DropReason",
+    "Forecast",
+    "ForecastBatch",
+    "Reading",
+    "ReadingBatch",
+    "Reject",
+    "RejectReason",
+]
 
 
 class RejectReason(StrEnum):
@@ -80,3 +88,125 @@ class Reject:
     partition: int = -1
     offset: int = -1
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ReadingBatch:
+    """Readings as columns: what the decoder hands the engine on the hot path.
+
+    Row i is one reading: `stream_ids[i]`, `ts[i]` (float64 epoch seconds), `values[i]`
+    (float32, the card's features in card order, NaN where a value is missing or not
+    finite, for imputation), and where the record came from (`partitions`, `offsets`, -1
+    when there is none) and when it was `received`. `problems` maps a row whose values
+    could not be read to the reason and a detail; the engine rejects such a row (unless it
+    is already applied), whatever its `values` row holds.
+    """
+
+    stream_ids: list[str]
+    ts: np.ndarray
+    values: np.ndarray
+    partitions: np.ndarray
+    offsets: np.ndarray
+    received: np.ndarray
+    problems: dict[int, tuple[RejectReason, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        stream_ids: list[str],
+        ts: Any,
+        values: Any,
+        *,
+        partitions: Any = -1,
+        offsets: Any = -1,
+        received: Any = 0.0,
+        problems: dict[int, tuple[RejectReason, str]] | None = None,
+    ) -> ReadingBatch:
+        """A batch from anything array-like; scalars are broadcast to every row."""
+        n = len(stream_ids)
+
+        def column(a: Any, dtype: type) -> np.ndarray:
+            return np.broadcast_to(np.asarray(a, dtype), (n,)).copy()
+
+        rows = np.asarray(values, np.float32)
+        if rows.ndim != 2 or rows.shape[0] != n:
+            raise ValueError(f"values must be [{n}, n_features], got shape {rows.shape}")
+        return cls(
+            list(stream_ids),
+            column(ts, np.float64),
+            rows,
+            column(partitions, np.int32),
+            column(offsets, np.int64),
+            column(received, np.float64),
+            dict(problems or {}),
+        )
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    def reading(self, i: int) -> Reading:
+        """Row `i` as a `Reading` (values as a list in card order, NaN where missing)."""
+        return Reading(
+            self.stream_ids[i],
+            float(self.ts[i]),
+            self.values[i].tolist(),
+            int(self.partitions[i]),
+            int(self.offsets[i]),
+            float(self.received[i]),
+        )
+
+
+@dataclass(slots=True)
+class ForecastBatch:
+    """Forecasts as columns: row i is the forecast made right after applying one reading.
+
+    `values[i, k, j]` is target j, in original units, at ``ts[i] + (k + 1) * period``
+    (see `horizon_ts`); `warm[i]` says whether the stream had seen the card's warm-up steps.
+    The other columns echo the reading's.
+    """
+
+    stream_ids: list[str]
+    ts: np.ndarray
+    values: np.ndarray
+    warm: np.ndarray
+    partitions: np.ndarray
+    offsets: np.ndarray
+    received: np.ndarray
+    period: float
+
+    @classmethod
+    def empty(cls, horizon: int, n_targets: int, period: float) -> ForecastBatch:
+        return cls(
+            [],
+            np.empty(0, np.float64),
+            np.empty((0, horizon, n_targets), np.float32),
+            np.empty(0, np.bool_),
+            np.empty(0, np.int32),
+            np.empty(0, np.int64),
+            np.empty(0, np.float64),
+            period,
+        )
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    def horizon_ts(self) -> np.ndarray:
+        """``[n, horizon]`` float64: the time each forecast value is for."""
+        steps = np.arange(1, self.values.shape[1] + 1, dtype=np.float64) * self.period
+        return np.asarray(self.ts[:, None] + steps)
+
+    def forecasts(self) -> list[Forecast]:
+        """The rows as `Forecast` objects (for tests and tools; the hot path stays columnar)."""
+        return list(
+            map(
+                Forecast,
+                self.stream_ids,
+                self.ts.tolist(),
+                self.horizon_ts().tolist(),
+                self.values,
+                self.warm.tolist(),
+                self.partitions.tolist(),
+                self.offsets.tolist(),
+                self.received.tolist(),
+            )
+        )

@@ -99,13 +99,35 @@ class FeatureValues:
                 return x, problems
         return self._parse_rows(values)
 
-    def _non_finite(self, row: np.ndarray, finite: np.ndarray) -> tuple[RejectReason, str]:
+    def matrix(self, values: list[Any]) -> tuple[np.ndarray, Problems]:
+        """Like `parse`, as the float32 ``[n, n_features]`` matrix a `ReadingBatch` holds.
+
+        A finite value beyond float32's range becomes NaN when imputing, and is a
+        non-finite problem otherwise.
+        """
+        x, problems = self.parse(values)
+        with np.errstate(over="ignore"):
+            x32 = x.astype(np.float32)
+        if not np.isinf(x32).any():
+            return x32, problems
+        overflow = np.isinf(x32) & np.isfinite(x)
+        if self.impute:
+            x32[overflow] = np.nan
+        else:
+            for i in np.flatnonzero(overflow.any(axis=1)).tolist():
+                if i not in problems:
+                    problems[i] = self._non_finite(x[i], ~overflow[i], "beyond float32 range")
+        return x32, problems
+
+    def _non_finite(
+        self, row: np.ndarray, finite: np.ndarray, why: str = "non-finite"
+    ) -> tuple[RejectReason, str]:
         bad = [
             f"{f}={v!r}"
             for f, v, ok in zip(self._features, row.tolist(), finite, strict=True)
             if not ok
         ]
-        return RejectReason.NON_FINITE, f"non-finite value(s): {', '.join(bad)}"
+        return RejectReason.NON_FINITE, f"{why} value(s): {', '.join(bad)}"
 
     def _parse_rows(self, values: list[Any]) -> tuple[np.ndarray, Problems]:
         x = np.full((len(values), self._n_features), np.nan)
