@@ -9,7 +9,8 @@ original units, per target, and averaged over targets.
 Baselines, scored on the same (step, horizon) cells as the model:
 - persistence: every horizon step repeats the last reading;
 - AR(p): for each target and horizon step, ``y[t+1+h]`` regressed by least squares on the
-  target's last ``p`` values, pooled over streams, fitted on the train part only.
+  target's last ``p`` values, pooled over streams, fitted on the data the model trained on
+  (the train part, plus the validation part for a refitted model).
 
 Skill is ``1 - ARV_model / ARV_baseline`` (positive: the model is better).
 """
@@ -103,6 +104,7 @@ def evaluate(
     extra_tests: dict[str, tuple[Any, Any]] | None = None,
     variance_until: Any = None,
     ar_order: int = 12,
+    ar_with_val: bool = False,
 ) -> dict[str, Any]:
     """The report: per period, the model's and the baselines' scores, overall and per horizon."""
     idx = dataset.target_index
@@ -113,7 +115,13 @@ def evaluate(
     variance = np.where(variance > 0, variance, 1.0)
 
     preds = run_streams(model, [s.x for s in streams])
+    # The AR baseline sees the same data as the model: the train part, plus the validation
+    # part when the model was refitted on it.
     train_masks = [splits.part(s.target_ts, "train") for s in streams]
+    if ar_with_val:
+        train_masks = [
+            m | splits.part(s.target_ts, "val") for m, s in zip(train_masks, streams, strict=True)
+        ]
     coef = fit_ar([s.x for s in streams], [s.y for s in streams], train_masks, idx, ar_order)
     forecasts = {
         "model": preds,
@@ -133,6 +141,7 @@ def evaluate(
             "rows": f"every row with ts < {until}" if until is not None else "every row",
         },
         "ar_order": ar_order,
+        "ar_fitted_on": "train+val" if ar_with_val else "train",
         "periods": {},
     }
     for name, (lo, hi) in periods.items():

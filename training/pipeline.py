@@ -111,6 +111,7 @@ def _report(model: Forecaster, result: TrainResult, config: TrainConfig) -> dict
         extra_tests=config.extra_tests,
         variance_until=config.variance_until,
         ar_order=config.ar_order,
+        ar_with_val=model is result.model and config.refit_epochs > 0,
     )
 
 

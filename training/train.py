@@ -146,7 +146,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 
     # Optional refit: the validation part has done its job (choosing the stopping point
     # and reporting an honest score); a fresh model from the same seed now trains on
-    # train + validation for a fixed number of epochs. The test part stays unseen.
+    # train + validation for a fixed number of epochs. The test part stays unseen. With no
+    # validation left to pick an epoch, the learning rate anneals to zero (cosine), so the
+    # final weights settle instead of stopping at a random point of a noisy trajectory.
     if config.refit_epochs:
         model.eval()
         result.early_stopped = model
@@ -155,9 +157,11 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         optimiser = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.refit_epochs)
         masks = [t | v for t, v in zip(train_masks, val_masks, strict=True)]
         for epoch in tqdm(range(1, config.refit_epochs + 1), desc="refit", disable=not progress):
             train_loss, grad_norm = run_epoch(model, optimiser, streams, masks, config, rng)
+            schedule.step()
             result.refit_history.append(
                 {"epoch": epoch, "train_loss": train_loss, "grad_norm": grad_norm}
             )
