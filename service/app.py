@@ -1,5 +1,12 @@
 """The service wiring: poll -> decode -> engine -> produce -> checkpoint.
 
+The checkpoint (every ``commit_interval``, on revoke and at shutdown) makes the state
+durable before the offsets: forecasts flushed, changed stream states written to the
+changelog, offsets committed (see `Service.checkpoint`). A newly assigned partition is
+paused until its streams are restored from its changelog partition, so no reading of it is
+processed against a missing state; readings already in a restored state are skipped by the
+engine (``applied_offset``). The resulting guarantees are in docs/guarantees.md.
+
 `Service(settings).run()` blocks until `stop()` is called (from a signal handler or another
 thread), then finishes the batch in hand, checkpoints, leaves the group and returns 0 (1 when
 the final checkpoint could not complete). While the broker is unreachable, at start or later,
@@ -11,10 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
 
+from kafka import TopicPartition
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -27,8 +37,9 @@ from service.config import ServiceSettings
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
 from service.core.readings import Reject
-from service.errors import ConfigError, SensorcastError, SinkError
+from service.errors import ChangelogError, ConfigError, SensorcastError, SinkError
 from service.http import HttpServer, Readiness
+from service.kafka.changelog import ChangelogReader, ChangelogWriter
 from service.kafka.codec import ForecastEncoder, ReadingDecoder, dead_letter_headers
 from service.kafka.connect import connect
 from service.kafka.sink import KafkaSink
@@ -45,6 +56,8 @@ __all__ = ["Service"]
 log = logging.getLogger(__name__)
 
 _FIRST_BACKOFF = 0.5
+# Exit status of a process stopped by the fault-injection setting ``debug.crash_at``.
+CRASH_EXIT_STATUS = 70
 # Commit errors that mean "the group is changing", not "the broker is unreachable".
 _GROUP_CHURN = (
     RebalanceInProgressError,
@@ -78,6 +91,19 @@ class Service:
         self._paused = False
         self._final_checkpoint_failed = False
         self._mirror_partitions = False
+        self._changelog: ChangelogWriter | None = None
+        self._restorer: ChangelogReader | None = None
+        # Partitions whose streams are in the store (or being restored into it), and those
+        # paused until restored. Both change in the rebalance callbacks (the I/O thread, while
+        # the poll loop waits in `poll`) and are read by the loop after the poll.
+        self._held: set[int] = set()
+        self._to_restore: set[int] = set()
+        self._restore_lock = threading.Lock()
+        self._restore_retry_at = 0.0
+        self._restore_backoff = _FIRST_BACKOFF
+        # evicted or expired streams awaiting their tombstone: stream id -> partition
+        self._tombstones: dict[str, int] = {}
+        self._crash_at = settings.debug.crash_at
 
     # -- control ---------------------------------------------------------------------------
 
@@ -174,6 +200,8 @@ class Service:
                 delay = min(delay * 2, k.reconnect_backoff_max)
                 continue
             self._source, self._sink = transport.source, transport.sink
+            self._changelog = transport.changelog_writer
+            self._restorer = transport.changelog_reader
             self._mirror_partitions = transport.mirror_partitions
             self._set_reachable(True)
             log.info(
@@ -227,8 +255,18 @@ class Service:
         if rejects:
             self._dead_letter(rejects, records)
         self.metrics.record_batch(len(records), result, time.time() - received)
-        self._streams.forget(result.evicted)
-        self._streams.forget(result.expired)
+        self._forget(result.evicted)
+        self._forget(result.expired)
+
+    def _forget(self, gone: list[str]) -> None:
+        """Streams the engine dropped (capacity, TTL): their tombstones go out with the next
+        checkpoint."""
+        if not gone:
+            return
+        for sid, partition in zip(gone, self._streams.partitions_of(gone), strict=True):
+            if partition >= 0:
+                self._tombstones[sid] = partition
+        self._streams.forget(gone)
 
     def _dead_letter(self, rejects: list[Reject], records: list[ConsumerRecord]) -> None:
         assert self._sink is not None
@@ -259,28 +297,92 @@ class Service:
     def checkpoint(self, timeout: float | None = None) -> None:
         """Make everything processed so far durable, in this order and only this order:
 
-        1. flush the producer: every forecast and dead letter of a processed record is
-           acknowledged by the broker;
-        2. commit the input offsets of the processed records.
+        1. flush the forecast producer: every forecast and dead letter of a processed record
+           is acknowledged by the broker;
+        2. write the states of the streams changed since the last checkpoint (and tombstones
+           of evicted and expired streams) to the changelog, each to its input partition's
+           number, and flush it;
+        3. commit the input offsets of the processed records.
 
-        A failure at 1 skips 2, so an offset is never committed ahead of its forecast
-        (at-least-once). On a revoke the same two steps run inside the rebalance callback:
-        `flush_before_revoke`, then `KafkaSource.commit_on_loop`.
-
-        The state changelog (DESIGN.md section 5) is not written yet: a member that takes
-        over a partition starts its streams from the initial state. When it lands, writing
-        the dirty streams goes between 1 and 2.
+        A failure at a step raises and skips the later ones: an offset is never committed
+        ahead of its forecasts or of the states that hold its reading, and states not
+        acknowledged stay marked as changed for the next checkpoint. A state written ahead of
+        its offsets is harmless: after a restart the engine skips the readings it already
+        holds (``applied_offset``). On a revoke the same steps run inside the rebalance
+        callback for the revoked partitions: `flush_before_revoke` (1 and 2), then
+        `KafkaSource.commit_on_loop` (3).
         """
         assert self._sink is not None and self._source is not None
         if timeout is None:
             timeout = self.settings.kafka.checkpoint_timeout
         started = time.monotonic()
+        armed = self._crash_at is not None and self._has_state_to_write()
         # 1. flush the forecast producer
         self._sink.flush(timeout)
-        # 2. commit the input offsets
+        self._maybe_crash("after_flush", armed)
+        # 2. write the changed states and the tombstones to the changelog, and flush it
+        self._write_changelog(None, timeout, crash_midway=armed)
+        self._maybe_crash("after_changelog", armed)
+        # 3. commit the input offsets
         self._source.commit(timeout_ms=int(timeout * 1000))
+        self._maybe_crash("after_commit", armed)
         self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
         self.metrics.checkpoints.labels(outcome="ok").inc()
+
+    def _has_state_to_write(self) -> bool:
+        assert self._engine is not None
+        return bool(self._tombstones) or bool(self._engine.store.dirty_ids())
+
+    def _write_changelog(
+        self, partitions: set[int] | None, timeout: float, *, crash_midway: bool = False
+    ) -> None:
+        """Checkpoint step 2 for `partitions` (None: all): tombstones, then the changed
+        streams' states, sent to their partitions and flushed. Only once the changelog has
+        acknowledged them are the streams marked clean and the tombstones forgotten."""
+        assert self._engine is not None and self._changelog is not None
+        store = self._engine.store
+        dirty = list(store.dirty_ids())
+        owners = self._streams.partitions_of(dirty)
+        wanted = partitions
+        ids = [
+            s
+            for s, p in zip(dirty, owners, strict=True)
+            if p >= 0 and (wanted is None or p in wanted)
+        ]
+        parts = [p for p in owners if p >= 0 and (wanted is None or p in wanted)]
+        tombs = [(s, p) for s, p in self._tombstones.items() if wanted is None or p in wanted]
+        if not ids and not tombs:
+            self.metrics.checkpoint_streams.set(0)
+            self.metrics.checkpoint_bytes.set(0)
+            return
+        keys = [s for s, _ in tombs] + ids
+        targets = [p for _, p in tombs] + parts
+        values: list[bytes | None] = [None] * len(tombs)
+        values += store.dump_many(ids)
+        if crash_midway and self._crash_at == "mid_changelog":
+            half = max(1, len(keys) // 2)
+            self._changelog.send(targets[:half], keys[:half], values[:half])
+            self._changelog.flush(timeout)
+            self._maybe_crash("mid_changelog", True)
+        size = self._changelog.send(targets, keys, values)
+        self._changelog.flush(timeout)
+        store.clear_dirty(ids)
+        for sid, _ in tombs:
+            # a stream evicted and back again has its state written after its tombstone
+            self._tombstones.pop(sid, None)
+        self.metrics.changelog_records.labels(kind="state").inc(len(ids))
+        self.metrics.changelog_records.labels(kind="tombstone").inc(len(tombs))
+        self.metrics.checkpoint_streams.set(len(keys))
+        self.metrics.checkpoint_bytes.set(size)
+
+    def _maybe_crash(self, point: str, armed: bool) -> None:
+        """The fault-injection setting ``debug.crash_at``: exit at once, as a kill would."""
+        if armed and self._crash_at == point:
+            log.error("fault injection: exiting at checkpoint point=%s", point)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stderr.flush()
+            os._exit(CRASH_EXIT_STATUS)
 
     def _periodic_checkpoint(self) -> None:
         k = self.settings.kafka
@@ -293,7 +395,7 @@ class Service:
             log.info("commit deferred while the group rebalances error=%s", type(exc).__name__)
             self._next_checkpoint = time.monotonic() + k.commit_interval
             return
-        except (SinkError, KafkaError) as exc:
+        except (SinkError, ChangelogError, KafkaError) as exc:
             self.metrics.checkpoints.labels(outcome="failed").inc()
             self._set_reachable(False)
             self._pause(True)
@@ -318,7 +420,7 @@ class Service:
             return
         expired = self._engine.process([], now=time.time()).expired
         if expired:
-            self._streams.forget(expired)
+            self._forget(expired)
             self.metrics.evictions.labels(cause="ttl").inc(len(expired))
             log.info("streams expired streams=%d", len(expired))
 
@@ -331,7 +433,9 @@ class Service:
         if paused:
             consumer.pause(*consumer.assignment())
         else:
-            consumer.resume(*consumer.paused())
+            with self._restore_lock:
+                waiting = set(self._to_restore)  # these stay paused until restored
+            consumer.resume(*(tp for tp in consumer.paused() if tp.partition not in waiting))
         self._paused = paused
 
     def _update_gauges(self) -> None:
@@ -349,32 +453,51 @@ class Service:
 
     # -- rebalances -------------------------------------------------------------------------
 
-    # kafka-python runs the three callbacks below on its I/O thread, while the poll loop may
-    # be between polls: they only flush the (thread-safe) producer, set readiness and
-    # metrics, and queue events that `_apply_moves` applies to the store after the poll.
+    # kafka-python runs the callbacks below on its I/O thread, and only while the poll loop
+    # waits inside `KafkaSource.poll` or `close`, so reading the store there is safe. They
+    # run the revoke checkpoint, pause newly assigned partitions, set readiness and metrics,
+    # and queue events that the loop applies after the poll (`_apply_moves`: drops, then
+    # restores).
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         assert self._source is not None
         owned = self._source.assignment()
         self._streams.assigned(owned)
         self.metrics.assigned_partitions.set(len(owned))
-        # Restoring the partitions' streams from the changelog belongs here (next milestone);
-        # until then a newly assigned partition's streams start from the initial state.
-        self.readiness.set("state_restored", True)
+        with self._restore_lock:
+            # partitions kept through the rebalance keep their streams in memory (they were
+            # checkpointed on revoke); the others are restored before they are fetched
+            new = owned - self._held
+            self._held = set(owned)
+            self._to_restore = (self._to_restore & owned) | new
+            waiting = set(self._to_restore)
+        if waiting:
+            topic = self.settings.kafka.input_topic
+            self._source.consumer.pause(*(TopicPartition(topic, p) for p in sorted(waiting)))
+            self._restore_retry_at = 0.0
+        self.readiness.set("state_restored", not waiting)
         self.readiness.set("partitions_assigned", True)
 
     def flush_before_revoke(self, partitions: set[int]) -> bool:
-        """Step 1 of the checkpoint for partitions being revoked; the source then commits
-        their offsets (step 2) on the consumer's loop."""
+        """Steps 1 and 2 of the checkpoint for partitions being revoked (flush the forecasts,
+        write their changed states to the changelog); the source then commits their offsets
+        (step 3) on the consumer's loop. False when a step failed: nothing is committed."""
         assert self._sink is not None
         if self._final_checkpoint_failed:
             return False  # the broker is gone; do not wait for it again while leaving
+        timeout = self.settings.kafka.checkpoint_timeout
+        with self._restore_lock:
+            restoring = self._to_restore & partitions
         try:
-            self._sink.flush(self.settings.kafka.checkpoint_timeout)
-        except SinkError as exc:
+            # 1. flush the forecast producer
+            self._sink.flush(timeout)
+            # 2. write the revoked partitions' changed states (a partition still waiting for
+            # its restore has nothing of its own in memory yet)
+            self._write_changelog(partitions - restoring, timeout)
+        except (SinkError, ChangelogError) as exc:
             self.metrics.checkpoints.labels(outcome="failed").inc()
             log.warning(
-                "flush on revoke failed, offsets not committed partitions=%s error=%r",
+                "checkpoint on revoke failed, offsets not committed partitions=%s error=%r",
                 sorted(partitions),
                 exc,
             )
@@ -383,7 +506,10 @@ class Service:
 
     def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
         if lost:
+            # another member may already own them: their streams go without being written
             self._streams.lost(partitions)
+            with self._restore_lock:
+                self._held -= partitions
         else:
             self._streams.revoked(partitions)
         assert self._source is not None
@@ -391,6 +517,66 @@ class Service:
         self.metrics.assigned_partitions.set(len(left))
         if not left:  # until the rebalance completes
             self.readiness.set("partitions_assigned", False)
+
+    def _restore_pending(self) -> None:
+        """Load the streams of newly assigned partitions from their changelog partitions,
+        then let their readings be fetched. A failed restore is retried with backoff; the
+        partitions stay paused meanwhile and /readyz reports ``state_restored`` false."""
+        assert self._engine is not None and self._restorer is not None
+        assert self._source is not None
+        with self._restore_lock:
+            pending = set(self._to_restore)
+        if not pending or time.monotonic() < self._restore_retry_at:
+            return
+        k = self.settings.kafka
+        started = time.monotonic()
+        try:
+            restored = self._restorer.read(pending, timeout=k.restore_timeout)
+        except ChangelogError as exc:
+            log.warning(
+                "restore failed partitions=%s error=%s retry_in=%.1fs",
+                sorted(pending),
+                exc,
+                self._restore_backoff,
+            )
+            self._restore_retry_at = time.monotonic() + self._restore_backoff
+            self._restore_backoff = min(self._restore_backoff * 2, k.reconnect_backoff_max)
+            return
+        self._restore_backoff = _FIRST_BACKOFF
+        store = self._engine.store
+        now = time.time()
+        for part in restored:
+            store.load_many(list(part.states.items()), now=now)
+            self._streams.note_restored(part.states, part.partition)
+            label = str(part.partition)
+            self.metrics.restore_seconds.labels(partition=label).set(part.seconds)
+            self.metrics.restored_streams.labels(partition=label).set(len(part.states))
+            log.info(
+                "state restored topic=%s partition=%d streams=%d records=%d tombstones=%d "
+                "seconds=%.3f",
+                self._restorer.topic,
+                part.partition,
+                len(part.states),
+                part.records,
+                part.tombstones,
+                part.seconds,
+            )
+        with self._restore_lock:
+            self._to_restore -= pending
+            waiting = bool(self._to_restore)
+        owned = self._source.assignment()
+        resume = sorted(pending & owned)
+        if resume and not self._paused:
+            topic = k.input_topic
+            self._source.consumer.resume(*(TopicPartition(topic, p) for p in resume))
+        self.metrics.active_streams.set(len(store))
+        self.readiness.set("state_restored", not waiting)
+        log.info(
+            "restore done partitions=%s streams=%d seconds=%.3f",
+            sorted(pending),
+            sum(len(p.states) for p in restored),
+            time.monotonic() - started,
+        )
 
     def _apply_moves(self) -> None:
         """Drop the streams of partitions that are no longer ours (see `PartitionStreams`)."""
@@ -412,6 +598,7 @@ class Service:
         if moves.assigned and self._paused:  # newly assigned partitions start unpaused
             self._paused = False
             self._pause(True)
+        self._restore_pending()
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -440,5 +627,9 @@ class Service:
             )
         self._source.close(timeout=5.0)
         self._sink.close(timeout=5.0)
+        if self._changelog is not None:
+            self._changelog.close(timeout=5.0)
+        if self._restorer is not None:
+            self._restorer.close()
         log.info("stopped status=%d", status)
         return status

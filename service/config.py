@@ -34,6 +34,7 @@ from service.errors import ConfigError
 __all__ = [
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
+    "DebugSettings",
     "EngineSettings",
     "HttpSettings",
     "KafkaSettings",
@@ -107,7 +108,7 @@ class KafkaSettings(_Section):
     commit_interval: float = Field(
         default=1.0,
         gt=0,
-        description="Seconds between checkpoints (flush forecasts, commit offsets).",
+        description="Seconds between checkpoints (flush forecasts, write changed states, commit offsets).",
     )
     create_topics: bool = Field(
         default=True,
@@ -148,6 +149,16 @@ class KafkaSettings(_Section):
         default=30.0,
         gt=0,
         description="Seconds a shutdown waits for pending forecasts to be acknowledged.",
+    )
+    changelog_topic: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Compacted topic holding every stream's latest state (unset: `<group_id>.state`).",
+    )
+    restore_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a restore may take to read assigned partitions' changelog before it is retried.",
     )
 
 
@@ -213,6 +224,16 @@ class LogSettings(_Section):
     )
 
 
+class DebugSettings(_Section):
+    crash_at: Literal["after_flush", "mid_changelog", "after_changelog", "after_commit"] | None = (
+        Field(
+            default=None,
+            description="Fault injection for tests only: exit the process abruptly at this point of the "
+            "first checkpoint that has state to write (`mid_changelog`: half its records written).",
+        )
+    )
+
+
 class ServiceSettings(BaseSettings):
     """Everything `sensorcast serve` can be told, with its default."""
 
@@ -229,6 +250,9 @@ class ServiceSettings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Stream engine.")
     http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP endpoints.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+    debug: DebugSettings = Field(
+        default_factory=DebugSettings, description="Fault injection (tests only)."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError",
+    "ChangelogError",
     "ConfigError",
     "DataSourceError",
     "InferenceError",
@@ -80,3 +81,12 @@ class SinkError(SensorcastError):
 
 class DataSourceError(SensorcastError):
     """A file or built-in dataset to replay cannot be read; the message names the file and column."""
+
+
+class ChangelogError(SensorcastError):
+    """The state changelog could not be written or read to its end in time.
+
+    A failed write fails the checkpoint (offsets stay uncommitted and it is retried); a failed
+    restore keeps the partitions paused and is retried. If it persists, check that the broker
+    is reachable and that the changelog topic exists with the input's partition count.
+    """

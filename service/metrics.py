@@ -43,6 +43,11 @@ METRIC_NAMES = (
     "sensorcast_poll_loop_iterations",
     "sensorcast_checkpoints",
     "sensorcast_checkpoint_seconds",
+    "sensorcast_checkpoint_streams",
+    "sensorcast_checkpoint_bytes",
+    "sensorcast_changelog_records",
+    "sensorcast_restore_seconds",
+    "sensorcast_restored_streams",
     "sensorcast_broker_reachable",
     "sensorcast_ready",
     "sensorcast_model_info",
@@ -148,7 +153,7 @@ class ServiceMetrics:
         )
         self.checkpoints = Counter(
             "sensorcast_checkpoints",
-            "Checkpoints (flush forecasts, commit offsets), by outcome.",
+            "Checkpoints (flush forecasts, write changed states, commit offsets), by outcome.",
             ["outcome"],
             registry=r,
         )
@@ -156,6 +161,34 @@ class ServiceMetrics:
             "sensorcast_checkpoint_seconds",
             "Duration of a successful checkpoint.",
             buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_streams = Gauge(
+            "sensorcast_checkpoint_streams",
+            "Stream states (and tombstones) the last checkpoint wrote to the changelog.",
+            registry=r,
+        )
+        self.checkpoint_bytes = Gauge(
+            "sensorcast_checkpoint_bytes",
+            "Bytes (keys and values) the last checkpoint wrote to the changelog.",
+            registry=r,
+        )
+        self.changelog_records = Counter(
+            "sensorcast_changelog_records",
+            "Records written to the state changelog: `state` or `tombstone` (evicted, expired).",
+            ["kind"],
+            registry=r,
+        )
+        self.restore_seconds = Gauge(
+            "sensorcast_restore_seconds",
+            "Seconds the last restore of the partition took to read its changelog to the end.",
+            ["partition"],
+            registry=r,
+        )
+        self.restored_streams = Gauge(
+            "sensorcast_restored_streams",
+            "Streams the last restore of the partition loaded from its changelog.",
+            ["partition"],
             registry=r,
         )
         self.broker_reachable = Gauge(
@@ -176,6 +209,8 @@ class ServiceMetrics:
             self.drops.labels(reason=str(drop))
         for cause in EVICTION_CAUSES:
             self.evictions.labels(cause=cause)
+        for kind in ("state", "tombstone"):
+            self.changelog_records.labels(kind=kind)
 
     def record_batch(self, records: int, result: EngineResult, latency: float) -> None:
         """Count one micro-batch: `records` consumed, what the engine did with them, and

@@ -47,6 +47,17 @@ class PartitionStreams:
         for reading in readings:
             partition_of[reading.stream_id] = reading.partition
 
+    def note_restored(self, stream_ids: Iterable[str], partition: int) -> None:
+        """Streams restored from the changelog of `partition`."""
+        partition_of = self._partition_of
+        for sid in stream_ids:
+            partition_of[sid] = partition
+
+    def partitions_of(self, stream_ids: Iterable[str]) -> list[int]:
+        """The input partition of each stream, -1 for a stream never noted."""
+        get = self._partition_of.get
+        return [get(sid, -1) for sid in stream_ids]
+
     def forget(self, stream_ids: Iterable[str]) -> None:
         """Streams the engine dropped by itself (TTL, capacity)."""
         for sid in stream_ids:

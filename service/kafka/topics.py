@@ -1,14 +1,16 @@
 """Topic checks and creation at start-up.
 
 The input topic is created with ``kafka.partitions`` partitions when missing (and allowed);
-derived topics (forecasts, dead letters) are created with the input's partition count, so
-a stream keeps the same partition number end to end.
+derived topics (forecasts, dead letters, the state changelog) are created with the input's
+partition count, so a stream keeps the same partition number end to end. The changelog must
+have exactly the input's count (its partition p holds the states of input partition p) and is
+created compacted.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -36,12 +38,21 @@ def partition_counts(admin: KafkaAdminClient, topics: Sequence[str]) -> dict[str
     return found
 
 
-def _create(admin: KafkaAdminClient, topic: str, partitions: int, replication_factor: int) -> None:
+def _create(
+    admin: KafkaAdminClient,
+    topic: str,
+    partitions: int,
+    replication_factor: int,
+    configs: Mapping[str, str] | None = None,
+) -> None:
+    spec: dict[str, object] = {
+        "num_partitions": partitions,
+        "replication_factor": replication_factor,
+    }
+    if configs:
+        spec["configs"] = dict(configs)
     try:
-        admin.create_topics(
-            {topic: {"num_partitions": partitions, "replication_factor": replication_factor}},
-            wait_for_metadata=True,
-        )
+        admin.create_topics({topic: spec}, wait_for_metadata=True)
     except TopicAlreadyExistsError:
         return  # another member created it first
     except KafkaError as exc:
@@ -59,9 +70,11 @@ def ensure_topics(
     create: bool,
     partitions: int,
     replication_factor: int,
+    topic_configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, int]:
     """Check (and, when `create`, make) the input and derived topics; return each one's
-    partition count. A missing topic that may not be created raises `TopicError` naming it."""
+    partition count. A missing topic that may not be created raises `TopicError` naming it.
+    `topic_configs` gives the configs of topics to create (e.g. ``cleanup.policy``)."""
     wanted = [input_topic, *derived_topics]
     existing = partition_counts(admin, wanted)
     missing = [t for t in wanted if t not in existing]
@@ -76,6 +89,6 @@ def ensure_topics(
     n_input = existing[input_topic]
     for topic in derived_topics:
         if topic not in existing:
-            _create(admin, topic, n_input, replication_factor)
+            _create(admin, topic, n_input, replication_factor, (topic_configs or {}).get(topic))
             existing[topic] = n_input
     return existing
