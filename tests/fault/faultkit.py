@@ -182,6 +182,7 @@ class Feed:
         self._topic = topic
         self._producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         self._stop = threading.Event()
+        self._first = 0
         self._thread = threading.Thread(target=self._run, name="feed", daemon=True)
         self.error: BaseException | None = None
 
@@ -202,7 +203,7 @@ class Feed:
 
     def _run(self) -> None:
         try:
-            for step in range(self.steps):
+            for step in range(self._first, self.steps):
                 if self._stop.is_set():
                     return
                 self.send_steps([step])
@@ -210,7 +211,9 @@ class Feed:
         except BaseException as exc:
             self.error = exc
 
-    def start(self) -> Feed:
+    def start(self, first_step: int = 0) -> Feed:
+        """Send the steps from `first_step` on, in a thread."""
+        self._first = first_step
         self._thread.start()
         return self
 
