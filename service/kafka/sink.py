@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 
 _Headers = list[tuple[str, bytes]]
 _RESEND_PAUSE = 0.1  # seconds between rounds of re-sending failed records
+_MAX_BLOCK_MS = 5000  # longest a send waits for buffer space or metadata
+
+
+def _make_producer(settings: KafkaSettings) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers.split(","),
+        client_id=settings.client_id,
+        acks="all",
+        linger_ms=settings.linger_ms,
+        batch_size=256 * 1024,
+        max_request_size=max(1024 * 1024, 2 * settings.max_message_bytes),
+        reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
+        max_block_ms=_MAX_BLOCK_MS,
+    )
 
 
 class KafkaSink:
@@ -35,19 +49,7 @@ class KafkaSink:
         ``send``/``flush``/``close`` methods)."""
         self.forecast_topic = settings.output_topic
         self.dead_letter_topic = settings.dead_letter_topic
-        self._producer = (
-            producer
-            if producer is not None
-            else KafkaProducer(
-                bootstrap_servers=settings.bootstrap_servers.split(","),
-                client_id=settings.client_id,
-                acks="all",
-                linger_ms=settings.linger_ms,
-                batch_size=256 * 1024,
-                max_request_size=max(1024 * 1024, 2 * settings.max_message_bytes),
-                reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
-            )
-        )
+        self._producer = producer if producer is not None else _make_producer(settings)
         self._failed: deque[
             tuple[str, bytes | None, bytes | None, _Headers | None, int | None, BaseException]
         ] = deque()
@@ -70,9 +72,15 @@ class KafkaSink:
         headers: _Headers | None,
         partition: int | None,
     ) -> None:
-        future = self._producer.send(
-            topic, key=key, value=value, headers=headers, partition=partition
-        )
+        try:
+            future = self._producer.send(
+                topic, key=key, value=value, headers=headers, partition=partition
+            )
+        except KafkaTimeoutError as exc:
+            # The buffer is full or the topic's metadata is unknown (broker unreachable):
+            # keep the record; `flush` sends it again, and fails the checkpoint meanwhile.
+            self._failed.append((topic, key, value, headers, partition, exc))
+            return
         future.add_errback(self._on_error, topic, key, value, headers, partition)
 
     def _on_error(

@@ -15,16 +15,23 @@ from service.kafka.sink import KafkaSink
 
 
 class FakeProducer:
-    """Records sends; the first `fail_first` deliveries fail when flushed."""
+    """Records sends; the first `fail_first` deliveries fail when flushed, and the first
+    `full_first` sends find the buffer full."""
 
-    def __init__(self, fail_first: int = 0, flush_times_out: bool = False) -> None:
+    def __init__(
+        self, fail_first: int = 0, flush_times_out: bool = False, full_first: int = 0
+    ) -> None:
         self.sent: list[dict[str, Any]] = []
         self.acked: list[dict[str, Any]] = []
         self._pending: list[tuple[Future, dict[str, Any]]] = []
         self._fail = fail_first
         self._flush_times_out = flush_times_out
+        self._full = full_first
 
     def send(self, topic: str, **record: Any) -> Future:
+        if self._full > 0:
+            self._full -= 1
+            raise KafkaTimeoutError("buffer full")
         future = Future()
         entry = {"topic": topic, **record}
         self.sent.append(entry)
@@ -95,3 +102,12 @@ def test_flush_gives_up_when_deliveries_keep_failing() -> None:
     sink.send_forecast("s", b"v")
     with pytest.raises(SinkError, match="failed delivery"):
         sink.flush(0.2)
+
+
+def test_a_send_refused_for_a_full_buffer_is_kept_for_the_flush() -> None:
+    producer = FakeProducer(full_first=1)
+    sink = _sink(producer)
+    sink.send_forecast("a", b"1", 0)
+    sink.send_forecast("b", b"2", 1)
+    sink.flush(5.0)
+    assert sorted((r["key"], r["value"]) for r in producer.acked) == [(b"a", b"1"), (b"b", b"2")]
