@@ -130,6 +130,11 @@ class Service:
                 return 0  # stopped before the broker was ever reached
             self._loop()
             return self._shutdown()
+        except SensorcastError:
+            raise  # an operator's error, reported by the caller in one line
+        except Exception:
+            log.exception("service failed; offsets since the last checkpoint are not committed")
+            raise
         finally:
             self.readiness.set("partitions_assigned", False)
             if self._http is not None:
