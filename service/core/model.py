@@ -27,7 +27,8 @@ class StepModel(Protocol):
     `x` is float32 ``[batch, time, n_features]``, already scaled; `states` follow
     ``card.states`` order, each batched on its ``batch_axis``. Returns ``y`` as float32
     ``[batch, time, horizon, n_targets]`` (scaled) and the new states, in the same order and
-    layout as the inputs.
+    layout as the inputs. The returned arrays belong to the caller (the engine
+    de-normalises ``y`` in place).
     """
 
     card: ModelCard

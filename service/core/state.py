@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
@@ -125,6 +126,13 @@ class StateStore:
         # no active stream has been seen before _next_expiry - ttl_seconds
         self._next_expiry = float("inf")
         self._evicted: list[str] = []
+        self._sizes = [spec.size for spec in self.specs]
+        self._gather_buffers = [np.empty(0, np.float32) for _ in self.specs]
+        self._round_cache: tuple[int, list[np.ndarray], list[np.ndarray]] | None = None
+        # each tensor as [before, slots] of opaque rows (one stream's `after` values), and
+        # the rows' dtype; for `scatter`
+        self._rows: list[np.ndarray] = []
+        self._row_types: list[np.dtype[Any]] = []
         self._grow(capacity)
 
     # -- size ---------------------------------------------------------------------------
@@ -207,6 +215,11 @@ class StateStore:
         self._views = [
             _slot_view(t, spec) for t, spec in zip(self._tensors, self.specs, strict=True)
         ]
+        self._row_types = [np.dtype((np.void, v.shape[2] * v.itemsize)) for v in self._views]
+        self._rows = [
+            v.view(np.uint8).reshape(v.shape[0], new, -1).view(row)[:, :, 0]
+            for v, row in zip(self._views, self._row_types, strict=True)
+        ]
         self._last_ts = grown(self._last_ts, 0)
         self._steps = grown(self._steps, 0)
         self._applied = grown(self._applied, 0)
@@ -227,8 +240,8 @@ class StateStore:
 
     def slots_of(self, stream_ids: Sequence[str]) -> np.ndarray:
         """Slots of `stream_ids`, -1 for unknown ones; touches nothing."""
-        get = self._index.get
-        return np.array([get(s, -1) for s in stream_ids], np.int64)
+        n = len(stream_ids)
+        return np.fromiter(map(self._index.get, stream_ids, repeat(-1, n)), np.int64, n)
 
     def ids(self) -> list[str]:
         return list(self._index)
@@ -362,26 +375,62 @@ class StateStore:
 
     # -- tensors ------------------------------------------------------------------------
 
-    def gather(self, slots: np.ndarray) -> list[np.ndarray]:
-        """The state tensors of `slots`, batched in slot order, as float32 (new arrays)."""
-        out = [
-            np.take(view, slots, axis=1).reshape(shape)
-            for view, shape in zip(self._views, self._batched, strict=True)
-        ]
-        if self._half:
-            # a table lookup widens float16 about twice as fast as numpy's astype
-            out = [np.take(_FLOAT16_TO_32, a.view(np.uint16)) for a in out]
+    def gather(self, slots: np.ndarray, *, reuse: bool = False) -> list[np.ndarray]:
+        """The state tensors of `slots`, batched in slot order, as float32.
+
+        New arrays, unless `reuse`: then they are views of buffers the store keeps and
+        the next ``gather(..., reuse=True)`` overwrites (for a round, whose states only live
+        until the model returns). Reusing saves allocating, and the operating system
+        mapping and zeroing, the round's state memory each time (~0.5 ms per 1,024 LSTM
+        streams of 1 KiB).
+        """
+        batch = len(slots)
+        if reuse:
+            out, targets = self._round_buffers(batch)
+        else:
+            out = [np.empty(self._shape_of(i, batch), np.float32) for i in range(len(self.specs))]
+            targets = [
+                o.reshape(v.shape[0], batch, v.shape[2])
+                for o, v in zip(out, self._views, strict=True)
+            ]
+        for view, target in zip(self._views, targets, strict=True):
+            if self._half:
+                # a table lookup widens float16 about twice as fast as numpy's astype
+                np.take(_FLOAT16_TO_32, np.take(view, slots, axis=1).view(np.uint16), out=target)
+            else:
+                np.take(view, slots, axis=1, out=target, mode="clip")
         return out
+
+    def _shape_of(self, i: int, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == -1 else d for d in self._batched[i])
+
+    def _round_buffers(self, batch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Buffers for `batch` streams' tensors (batched, and as [before, batch, after]),
+        carved from kept flat arrays that grow as needed; the last batch size's are cached."""
+        if self._round_cache is not None and self._round_cache[0] == batch:
+            return self._round_cache[1], self._round_cache[2]
+        out, targets = [], []
+        for i, view in enumerate(self._views):
+            size = batch * self._sizes[i]
+            flat = self._gather_buffers[i]
+            if len(flat) < size:
+                flat = self._gather_buffers[i] = np.empty(max(size, 2 * len(flat)), np.float32)
+            out.append(flat[:size].reshape(self._shape_of(i, batch)))
+            targets.append(flat[:size].reshape(view.shape[0], batch, view.shape[2]))
+        self._round_cache = (batch, out, targets)
+        return out, targets
 
     def scatter(self, slots: np.ndarray, states: Sequence[np.ndarray]) -> None:
         """Write batched `states` (as returned by the model) back to `slots`."""
         batch = len(slots)
-        for view, state in zip(self._views, states, strict=True):
-            rows = np.asarray(state, self.dtype).reshape(view.shape[0], batch, view.shape[2])
-            # one fancy assignment per leading index: much faster than `view[:, slots] = rows`
-            # on large arrays
-            for i in range(view.shape[0]):
-                view[i][slots] = rows[i]
+        for rows_of, row, state in zip(self._rows, self._row_types, states, strict=True):
+            rows = np.ascontiguousarray(state, self.dtype).view(np.uint8)
+            rows = rows.reshape(rows_of.shape[0], batch, row.itemsize).view(row)
+            # one fancy assignment per leading index, of whole rows as opaque items: much
+            # faster than `view[:, slots] = rows` on large arrays, and ~40% faster than
+            # assigning float rows
+            for i in range(rows_of.shape[0]):
+                rows_of[i][slots] = rows[i, :, 0]
 
     def reset(self, slots: np.ndarray) -> None:
         """Put `slots` back to their initial state (steps seen back to 0)."""
