@@ -126,7 +126,10 @@ def test_topics_job_uses_the_in_network_listener_and_service_topics() -> None:
     env = _env("sensorcast")
     for key in ("INPUT_TOPIC", "OUTPUT_TOPIC", "DEAD_LETTER_TOPIC"):
         assert env[f"SENSORCAST_KAFKA__{key}"] in command, key
-    assert f"{env['SENSORCAST_KAFKA__GROUP_ID']}.state" in command
+    changelog = env.get("SENSORCAST_KAFKA__CHANGELOG_TOPIC") or (
+        f"{env['SENSORCAST_KAFKA__GROUP_ID']}.state"
+    )
+    assert f"--topic {changelog} " in command
     assert "cleanup.policy=compact" in command
     partitions = set(re.findall(r"--partitions (\d+)", command))
     assert partitions == {env["SENSORCAST_KAFKA__PARTITIONS"]}
