@@ -310,3 +310,32 @@ def test_a_large_cap_evicts_in_batches_of_the_least_recently_used() -> None:
     assert len(store) == 1280 - 10 + 1
     store.ensure(["newer"])  # room left: nothing evicted
     assert store.drain_evicted() == []
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_reused_gather_equals_a_fresh_one_and_is_overwritten_by_the_next(dtype: str) -> None:
+    store = _store(dtype=dtype, capacity=2)
+    slots = store.ensure([f"s{i}" for i in range(40)])  # grows past the initial capacity
+    store.scatter(slots, _states_for(slots, 10.0))
+    picked = slots[[5, 0, 39, 7]]
+    reused = store.gather(picked, reuse=True)
+    for a, b in zip(reused, store.gather(picked), strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == np.float32 and a.flags.c_contiguous
+    h0 = reused[0].copy()
+    again = store.gather(slots[[1, 2]], reuse=True)  # another size: views of the same memory
+    assert again[0].shape == (2, 2, 4)
+    assert np.shares_memory(again[0], reused[0])
+    bigger = store.gather(slots, reuse=True)  # larger than the kept buffer: it grows
+    np.testing.assert_array_equal(bigger[0][:, [5, 0, 39, 7]], h0)
+
+
+def test_scatter_writes_each_stream_row_and_nothing_else() -> None:
+    store = _store()
+    slots = store.ensure([f"s{i}" for i in range(6)])
+    store.scatter(slots[[4, 1]], _states_for(slots[[4, 1]], 7.0))
+    h, lags = store.gather(slots)
+    assert (h[:, 4] == 7.0).all() and (h[:, 1] == 8.0).all()
+    assert (lags[4] == 7.0).all() and (lags[1] == 8.0).all()
+    untouched = [0, 2, 3, 5]
+    assert (h[:, untouched] == 0.0).all() and (lags[untouched] == -1.0).all()

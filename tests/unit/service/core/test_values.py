@@ -81,3 +81,20 @@ def test_the_fast_path_and_the_row_path_agree() -> None:
     fast, _ = parser.parse(rows)
     slow, _ = parser.parse([*rows, "spoiler"])  # one odd row sends the batch row by row
     np.testing.assert_array_equal(fast, slow[:50])
+
+
+def test_matrix_is_float32_and_values_beyond_its_range_are_not_finite() -> None:
+    x, problems = FeatureValues(FEATURES).matrix([[1.0, 2.0, 3.0], [1e39, 2.0, 3.0]])
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x[0], [1.0, 2.0, 3.0])
+    assert problems[1][0] == RejectReason.NON_FINITE and "float32" in problems[1][1]
+    assert list(problems) == [1]
+
+
+def test_matrix_with_imputation_leaves_nan_where_a_value_is_missing_or_too_large() -> None:
+    x, problems = FeatureValues(FEATURES, impute=True).matrix(
+        [{"temp": 1.0, "load": 2.0}, [1e39, 2.0, math.inf]]
+    )
+    assert problems == {}
+    assert np.isnan(x[0, 2]) and x[0, :2].tolist() == [1.0, 2.0]
+    assert np.isnan(x[1, 0]) and np.isnan(x[1, 2]) and x[1, 1] == 2.0
