@@ -66,3 +66,12 @@ def test_histograms_count_observations() -> None:
     assert samples[("sensorcast_batch_size_count", ())] == 3
     assert samples[("sensorcast_batch_size_sum", ())] == 941
     assert samples[("sensorcast_batch_size_bucket", (("le", "50.0"),))] == 2
+
+
+def test_every_metric_is_documented() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "service.md").read_text()
+    table = doc[doc.index("## Metrics") :]
+    undocumented = [name for name in METRIC_NAMES if f"| `{name}" not in table]
+    assert not undocumented, f"add these to the metrics table in docs/service.md: {undocumented}"
