@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from service.core.readings import Forecast, RejectReason
+from service.core.readings import Forecast, ForecastBatch, RejectReason
+from service.core.values import FeatureValues
 from service.kafka.codec import (
     HEADER_DETAIL,
     HEADER_REASON,
@@ -178,3 +179,93 @@ def test_forecast_encoding() -> None:
         "partition": 2,
         "offset": 40,
     }
+
+
+# -- the columnar path ------------------------------------------------------------------------
+
+
+def test_decode_columns_matches_decode_and_reads_values_in_card_order() -> None:
+    features = FeatureValues(["temp", "load"])
+    records = [
+        Rec(b"pump-1", _doc(), offset=7),
+        Rec(None, _doc(stream_id="pump-2", values=[1.0, 2.0]), partition=0, offset=8),
+        Rec(b"pump-3", b"{not json", offset=9),
+        Rec(b"pump-4", _doc(stream_id="pump-4", values={"temp": "hot", "load": 1}), offset=10),
+        Rec(b"pump-5", _doc(stream_id="pump-5", values={"load": 4.0, "temp": 3}), offset=11),
+    ]
+    objects = _decoder().decode(records, received=NOW)
+    out = _decoder().decode_columns(records, received=NOW, values=features)
+    batch = out.batch
+    assert [(r.reason, r.offset) for r in out.rejects] == [(RejectReason.NOT_JSON, 9)]
+    assert [(r.reason, r.offset) for r in out.rejects] == [
+        (r.reason, r.offset) for r in objects.rejects
+    ]
+    assert batch.stream_ids == [r.stream_id for r in objects.readings]
+    assert batch.ts.tolist() == [r.ts for r in objects.readings]
+    assert batch.offsets.tolist() == [7, 8, 10, 11]
+    assert batch.partitions.tolist() == [2, 0, 2, 2]
+    assert batch.received.tolist() == [NOW] * 4
+    assert batch.values.dtype == np.float32
+    np.testing.assert_array_equal(
+        batch.values[[0, 1, 3]], np.array([[20.5, 0.3], [1.0, 2.0], [3.0, 4.0]], np.float32)
+    )
+    assert list(batch.problems) == [2]
+    assert batch.problems[2][0] is RejectReason.NON_NUMERIC
+
+
+def test_decode_columns_leaves_missing_values_as_nan_when_imputing() -> None:
+    records = [Rec(b"pump-1", _doc(values={"temp": 1.0}))]
+    imputing = _decoder().decode_columns(
+        records, received=NOW, values=FeatureValues(["temp", "load"], impute=True)
+    )
+    assert imputing.batch.problems == {}
+    assert imputing.batch.values[0, 0] == 1.0 and math.isnan(imputing.batch.values[0, 1])
+    strict = _decoder().decode_columns(
+        records, received=NOW, values=FeatureValues(["temp", "load"])
+    )
+    assert strict.batch.problems[0][0] is RejectReason.MISSING_FEATURE
+
+
+def test_decode_columns_of_nothing_valid() -> None:
+    out = _decoder().decode_columns(
+        [Rec(b"k", None)], received=NOW, values=FeatureValues(["temp", "load"])
+    )
+    assert len(out.batch) == 0 and out.batch.values.shape == (0, 2)
+    assert [r.reason for r in out.rejects] == [RejectReason.TOMBSTONE]
+
+
+def test_encode_batch_writes_what_encode_writes_at_float32_precision() -> None:
+    card = make_card(targets=("temp", "load"), horizon=3, period=60.0)
+    rng = np.random.default_rng(0)
+    batch = ForecastBatch(
+        ["pump-1", "pump-2"],
+        np.array([1000.0, 1_800_000_000.25]),
+        rng.normal(20, 5, (2, 3, 2)).astype(np.float32),
+        np.array([True, False]),
+        np.array([2, 0], np.int32),
+        np.array([40, 41]),
+        np.array([NOW, NOW]),
+        period=60.0,
+    )
+    encoder = ForecastEncoder(card)
+    encoded = encoder.encode_batch(batch)
+    assert len(encoded) == 2
+    for message, forecast in zip(encoded, batch.forecasts(), strict=True):
+        doc = json.loads(message)
+        expected = json.loads(encoder.encode(forecast))
+        assert doc.keys() == expected.keys()
+        assert {k: v for k, v in doc.items() if k != "forecast"} == {
+            k: v for k, v in expected.items() if k != "forecast"
+        }
+        for target in ("temp", "load"):
+            # the text is float32's shortest: it reads back to the very same float32
+            assert np.array_equal(
+                np.array(doc["forecast"][target], np.float32),
+                np.array(expected["forecast"][target], np.float32),
+            )
+    assert json.loads(encoded[1])["horizon_ts"] == [
+        1_800_000_060.25,
+        1_800_000_120.25,
+        1_800_000_180.25,
+    ]
+    assert encoder.encode_batch(ForecastBatch.empty(3, 2, 60.0)) == []
