@@ -15,10 +15,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# Modules that serve the benchmarks (a load generator, the compared pipelines) but are not ones.
+_HELPERS = {"loadgen", "pipelines"}
+
 
 def _benchmarks() -> list[str]:
     here = str(Path(__file__).parent)
-    return sorted(m.name for m in pkgutil.iter_modules([here]) if not m.name.startswith("_"))
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules([here])
+        if not m.name.startswith("_") and m.name not in _HELPERS
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -246,17 +246,23 @@ class Service:
     def _process(self, records: list[ConsumerRecord]) -> None:
         assert self._engine is not None and self._sink is not None and self._encoder is not None
         received = time.time()
-        batch = self._decoder.decode(records, received=received)
-        result = self._engine.process(batch.readings, now=received)
-        sink, encode = self._sink, self._encoder.encode
+        decoded = self._decoder.decode_columns(
+            records, received=received, values=self._engine.values
+        )
+        batch = decoded.batch
+        result = self._engine.process_batch(batch, now=received)
+        forecasts, sink = result.forecasts, self._sink
+        messages = self._encoder.encode_batch(forecasts)
         if self._mirror_partitions:
-            for forecast in result.forecasts:
-                sink.send_forecast(forecast.stream_id, encode(forecast), forecast.partition)
+            for stream_id, message, partition in zip(
+                forecasts.stream_ids, messages, forecasts.partitions.tolist(), strict=True
+            ):
+                sink.send_forecast(stream_id, message, partition)
         else:
-            for forecast in result.forecasts:
-                sink.send_forecast(forecast.stream_id, encode(forecast))
-        self._streams.note(batch.readings)
-        rejects = batch.rejects + result.rejects
+            for stream_id, message in zip(forecasts.stream_ids, messages, strict=True):
+                sink.send_forecast(stream_id, message)
+        self._streams.note_columns(batch.stream_ids, batch.partitions.tolist())
+        rejects = decoded.rejects + result.rejects
         if rejects:
             self._dead_letter(rejects, records)
         self.metrics.record_batch(len(records), result, time.time() - received)

@@ -1,0 +1,556 @@
+"""End-to-end benchmark: Sensorcast against transport-only and naive pipelines, in one run.
+
+    python -m bench.e2e            # 1k, 10k and 100k streams, about 10 minutes
+    python -m bench.e2e --quick    # 1k and 10k streams, short phases, about 2 minutes
+
+For each stream count, a fresh embedded broker (or ``$KAFKA_BOOTSTRAP_SERVERS``) gets one
+input topic (4 partitions) pre-loaded by `bench.loadgen` with the same readings for all three
+pipelines; each pipeline runs as its own process, in its own consumer group, reading that
+topic from the start and writing its own forecast topic:
+
+1. ``sensorcast``: the real service, ``python -m service.cli serve`` (`Service`), with the
+   shipped ``sensors-demo`` model (LSTM 2x64), one onnxruntime thread;
+2. ``transport``: `bench.pipelines` transport (the service's source, decoder, encoder and
+   sink, a fixed forecast, no model);
+3. ``naive``: `bench.pipelines` naive, on a time-bounded sample of the backlog.
+
+Throughput: readings/s over the backlog from 10% to 90% of the pre-loaded readings'
+forecasts, read from the forecast topic's end offsets every 50 ms (naive: from its first
+second of output to the time bound). CPU: the pipeline process's user+system seconds over
+the same window, per million readings. Memory: the process's peak resident set (VmHWM).
+Latency: with the pipeline caught up, `bench.loadgen` sends at half of Sensorcast's
+sustained rate (naive: half of its own) from a separate process; a consumer here records when
+each forecast arrives, and the reading's send time comes from the load generator's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+
+from bench.loadgen import LatencySummary, ReadingPlan, latencies, preload, summarize
+from service.embedded import broker_bootstrap
+
+__all__ = ["main"]
+
+PARTITIONS = 4
+PIPELINES = ("sensorcast", "transport", "naive")
+_ROOT = Path(__file__).resolve().parent.parent
+_SAMPLE = 0.05  # seconds between progress samples
+_SETTLED = 1.0  # seconds without new forecasts that mean a backlog is done
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    streams: tuple[int, ...]
+    min_readings: int  # pre-loaded readings per stream count (at least 3 per stream)
+    naive_seconds: float  # time bound of the naive pipeline's backlog sample
+    latency_seconds: float
+    drain_timeout: float
+
+
+FULL = Sizes((1_000, 10_000, 100_000), 200_000, 25.0, 10.0, 240.0)
+QUICK = Sizes((1_000, 10_000), 40_000, 6.0, 3.0, 60.0)
+
+
+@dataclass
+class Result:
+    pipeline: str
+    streams: int
+    rate: float = float("nan")
+    cpu_per_million: float = float("nan")
+    peak_rss_mb: float = float("nan")
+    latency: LatencySummary | None = None
+    latency_rate: float = float("nan")
+    latency_missing: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+class Pipeline:
+    """One pipeline process, with its CPU time and memory read from /proc."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.assigned = threading.Event()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.strip() == "assigned":
+                self.assigned.set()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+            del self._stderr[:-20]
+
+    def cpu_seconds(self) -> float:
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+
+    def memory_mb(self, key: str = "VmHWM") -> float:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stderr_tail(self) -> str:
+        return "".join(self._stderr[-10:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _start(
+    name: str, bootstrap: str, topic: str, output: str, group: str, offset_reset: str = "earliest"
+) -> Pipeline:
+    env = dict(os.environ)
+    if name == "sensorcast":
+        env.update(
+            {
+                "SENSORCAST_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                "SENSORCAST_KAFKA__INPUT_TOPIC": topic,
+                "SENSORCAST_KAFKA__OUTPUT_TOPIC": output,
+                "SENSORCAST_KAFKA__DEAD_LETTER_TOPIC": output + ".dlq",
+                "SENSORCAST_KAFKA__GROUP_ID": group,
+                "SENSORCAST_KAFKA__AUTO_OFFSET_RESET": offset_reset,
+                "SENSORCAST_KAFKA__SESSION_TIMEOUT_MS": "6000",
+                "SENSORCAST_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+                "SENSORCAST_HTTP__ENABLED": "false",
+                "SENSORCAST_LOG__LEVEL": "WARNING",
+                "SENSORCAST_MODEL__REGISTRY": str(_ROOT / "models"),
+                "SENSORCAST_MODEL__NAME": "sensors-demo",
+            }
+        )
+        cmd = [sys.executable, "-m", "service.cli", "serve"]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.pipelines",
+            name,
+            "--bootstrap",
+            bootstrap,
+            "--input",
+            topic,
+            "--output",
+            output,
+            "--group",
+            group,
+            "--registry",
+            str(_ROOT / "models"),
+            "--offset-reset",
+            offset_reset,
+        ]
+    return Pipeline(name, cmd, env)
+
+
+# -- broker side ------------------------------------------------------------------------------
+
+
+class OffsetWatch:
+    """Sum of a topic's end offsets: how many records it holds."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="bench-watch")
+        self._parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+
+    def total(self) -> int:
+        return int(sum(self._consumer.end_offsets(self._parts).values()))
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class ForecastCollector:
+    """Consumes a forecast topic from its current end, noting when each record arrived."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id="bench-collector",
+            fetch_max_wait_ms=5,
+            max_poll_records=5000,
+        )
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        self._consumer.assign(parts)
+        self._consumer.seek_to_end()
+        for tp in parts:
+            self._consumer.position(tp)  # resolve the end now, before any reading is sent
+        self.batches: list[tuple[float, list[bytes]]] = []
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            polled = self._consumer.poll(timeout_ms=20)
+            if polled:
+                got = time.time()
+                values = [r.value for records in polled.values() for r in records]
+                self.batches.append((got, values))
+                self.count += len(values)
+
+    def close(self) -> list[tuple[str, float, float]]:
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
+        out = []
+        for got, values in self.batches:
+            for v in values:
+                doc = json.loads(v)
+                out.append((doc["stream_id"], float(doc["ts"]), got))
+        return out
+
+
+def _create_topics(bootstrap: str, names: Sequence[str]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-admin")
+    try:
+        admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+    finally:
+        admin.close()
+
+
+# -- phases -----------------------------------------------------------------------------------
+
+
+def _throughput(
+    pipe: Pipeline,
+    watch: OffsetWatch,
+    *,
+    preloaded: int,
+    bound: float | None,
+    timeout: float,
+    result: Result,
+) -> None:
+    """Sample output progress and CPU until the backlog is done (or the bound ends).
+
+    The embedded broker reports a partition's end offset as the start of its last record
+    batch, so "done" is: no new forecasts for a second, after at least 90% of the backlog.
+    """
+    samples: list[tuple[float, int, float]] = []
+    started = time.monotonic()
+    first_output: float | None = None
+    changed, last_total = started, -1
+    while True:
+        now = time.monotonic()
+        total = watch.total()
+        samples.append((now, total, pipe.cpu_seconds()))
+        if total != last_total:
+            changed, last_total = now, total
+        if total > 0 and first_output is None:
+            first_output = now
+        if total >= 0.9 * preloaded and now - changed >= _SETTLED:
+            break
+        if bound is not None and first_output is not None and now - first_output >= bound:
+            break
+        if now - started > timeout or not pipe.alive():
+            result.notes.append(f"stopped after {now - started:.0f} s at {total} forecasts")
+            if not pipe.alive():
+                result.notes.append("process exited: " + pipe.stderr_tail())
+            break
+        time.sleep(_SAMPLE)
+    result.peak_rss_mb = pipe.memory_mb("VmHWM")
+    if bound is not None and samples[-1][1] < 0.9 * preloaded:
+        t0 = (first_output or started) + 1.0
+        window = [s for s in samples if s[0] >= t0]
+        if len(window) < 2 or window[-1][1] == window[0][1]:
+            return
+        lo, hi = window[0], window[-1]
+        result.notes.append(f"sample of {hi[1] - lo[1]:,} readings in {hi[0] - lo[0]:.0f} s")
+    else:
+        lo_n, hi_n = 0.1 * preloaded, 0.9 * preloaded
+        lo = next(s for s in samples if s[1] >= lo_n)
+        hi = next((s for s in samples if s[1] >= hi_n), samples[-1])
+    if hi[1] > lo[1]:
+        result.rate = (hi[1] - lo[1]) / (hi[0] - lo[0])
+        result.cpu_per_million = (hi[2] - lo[2]) / (hi[1] - lo[1]) * 1e6
+
+
+def _settle(watch: OffsetWatch, timeout: float) -> bool:
+    """Wait until the pipeline has stopped producing (it has caught up)."""
+    deadline = time.monotonic() + timeout
+    changed, last = time.monotonic(), -1
+    while time.monotonic() - changed < _SETTLED:
+        total = watch.total()
+        if total != last:
+            changed, last = time.monotonic(), total
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_SAMPLE)
+    return True
+
+
+def _latency(
+    bootstrap: str,
+    topic: str,
+    output: str,
+    plan: ReadingPlan,
+    *,
+    rate: float,
+    seconds: float,
+    start_step: int,
+    result: Result,
+) -> int:
+    """Send at `rate` and measure; return how many readings were sent."""
+    collector = ForecastCollector(bootstrap, output)
+    with tempfile.TemporaryDirectory(prefix="sensorcast-bench-") as tmp:
+        out = Path(tmp) / "sent.npy"
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "rate",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--partitions",
+            str(PARTITIONS),
+            "--streams",
+            str(plan.n_streams),
+            "--rate",
+            f"{rate:.1f}",
+            "--seconds",
+            str(seconds),
+            "--start-step",
+            str(start_step),
+            "--out",
+            str(out),
+        ]
+        done = subprocess.run(cmd, cwd=_ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not out.exists():
+            collector.close()
+            result.notes.append("load generator failed: " + done.stderr[-300:])
+            return 0
+        sent = np.load(out)
+    deadline = time.monotonic() + 10.0
+    while collector.count < len(sent) and time.monotonic() < deadline:
+        time.sleep(_SAMPLE)
+    lat = latencies(collector.close(), sent, plan, start_step)
+    result.latency = summarize(lat)
+    result.latency_rate = rate
+    result.latency_missing = len(sent) - len(lat)
+    behind = done.stdout.strip().rsplit(" ", 1)[-1]
+    if float(behind) > 50:
+        result.notes.append(f"load generator up to {behind} ms behind schedule")
+    return len(sent)
+
+
+def _run_scale(bootstrap: str, n_streams: int, sizes: Sizes, tag: str) -> list[Result]:
+    plan = ReadingPlan(n_streams, PARTITIONS)
+    topic = f"e2e-{tag}-{n_streams}"
+    outputs = {name: f"{topic}.{name}" for name in PIPELINES}
+    _create_topics(
+        bootstrap,
+        [
+            topic,
+            *outputs.values(),
+            *(o + ".dlq" for o in outputs.values()),
+            outputs["naive"] + ".latency",
+        ],
+    )
+    steps = max(3, math.ceil(sizes.min_readings / n_streams))
+    started = time.perf_counter()
+    preloaded = preload(bootstrap, topic, plan, range(steps))
+    print(
+        f"-- {n_streams:,} streams: {preloaded:,} readings ({steps} per stream) pre-loaded "
+        f"in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+    next_step = steps
+    results: list[Result] = []
+    sensorcast_rate = float("nan")
+    for name in PIPELINES:
+        result = Result(name, n_streams)
+        results.append(result)
+        watch = OffsetWatch(bootstrap, outputs[name])
+        pipe = _start(name, bootstrap, topic, outputs[name], f"{topic}.{name}")
+        try:
+            _throughput(
+                pipe,
+                watch,
+                preloaded=preloaded,
+                bound=sizes.naive_seconds if name == "naive" else None,
+                timeout=sizes.drain_timeout,
+                result=result,
+            )
+            if name == "sensorcast":
+                sensorcast_rate = result.rate
+            if not math.isfinite(result.rate):
+                continue
+            if name == "naive":
+                # Its backlog would take minutes: a fresh member starts at the topic's end.
+                pipe.stop()
+                output = outputs["naive"] + ".latency"
+                pipe = _start(
+                    name, bootstrap, topic, output, f"{topic}.naive-latency", offset_reset="latest"
+                )
+                if not pipe.assigned.wait(30.0):
+                    result.notes.append("naive latency member never got partitions")
+                    continue
+                time.sleep(1.0)  # its positions are resolved on its first fetch
+                rate = 0.5 * result.rate
+            else:
+                output = outputs[name]
+                if not _settle(watch, sizes.drain_timeout):
+                    result.notes.append("did not catch up before the latency phase")
+                    continue
+                rate = (
+                    0.5 * sensorcast_rate if math.isfinite(sensorcast_rate) else 0.5 * result.rate
+                )
+            sent = _latency(
+                bootstrap,
+                topic,
+                output,
+                plan,
+                rate=rate,
+                seconds=sizes.latency_seconds,
+                start_step=next_step,
+                result=result,
+            )
+            next_step += math.ceil(sent / n_streams)
+        finally:
+            pipe.stop()
+            watch.close()
+            print(_line(result), flush=True)
+    return results
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def _line(r: Result) -> str:
+    lat = r.latency
+    lat_text = (
+        f"p50 {lat.p50_ms:.1f} p99 {lat.p99_ms:.1f} max {lat.max_ms:.1f} ms "
+        f"at {r.latency_rate:,.0f}/s ({lat.count:,} forecasts, {r.latency_missing} missing)"
+        if lat is not None
+        else "latency n/a"
+    )
+    notes = f" [{'; '.join(r.notes)}]" if r.notes else ""
+    return (
+        f"   {r.pipeline:10s} {r.rate:9,.0f} readings/s  {r.cpu_per_million:6.1f} CPU s/M  "
+        f"peak RSS {r.peak_rss_mb:6.0f} MB  {lat_text}{notes}"
+    )
+
+
+def _table(results: list[Result]) -> str:
+    rows = [
+        "| streams | pipeline | readings/s | vs transport | vs naive | CPU s / M readings "
+        "| peak RSS | latency at | p50 | p99 | max |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by = {(r.streams, r.pipeline): r for r in results}
+    for r in results:
+        transport, naive = by.get((r.streams, "transport")), by.get((r.streams, "naive"))
+        vs_t = f"{r.rate / transport.rate:.0%}" if transport else ""
+        vs_n = f"{r.rate / naive.rate:.1f}x" if naive else ""
+        lat = r.latency
+        rows.append(
+            f"| {r.streams:,} | {r.pipeline} | {r.rate:,.0f} | {vs_t} | {vs_n} "
+            f"| {r.cpu_per_million:.1f} | {r.peak_rss_mb:.0f} MB "
+            + (
+                f"| {r.latency_rate:,.0f}/s | {lat.p50_ms:.1f} ms | {lat.p99_ms:.1f} ms "
+                f"| {lat.max_ms:.1f} ms |"
+                if lat is not None and lat.count
+                else "| | | | |"
+            )
+        )
+    return "\n".join(rows)
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {mem_gb:.0f} GB RAM, Python "
+        f"{platform.python_version()}, load average {load}"
+    )
+
+
+@contextlib.contextmanager
+def _broker() -> Iterator[str]:
+    with broker_bootstrap() as bootstrap:
+        yield bootstrap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument(
+        "--streams", type=int, nargs="*", help="stream counts (default 1k 10k 100k)"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    streams = tuple(args.streams) if args.streams else sizes.streams
+    print(_machine(), flush=True)
+    tag = f"{int(time.time())}"
+    results: list[Result] = []
+    for n in streams:
+        with _broker() as bootstrap:  # a fresh broker per stream count
+            results += _run_scale(bootstrap, n, sizes, tag)
+    print()
+    print(_table(results))
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The two pipelines the service is compared with, each run as its own process.
+
+    python -m bench.pipelines transport --bootstrap HOST:PORT --input T --output O --group G
+    python -m bench.pipelines naive     --bootstrap HOST:PORT --input T --output O --group G
+
+- ``transport``: the service's consumer and producer path without a model. The same
+  `connect` (topics, `KafkaSource`, `KafkaSink`), settings, columnar decoding
+  (`ReadingDecoder.decode_columns`), encoding (`ForecastEncoder.encode_batch`), send loop and
+  checkpoint (flush, commit) as `Service`; every reading gets one fixed forecast instead of
+  a model's. What it sustains is the ceiling the transport puts on the service.
+- ``naive``: a typical first implementation. A kafka-python consumer iterated one message at
+  a time, ``json.loads`` per message, a dict of per-stream numpy states, one onnxruntime call
+  per reading, ``json.dumps`` and one ``producer.send`` per forecast.
+
+Both print ``assigned`` on stdout once the group hands them partitions, and run until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+import numpy as np
+
+__all__ = ["main", "run_naive", "run_transport"]
+
+
+class _Handler:
+    """Rebalance handler of the transport pipeline: flushes before a revoke, like the service."""
+
+    def __init__(self) -> None:
+        self.sink: object | None = None
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        if partitions:
+            print("assigned", flush=True)
+
+    def flush_before_revoke(self, partitions: set[int]) -> bool:
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            flush(10.0)
+        return True
+
+    def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
+        return None
+
+
+def run_transport(args: argparse.Namespace, stop: threading.Event) -> None:
+    from service.config import KafkaSettings
+    from service.core.readings import ForecastBatch
+    from service.core.values import FeatureValues
+    from service.kafka.codec import ForecastEncoder, ReadingDecoder
+    from service.kafka.connect import connect
+    from service.registry import Registry
+
+    settings = KafkaSettings(
+        bootstrap_servers=args.bootstrap,
+        input_topic=args.input,
+        output_topic=args.output,
+        dead_letter_topic=args.output + ".dlq",
+        group_id=args.group,
+        client_id="bench-transport",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    card = Registry(args.registry).load(args.model).card
+    encoder = ForecastEncoder(card)
+    decoder = ReadingDecoder(
+        max_message_bytes=settings.max_message_bytes,
+        max_future_seconds=settings.max_future_seconds,
+    )
+    features = FeatureValues(card.features)
+    fixed = np.zeros((settings.max_batch, card.horizon, len(card.targets)), np.float32)
+    handler = _Handler()
+    transport = connect(settings, handler)
+    source, sink = transport.source, transport.sink
+    handler.sink = sink
+    mirror = transport.mirror_partitions
+    next_checkpoint = time.monotonic() + settings.commit_interval
+    while not stop.is_set():
+        records = source.poll()
+        if records:
+            # The service's _process without the engine: decode to columns, one fixed
+            # forecast per reading, encode, send.
+            received = time.time()
+            batch = decoder.decode_columns(records, received=received, values=features).batch
+            n = len(batch.stream_ids)
+            forecasts = ForecastBatch(
+                batch.stream_ids,
+                batch.ts,
+                fixed[:n],
+                np.ones(n, np.bool_),
+                batch.partitions,
+                batch.offsets,
+                batch.received,
+                card.period,
+            )
+            messages = encoder.encode_batch(forecasts)
+            send = sink.send_forecast
+            if mirror:
+                for stream_id, message, partition in zip(
+                    forecasts.stream_ids, messages, forecasts.partitions.tolist(), strict=True
+                ):
+                    send(stream_id, message, partition)
+            else:
+                for stream_id, message in zip(forecasts.stream_ids, messages, strict=True):
+                    send(stream_id, message)
+        if time.monotonic() >= next_checkpoint:
+            sink.flush(settings.checkpoint_timeout)
+            source.commit()
+            next_checkpoint = time.monotonic() + settings.commit_interval
+    sink.flush(settings.checkpoint_timeout)
+    source.commit()
+    source.close()
+    sink.close()
+
+
+def run_naive(args: argparse.Namespace, stop: threading.Event) -> None:
+    import onnxruntime as ort
+    from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+
+    from service.registry import Registry
+
+    loaded = Registry(args.registry).load(args.model)
+    card = loaded.card
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(loaded.onnx_bytes, options, providers=["CPUExecutionProvider"])
+    f_mean = np.array(card.scaler.features.mean, dtype=np.float32)
+    f_std = np.array(card.scaler.features.std, dtype=np.float32)
+    t_mean = np.array(card.scaler.targets.mean, dtype=np.float32)
+    t_std = np.array(card.scaler.targets.std, dtype=np.float32)
+    state_names = [s.name for s in card.states]
+    init = {s.name: np.full(s.batched_shape(1), s.init, dtype=np.float32) for s in card.states}
+    outputs = ["y"] + [name + "_out" for name in state_names]
+    states: dict[str, dict[str, np.ndarray]] = {}
+    steps: dict[str, int] = {}
+
+    class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
+        def on_partitions_assigned(self, assigned: object) -> None:
+            print("assigned", flush=True)
+
+        def on_partitions_revoked(self, revoked: object) -> None:
+            return None
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=args.bootstrap,
+        group_id=args.group,
+        auto_offset_reset=args.offset_reset,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        consumer_timeout_ms=200,
+    )
+    consumer.subscribe([args.input], listener=_Assigned())
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap)
+    while not stop.is_set():
+        for msg in consumer:  # ends after consumer_timeout_ms without messages
+            reading = json.loads(msg.value)
+            sid = reading["stream_id"]
+            x = np.array([[[reading["values"][f] for f in card.features]]], dtype=np.float32)
+            x = (x - f_mean) / f_std
+            state = states.get(sid) or {k: v.copy() for k, v in init.items()}
+            result = session.run(outputs, {"x": x, **state})
+            states[sid] = dict(zip(state_names, result[1:], strict=True))
+            steps[sid] = steps.get(sid, 0) + 1
+            y = result[0][0, 0] * t_std + t_mean
+            forecast = {
+                "stream_id": sid,
+                "ts": reading["ts"],
+                "model": {"name": card.name, "version": card.version},
+                "horizon_ts": [reading["ts"] + card.period * (k + 1) for k in range(card.horizon)],
+                "forecast": {t: y[:, j].tolist() for j, t in enumerate(card.targets)},
+                "warm": steps[sid] >= card.warmup_steps,
+                "partition": msg.partition,
+                "offset": msg.offset,
+            }
+            producer.send(args.output, key=sid.encode(), value=json.dumps(forecast).encode())
+            if stop.is_set():
+                break
+    producer.flush()
+    consumer.close()
+    producer.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipelines", description=__doc__)
+    parser.add_argument("pipeline", choices=["transport", "naive"])
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--registry", default="models")
+    parser.add_argument("--model", default="sensors-demo")
+    parser.add_argument("--offset-reset", default="earliest", choices=["earliest", "latest"])
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    (run_transport if args.pipeline == "transport" else run_naive)(args, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
