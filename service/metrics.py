@@ -13,7 +13,7 @@ from collections import Counter as Tally
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from service import __version__
-from service.core.engine import EngineResult
+from service.core.engine import BatchResult, EngineResult
 from service.core.readings import DropReason, RejectReason
 
 __all__ = ["CONTENT_TYPE", "EVICTION_CAUSES", "METRIC_NAMES", "ServiceMetrics"]
@@ -212,7 +212,9 @@ class ServiceMetrics:
         for kind in ("state", "tombstone"):
             self.changelog_records.labels(kind=kind)
 
-    def record_batch(self, records: int, result: EngineResult, latency: float) -> None:
+    def record_batch(
+        self, records: int, result: EngineResult | BatchResult, latency: float
+    ) -> None:
         """Count one micro-batch: `records` consumed, what the engine did with them, and
         `latency` from the poll to the forecasts being handed to the producer."""
         self.readings_consumed.inc(records)

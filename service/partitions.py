@@ -47,6 +47,10 @@ class PartitionStreams:
         for reading in readings:
             partition_of[reading.stream_id] = reading.partition
 
+    def note_columns(self, stream_ids: Iterable[str], partitions: Iterable[int]) -> None:
+        """Remember the partition of each stream (a `ReadingBatch`'s columns)."""
+        self._partition_of.update(zip(stream_ids, partitions, strict=True))
+
     def note_restored(self, stream_ids: Iterable[str], partition: int) -> None:
         """Streams restored from the changelog of `partition`."""
         partition_of = self._partition_of

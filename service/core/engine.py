@@ -199,6 +199,12 @@ class StreamEngine:
 
     # -- public -------------------------------------------------------------------------
 
+    @property
+    def values(self) -> FeatureValues:
+        """How this engine reads feature values (its card's features; imputing or not), for a
+        decoder that builds `ReadingBatch` values."""
+        return self._values
+
     def process_batch(self, batch: ReadingBatch, *, now: float | None = None) -> BatchResult:
         """Apply a columnar batch (any mix of streams, each stream's in order); see the module doc.
 
