@@ -37,7 +37,7 @@ from service.config import ServiceSettings
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
 from service.core.readings import Reject
-from service.errors import ChangelogError, ConfigError, SensorcastError, SinkError
+from service.errors import ChangelogError, ConfigError, SensorcastError, SinkError, StateError
 from service.http import HttpServer, Readiness
 from service.kafka.changelog import ChangelogReader, ChangelogWriter
 from service.kafka.codec import ForecastEncoder, ReadingDecoder, dead_letter_headers
@@ -557,7 +557,13 @@ class Service:
         store = self._engine.store
         now = time.time()
         for part in restored:
-            store.load_many(list(part.states.items()), now=now)
+            try:
+                store.load_many(list(part.states.items()), now=now)
+            except StateError as exc:
+                raise StateError(
+                    f"changelog {self._restorer.topic} partition {part.partition}: {exc}; serve "
+                    "the model that wrote it, or point kafka.changelog_topic at an empty topic"
+                ) from exc
             self._streams.note_restored(part.states, part.partition)
             label = str(part.partition)
             self.metrics.restore_seconds.labels(partition=label).set(part.seconds)
