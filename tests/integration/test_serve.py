@@ -85,9 +85,10 @@ def test_readyz_turns_true_only_after_assignment_and_later_readings_flow(
     k = settings.kafka
     with running(settings) as svc:
         status, body = http_get(svc.port, "/readyz")
-        # The group join takes about half the session timeout: not ready before it.
-        if status == 503:
-            assert json.loads(body)["partitions_assigned"] is False
+        # The HTTP server is up before the model is loaded and the group joined (a join
+        # takes about half the session timeout): not ready yet.
+        assert status == 503
+        assert json.loads(body)["partitions_assigned"] is False
         svc.wait_ready()
         assert svc.service.readiness.snapshot()["partitions_assigned"] is True
         assert svc.metric("sensorcast_assigned_partitions") == 4
