@@ -3,19 +3,21 @@
     python -m bench.engine            # full run, about a minute
     python -m bench.engine --quick    # a smoke run of a few seconds
 
-1. Throughput by batch size, in stream-steps per second, three ways on the same batch:
-   - engine: `StreamEngine.process` end to end, readings with dict values in and `Forecast`
-     objects out (validation, slot lookup, gather, model, scatter, bookkeeping, forecasts);
-   - state path: the same work on arrays, without the per-reading Python objects (slot
-     lookup, gather, model call, scatter, bookkeeping);
+1. Throughput by batch size, in stream-steps per second, four ways on the same batch:
+   - engine: `StreamEngine.process_batch` end to end on a pre-built `ReadingBatch` (what the
+     decoder hands over: ids, timestamps, a float32 value matrix), a `ForecastBatch` out
+     (checks, slot lookup, gather, model, scatter, bookkeeping, de-normalised forecasts);
+   - objects: `StreamEngine.process`, the adapter for `Reading` objects with dict values in
+     and `Forecast` objects out (what tests and tools use);
+   - state path: slot lookup, gather, model call, scatter and bookkeeping alone;
    - bare: `OnnxStepModel.step` alone with preallocated inputs.
    They run in alternating short trials and the best trial of each is reported (other
-   processes only ever slow a trial down), with the share of the
-   engine's time spent in the model call.
-2. Scale: 10k, 100k and 1M active streams (and 1M with float16 state); throughput at batch
-   1,024 over streams drawn at random, and resident bytes per stream (growth of the process's
-   RSS while the streams were created, and the store's own accounting) against the raw state
-   bytes.
+   processes only ever slow a trial down), with the share of the engine's time spent in
+   the model call.
+2. Scale: 10k, 100k and 1M active streams (and 1M with float16 state); `process_batch`
+   throughput at batch 1,024 over streams drawn at random, and resident bytes per stream
+   (growth of the process's RSS while the streams were created, and the store's own
+   accounting) against the raw state bytes.
 
 The model is ``sensors-demo`` from the registry when it is there, otherwise a 2x64 LSTM
 built with onnx.helper (`service.testing.build_onnx_lstm`). Results are printed, not asserted.
@@ -35,7 +37,7 @@ import numpy as np
 
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
-from service.core.readings import Reading
+from service.core.readings import Reading, ReadingBatch
 from service.core.state import StateDType
 from service.errors import SensorcastError
 from service.registry import Registry
@@ -73,10 +75,24 @@ class _Feed:
         std = np.asarray(card.scaler.features.std)
         rng = np.random.default_rng(seed)
         # a small pool of value rows, reused: making readings is not what is measured
-        self.pool = [
-            dict(zip(card.features, row, strict=True))
-            for row in (mean + std * rng.normal(size=(997, len(card.features)))).tolist()
-        ]
+        rows = mean + std * rng.normal(size=(997, len(card.features)))
+        self.pool = [dict(zip(card.features, row, strict=True)) for row in rows.tolist()]
+        self.matrix = rows.astype(np.float32)
+
+    def columns(self, streams: np.ndarray | None = None) -> ReadingBatch:
+        """The same readings as `batch`, as the columns a decoder hands the engine."""
+        picked = np.arange(len(self.ids)) if streams is None else streams
+        steps = self.seen[picked]
+        self.seen[picked] += 1
+        ids = self.ids
+        return ReadingBatch(
+            [ids[i] for i in picked.tolist()],
+            1_700_000_000.0 + steps * self.period,
+            self.matrix[(picked + steps) % 997],
+            np.zeros(len(picked), np.int32),
+            steps.astype(np.int64),
+            np.zeros(len(picked)),
+        )
 
     def batch(self, streams: np.ndarray | None = None) -> list[Reading]:
         """One reading for each of `streams` (indices into the ids; all of them by default)."""
@@ -94,21 +110,23 @@ class _Feed:
 @dataclass
 class _Trial:
     engine_rate: float
+    objects_rate: float
     state_rate: float
     bare_rate: float
     model_share: float
 
 
 def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
-    """Alternate engine, state-path and bare trials of about `seconds`/15 each, 5 of each; the best.
+    """Alternate engine, objects, state-path and bare trials of about `seconds`/20 each, 5
+    of each; the best of each.
 
-    The state path is the engine's work around the model without the per-reading Python
-    objects: slot lookup, gather, the model call, scatter and bookkeeping, on arrays.
+    The state path is the engine's work around the model without its checks and forecasts:
+    slot lookup, gather, the model call, scatter and bookkeeping, on arrays.
     """
     card = model.card
     feed = _Feed(model, [f"sensor-{i:07d}" for i in range(batch)])
     engine = StreamEngine(model, EngineConfig())
-    engine.process(feed.batch(), now=0.0)
+    engine.process_batch(feed.columns(), now=0.0)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(batch, 1, card.n_features)).astype(np.float32)
     states = [np.full(s.batched_shape(batch), s.init, np.float32) for s in card.states]
@@ -117,27 +135,34 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
     store = engine.store
     ids = [f"state-{i:07d}" for i in range(batch)]  # streams of their own: other timestamps
     offsets = np.zeros(batch, np.int64)
-    engine_rates, state_rates, bare_rates, shares = [], [], [], []
-    slice_s = seconds / 15
+    engine_rates, objects_rates, state_rates, bare_rates, shares = [], [], [], [], []
+    slice_s = seconds / 20
     for _ in range(5):
         spent = model_spent = 0.0
         steps = 0
         while spent < slice_s:
-            readings = feed.batch()
+            columns = feed.columns()
             t0 = time.perf_counter()
-            result = engine.process(readings, now=0.0)
+            result = engine.process_batch(columns, now=0.0)
             spent += time.perf_counter() - t0
             model_spent += sum(result.round_seconds)
             steps += len(result.forecasts)
         engine_rates.append(steps / spent)
         shares.append(model_spent / spent)
         spent, steps = 0.0, 0
+        while spent < slice_s:
+            readings = feed.batch()
+            t0 = time.perf_counter()
+            steps += len(engine.process(readings, now=0.0).forecasts)
+            spent += time.perf_counter() - t0
+        objects_rates.append(steps / spent)
+        spent, steps = 0.0, 0
         ts = np.full(batch, 1e10)
         while spent < slice_s:
             ts += 1.0
             t0 = time.perf_counter()
             slots = store.ensure(ids, slots=store.slots_of(ids))
-            _, new_states = model.step(x, store.gather(slots))
+            _, new_states = model.step(x, store.gather(slots, reuse=True))
             store.scatter(slots, new_states)
             store.advance(slots, ts, offsets, 0.0)
             spent += time.perf_counter() - t0
@@ -152,6 +177,7 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
         bare_rates.append(steps / spent)
     return _Trial(
         max(engine_rates),
+        max(objects_rates),
         max(state_rates),
         max(bare_rates),
         shares[engine_rates.index(max(engine_rates))],
@@ -178,12 +204,12 @@ def _build_scale(model: OnnxStepModel, streams: int, dtype: StateDType) -> _Scal
     feed = _Feed(model, [f"sensor-{i:07d}" for i in range(streams)], seed=streams)
     engine = StreamEngine(model, EngineConfig(state_dtype=dtype))
     chunk = 1024
-    engine.process(feed.batch(np.arange(chunk)), now=0.0)  # warm: onnxruntime's buffers
+    engine.process_batch(feed.columns(np.arange(chunk)), now=0.0)  # warm: onnxruntime's buffers
     gc.collect()
     before = _rss()
     t0 = time.perf_counter()
     for start in range(chunk, streams, chunk):
-        engine.process(feed.batch(np.arange(start, min(start + chunk, streams))), now=0.0)
+        engine.process_batch(feed.columns(np.arange(start, min(start + chunk, streams))), now=0.0)
     fill = time.perf_counter() - t0
     gc.collect()
     rss = (_rss() - before) / (streams - chunk)
@@ -195,9 +221,9 @@ def _time_scale(scale: _Scale, batch: int, seconds: float, rng: np.random.Genera
     streams = len(scale.feed.ids)
     spent, steps = 0.0, 0
     while spent < seconds:
-        readings = scale.feed.batch(rng.choice(streams, batch, replace=False))
+        columns = scale.feed.columns(rng.choice(streams, batch, replace=False))
         t0 = time.perf_counter()
-        result = scale.engine.process(readings, now=0.0)
+        result = scale.engine.process_batch(columns, now=0.0)
         spent += time.perf_counter() - t0
         steps += len(result.forecasts)
     scale.rates.append(steps / spent)
@@ -227,14 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("throughput by batch size (stream-steps/s, best of 5 alternating trials)")
     print(
-        f"{'batch':>6} {'engine':>11} {'state path':>11} {'bare ORT':>11} "
-        f"{'engine/bare':>12} {'state/bare':>11} {'model share':>12}"
+        f"{'batch':>6} {'engine':>11} {'objects':>11} {'state path':>11} {'bare ORT':>11} "
+        f"{'engine/bare':>12} {'objects/bare':>13} {'state/bare':>11} {'model share':>12}"
     )
     for batch in batches:
         trial = _bench_batch(model, batch, seconds)
         print(
-            f"{batch:>6} {trial.engine_rate:>11,.0f} {trial.state_rate:>11,.0f} "
-            f"{trial.bare_rate:>11,.0f} {trial.engine_rate / trial.bare_rate:>12.0%} "
+            f"{batch:>6} {trial.engine_rate:>11,.0f} {trial.objects_rate:>11,.0f} "
+            f"{trial.state_rate:>11,.0f} {trial.bare_rate:>11,.0f} "
+            f"{trial.engine_rate / trial.bare_rate:>12.0%} "
+            f"{trial.objects_rate / trial.bare_rate:>13.0%} "
             f"{trial.state_rate / trial.bare_rate:>11.0%} {trial.model_share:>12.0%}"
         )
 
