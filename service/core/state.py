@@ -424,8 +424,8 @@ class StateStore:
         """Write batched `states` (as returned by the model) back to `slots`."""
         batch = len(slots)
         for rows_of, row, state in zip(self._rows, self._row_types, states, strict=True):
-            rows = np.ascontiguousarray(state, self.dtype).view(np.uint8)
-            rows = rows.reshape(rows_of.shape[0], batch, row.itemsize).view(row)
+            rows = np.ascontiguousarray(state, self.dtype)
+            rows = rows.reshape(rows_of.shape[0], batch, -1).view(row)
             # one fancy assignment per leading index, of whole rows as opaque items: much
             # faster than `view[:, slots] = rows` on large arrays, and ~40% faster than
             # assigning float rows
