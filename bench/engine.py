@@ -117,11 +117,13 @@ class _Trial:
 
 
 def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
-    """Alternate engine, objects, state-path and bare trials of about `seconds`/20 each, 5
-    of each; the best of each.
+    """Engine, objects, state-path and bare calls in turn, one of each per turn, for about
+    `seconds`; rates from each one's median call time.
 
-    The state path is the engine's work around the model without its checks and forecasts:
-    slot lookup, gather, the model call, scatter and bookkeeping, on arrays.
+    Interleaving call by call exposes the four to the same moments of a shared machine, and
+    the median ignores the calls another process slowed down. The state path is the
+    engine's work around the model without its checks and forecasts: slot lookup, gather,
+    the model call, scatter and bookkeeping, on arrays.
     """
     card = model.card
     feed = _Feed(model, [f"sensor-{i:07d}" for i in range(batch)])
@@ -135,52 +137,42 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
     store = engine.store
     ids = [f"state-{i:07d}" for i in range(batch)]  # streams of their own: other timestamps
     offsets = np.zeros(batch, np.int64)
-    engine_rates, objects_rates, state_rates, bare_rates, shares = [], [], [], [], []
-    slice_s = seconds / 20
-    for _ in range(5):
-        spent = model_spent = 0.0
-        steps = 0
-        while spent < slice_s:
-            columns = feed.columns()
-            t0 = time.perf_counter()
-            result = engine.process_batch(columns, now=0.0)
-            spent += time.perf_counter() - t0
-            model_spent += sum(result.round_seconds)
-            steps += len(result.forecasts)
-        engine_rates.append(steps / spent)
-        shares.append(model_spent / spent)
-        spent, steps = 0.0, 0
-        while spent < slice_s:
-            readings = feed.batch()
-            t0 = time.perf_counter()
-            steps += len(engine.process(readings, now=0.0).forecasts)
-            spent += time.perf_counter() - t0
-        objects_rates.append(steps / spent)
-        spent, steps = 0.0, 0
-        ts = np.full(batch, 1e10)
-        while spent < slice_s:
-            ts += 1.0
-            t0 = time.perf_counter()
-            slots = store.ensure(ids, slots=store.slots_of(ids))
-            _, new_states = model.step(x, store.gather(slots, reuse=True))
-            store.scatter(slots, new_states)
-            store.advance(slots, ts, offsets, 0.0)
-            spent += time.perf_counter() - t0
-            steps += batch
-        state_rates.append(steps / spent)
-        spent, steps = 0.0, 0
-        while spent < slice_s:
-            t0 = time.perf_counter()
-            model.step(x, states)
-            spent += time.perf_counter() - t0
-            steps += batch
-        bare_rates.append(steps / spent)
+    ts = np.full(batch, 1e10)
+    times: dict[str, list[float]] = {"engine": [], "objects": [], "state": [], "bare": []}
+    model_times: list[float] = []
+    clock = time.perf_counter
+    deadline = clock() + seconds
+    while clock() < deadline or len(times["bare"]) < 5:
+        columns = feed.columns()
+        t0 = clock()
+        result = engine.process_batch(columns, now=0.0)
+        times["engine"].append(clock() - t0)
+        model_times.append(sum(result.round_seconds))
+        assert len(result.forecasts) == batch
+
+        readings = feed.batch()
+        t0 = clock()
+        engine.process(readings, now=0.0)
+        times["objects"].append(clock() - t0)
+
+        ts += 1.0
+        t0 = clock()
+        slots = store.ensure(ids, slots=store.slots_of(ids))
+        _, new_states = model.step(x, store.gather(slots, reuse=True))
+        store.scatter(slots, new_states)
+        store.advance(slots, ts, offsets, 0.0)
+        times["state"].append(clock() - t0)
+
+        t0 = clock()
+        model.step(x, states)
+        times["bare"].append(clock() - t0)
+    rate = {k: batch / float(np.median(v)) for k, v in times.items()}
     return _Trial(
-        max(engine_rates),
-        max(objects_rates),
-        max(state_rates),
-        max(bare_rates),
-        shares[engine_rates.index(max(engine_rates))],
+        rate["engine"],
+        rate["objects"],
+        rate["state"],
+        rate["bare"],
+        float(np.median(model_times)) / float(np.median(times["engine"])),
     )
 
 
@@ -217,16 +209,12 @@ def _build_scale(model: OnnxStepModel, streams: int, dtype: StateDType) -> _Scal
     return _Scale(label, engine, feed, rss, fill, [])
 
 
-def _time_scale(scale: _Scale, batch: int, seconds: float, rng: np.random.Generator) -> None:
-    streams = len(scale.feed.ids)
-    spent, steps = 0.0, 0
-    while spent < seconds:
-        columns = scale.feed.columns(rng.choice(streams, batch, replace=False))
-        t0 = time.perf_counter()
-        result = scale.engine.process_batch(columns, now=0.0)
-        spent += time.perf_counter() - t0
-        steps += len(result.forecasts)
-    scale.rates.append(steps / spent)
+def _time_scale(scale: _Scale, batch: int, rng: np.random.Generator) -> None:
+    """One `process_batch` call over `batch` streams drawn at random; its rate is kept."""
+    columns = scale.feed.columns(rng.choice(len(scale.feed.ids), batch, replace=False))
+    t0 = time.perf_counter()
+    result = scale.engine.process_batch(columns, now=0.0)
+    scale.rates.append(len(result.forecasts) / (time.perf_counter() - t0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"onnxruntime: 1 intra-op thread, no spinning; {os.cpu_count()} CPUs on this machine\n")
 
-    print("throughput by batch size (stream-steps/s, best of 5 alternating trials)")
+    print("throughput by batch size (stream-steps/s, from median call times, calls interleaved)")
     print(
         f"{'batch':>6} {'engine':>11} {'objects':>11} {'state path':>11} {'bare ORT':>11} "
         f"{'engine/bare':>12} {'objects/bare':>13} {'state/bare':>11} {'model share':>12}"
@@ -267,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     print(
-        "\nscale: batch 1,024 over streams drawn at random (best of 5 alternating trials); "
+        "\nscale: batch 1,024 over streams drawn at random (median call, sizes interleaved); "
         "bytes per stream"
     )
     print(
@@ -276,14 +264,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     built = [_build_scale(model, streams, dtype) for streams, dtype in scales]
     rng = np.random.default_rng(7)
-    for _ in range(5):  # alternate, so that a busy moment does not fall on one size only
+    deadline = time.perf_counter() + seconds * len(built)
+    while time.perf_counter() < deadline:  # call by call, so a busy moment hits every size
         for scale in built:
-            _time_scale(scale, 1024, seconds / 5, rng)
-    first = max(built[0].rates)
+            _time_scale(scale, 1024, rng)
+    first = float(np.median(built[0].rates))
     for scale in built:
         store = scale.engine.store
         n = len(store)
-        rate = max(scale.rates)
+        rate = float(np.median(scale.rates))
         raw = store.raw_state_bytes_per_stream
         print(
             f"{scale.label:>13} {rate:>10,.0f} {rate / first:>9.0%} {scale.rss_per_stream:>11,.0f} "
