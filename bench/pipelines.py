@@ -68,6 +68,8 @@ def run_transport(args: argparse.Namespace, stop: threading.Event) -> None:
         client_id="bench-transport",
         session_timeout_ms=6000,
         heartbeat_interval_ms=1000,
+        **({"max_wait_ms": args.max_wait_ms} if args.max_wait_ms is not None else {}),
+        **({"linger_ms": args.linger_ms} if args.linger_ms is not None else {}),
     )
     card = Registry(args.registry).load(args.model).card
     encoder = ForecastEncoder(card)
@@ -199,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--registry", default="models")
     parser.add_argument("--model", default="sensors-demo")
     parser.add_argument("--offset-reset", default="earliest", choices=["earliest", "latest"])
+    parser.add_argument("--max-wait-ms", type=int, help="transport: kafka.max_wait_ms")
+    parser.add_argument("--linger-ms", type=int, help="transport: kafka.linger_ms")
     args = parser.parse_args(argv)
     stop = threading.Event()
 
