@@ -59,7 +59,7 @@ __all__ = ["main"]
 PARTITIONS = 4
 PIPELINES = ("sensorcast", "transport", "naive")
 #: Latency is measured at these fractions of Sensorcast's sustained rate (naive: at half its own).
-LATENCY_FRACTIONS = (0.5, 0.25)
+LATENCY_FRACTIONS: tuple[float, ...] = (0.5, 0.25)
 _ROOT = Path(__file__).resolve().parent.parent
 _SAMPLE = 0.05  # seconds between progress samples
 _SETTLED = 1.0  # seconds without new forecasts that mean a backlog is done
@@ -452,7 +452,7 @@ def _run_scale(bootstrap: str, n_streams: int, sizes: Sizes, tag: str) -> list[R
                     result.notes.append("naive latency member never got partitions")
                     continue
                 time.sleep(1.0)  # its positions are resolved on its first fetch
-                reference, fractions = best[name].rate, (0.5,)
+                reference, fractions = best[name].rate, LATENCY_FRACTIONS[:1]
             else:
                 reference, fractions = best["sensorcast"].rate, LATENCY_FRACTIONS
             for fraction in fractions:

@@ -50,7 +50,7 @@ _TICK = 0.002  # seconds between sends of a rate run
 
 def partition_of(key: bytes, n_partitions: int) -> int:
     """The partition kafka-python's default partitioner gives `key`."""
-    return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % n_partitions
 
 
 @dataclass(frozen=True)
