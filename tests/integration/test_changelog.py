@@ -15,6 +15,7 @@ from service.errors import TopicError
 from service.kafka.changelog import ChangelogReader, ChangelogWriter
 from service.kafka.connect import connect
 from tests.conftest import KafkaKit
+from tests.fault.faultkit import read_topic
 from tests.integration.servicekit import make_model, reading, running, settings_for
 
 N_STREAMS = 30
@@ -115,3 +116,34 @@ def test_a_changelog_with_another_partition_count_is_refused(
     kafka.create_topic(f"{settings.kafka.group_id}.state", 2)
     with pytest.raises(TopicError, match=r"has 2 partitions and the input .* has 4"):
         connect(settings.kafka, Service(settings))
+
+
+def test_evicted_streams_get_tombstones_on_their_input_partition(
+    kafka: KafkaKit, tmp_path: Path
+) -> None:
+    model = make_model(tmp_path / "models")
+    settings = settings_for(
+        kafka.bootstrap,
+        model.registry,
+        model.card.name,
+        kafka.name,
+        **{"kafka.max_batch": 5, "engine.max_streams": 10},
+    )
+    k = settings.kafka
+    kafka.create_topic(k.input_topic, 4)
+    kafka.produce(k.input_topic, _step(0))
+    with running(settings) as svc:
+        kafka.consume_until(k.output_topic, N_STREAMS)
+        held = set(svc.service.engine.store.ids())  # type: ignore[union-attr]
+        evicted = svc.metric("sensorcast_evictions_total", {"cause": "capacity"})
+    assert len(held) == 10 and evicted == N_STREAMS - 10
+    tombstones = svc.metric("sensorcast_changelog_records_total", {"kind": "tombstone"})
+    assert tombstones == N_STREAMS - 10
+    source = {r.key: r.partition for r in kafka.consume_until(k.input_topic, N_STREAMS)}
+    records = read_topic(kafka.bootstrap, f"{k.group_id}.state")  # to the end
+    last: dict[bytes, bytes | None] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        assert r.partition == source[r.key]  # the input partition, not the key hash
+        last[r.key] = r.value
+    assert {key.decode() for key, v in last.items() if v is not None} == held
+    assert sum(1 for v in last.values() if v is None) == N_STREAMS - 10
