@@ -51,7 +51,7 @@ from service.registry import Registry
 if TYPE_CHECKING:
     from kafka.consumer.fetcher import ConsumerRecord
 
-__all__ = ["Service"]
+__all__ = ["CRASH_EXIT_STATUS", "Service"]
 
 log = logging.getLogger(__name__)
 
