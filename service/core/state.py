@@ -396,7 +396,8 @@ class StateStore:
         for view, target in zip(self._views, targets, strict=True):
             if self._half:
                 # a table lookup widens float16 about twice as fast as numpy's astype
-                np.take(_FLOAT16_TO_32, np.take(view, slots, axis=1).view(np.uint16), out=target)
+                bits = np.take(view, slots, axis=1).view(np.uint16)
+                np.take(_FLOAT16_TO_32, bits, out=target, mode="clip")
             else:
                 np.take(view, slots, axis=1, out=target, mode="clip")
         return out
