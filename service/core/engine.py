@@ -212,8 +212,8 @@ class StreamEngine:
         """Apply a columnar batch (any mix of streams, each stream's in order); see the module doc.
 
         The hot path: no per-reading Python objects, one model call per round. Forecasts
-        come back in the batch's row order; `BatchResult.reject_rows` and the drops name
-        rows of `batch`. `now` is the wall-clock time used for TTL expiry and last-seen
+        come back in the batch's row order (sharing the batch's columns when every row
+        made one); `BatchResult.reject_rows` and the drops name rows of `batch`. `now` is the wall-clock time used for TTL expiry and last-seen
         bookkeeping (``time.time()`` when not given). If the model fails (`InferenceError`),
         rounds already run in this call stay applied; their readings are dropped as already
         applied (or duplicates) if the batch is processed again.

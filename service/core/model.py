@@ -28,7 +28,8 @@ class StepModel(Protocol):
     ``card.states`` order, each batched on its ``batch_axis``. Returns ``y`` as float32
     ``[batch, time, horizon, n_targets]`` (scaled) and the new states, in the same order and
     layout as the inputs. The returned arrays belong to the caller (the engine
-    de-normalises ``y`` in place).
+    de-normalises ``y`` in place); `x` and `states` are only valid during the call (the
+    engine reuses their memory for the next round).
     """
 
     card: ModelCard
