@@ -193,6 +193,7 @@ class StreamEngine:
         self._y_std = np.tile(np.asarray(card.scaler.targets.std, np.float32), card.horizon)
         self._y_tiles: tuple[int, np.ndarray, np.ndarray] = (0, self._y_std, self._y_mean)
         self._x_flat = np.empty((0, card.n_features), np.float32)
+        self._x_tiles: tuple[int, np.ndarray, np.ndarray] = (0, self._x_mean, self._x_std)
         self._stamp = np.empty(0, np.int64)  # scratch for `_distinct`, one entry per slot
         self._horizon_offsets = np.arange(1, card.horizon + 1, dtype=np.float64) * card.period
         self._max_gap = config.max_gap_periods * card.period
@@ -332,7 +333,7 @@ class StreamEngine:
             self._stamp = np.zeros(self.store.capacity, np.int64)
         order = np.arange(len(seen))
         self._stamp[seen] = order
-        if not np.array_equal(self._stamp[seen], order):
+        if not (self._stamp[seen] == order).all():
             return False
         if len(seen) == len(ids):
             return True
@@ -455,8 +456,10 @@ class StreamEngine:
         # 5. one model call over the wave
         states = store.gather(slots, reuse=True)
         x = self._x_buffer(len(ids))
-        np.subtract(x_raw, self._x_mean, out=x[:, 0, :])
-        x /= self._x_std
+        flat = x.reshape(-1)
+        x_mean, x_std = self._x_scale(len(ids))
+        np.subtract(x_raw.reshape(-1), x_mean, out=flat)
+        flat /= x_std
         started = time.perf_counter()
         y, new_states = self.model.step(x, states)
         result.round_seconds.append(time.perf_counter() - started)
@@ -488,6 +491,12 @@ class StreamEngine:
                 (max(batch, 2 * len(self._x_flat)), self.card.n_features), np.float32
             )
         return self._x_flat[:batch, None, :]
+
+    def _x_scale(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The feature scaler tiled over `batch` readings (the last size's are kept)."""
+        if self._x_tiles[0] != batch:
+            self._x_tiles = (batch, np.tile(self._x_mean, batch), np.tile(self._x_std, batch))
+        return self._x_tiles[1], self._x_tiles[2]
 
     def _y_scale(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """The target scaler tiled over `batch` forecasts (the last size's are kept): one
