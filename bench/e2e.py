@@ -12,7 +12,10 @@ topic from the start and writing its own forecast topic:
    shipped ``sensors-demo`` model (LSTM 2x64), one onnxruntime thread;
 2. ``transport``: `bench.pipelines` transport (the service's source, decoder, encoder and
    sink, a fixed forecast, no model);
-3. ``naive``: `bench.pipelines` naive, on a time-bounded sample of the backlog.
+3. ``naive``: `bench.pipelines` naive, on a time-bounded sample of the backlog;
+
+and ``sensorcast-commit5s``, the service with checkpoints every 5 s instead of every second,
+to show what the state changelog's writes cost.
 
 Throughput: readings/s over the backlog from 10% to 90% of the pre-loaded readings'
 forecasts, read from the forecast topic's end offsets every 50 ms (naive: from its first
@@ -58,6 +61,9 @@ __all__ = ["main"]
 
 PARTITIONS = 4
 PIPELINES = ("sensorcast", "transport", "naive")
+#: Sensorcast again with checkpoints every 5 s instead of every second: what the state
+#: changelog's per-checkpoint writes cost (throughput only).
+SLOW_CHECKPOINTS = "sensorcast-commit5s"
 #: Latency is measured at these fractions of Sensorcast's sustained rate (naive: at half its own).
 LATENCY_FRACTIONS: tuple[float, ...] = (0.5, 0.25)
 _ROOT = Path(__file__).resolve().parent.parent
@@ -163,7 +169,7 @@ def _start(
     name: str, bootstrap: str, topic: str, output: str, group: str, offset_reset: str = "earliest"
 ) -> Pipeline:
     env = dict(os.environ)
-    if name == "sensorcast":
+    if name.startswith("sensorcast"):
         env.update(
             {
                 "SENSORCAST_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
@@ -178,6 +184,7 @@ def _start(
                 "SENSORCAST_LOG__LEVEL": "WARNING",
                 "SENSORCAST_MODEL__REGISTRY": str(_ROOT / "models"),
                 "SENSORCAST_MODEL__NAME": "sensors-demo",
+                "SENSORCAST_KAFKA__COMMIT_INTERVAL": "5" if name == SLOW_CHECKPOINTS else "1",
             }
         )
         cmd = [sys.executable, "-m", "service.cli", "serve"]
@@ -415,7 +422,9 @@ def _run_scale(bootstrap: str, n_streams: int, sizes: Sizes, tag: str) -> list[R
     )
     next_step = steps
     best: dict[str, Result] = {}
-    schedule = [(name, t) for t in range(sizes.trials) for name in PIPELINES[:2]]
+    schedule = [
+        (name, t) for t in range(sizes.trials) for name in (*PIPELINES[:2], SLOW_CHECKPOINTS)
+    ]
     schedule.append(("naive", 0))
     for name, trial in schedule:
         last = trial == sizes.trials - 1 or name == "naive"
@@ -438,7 +447,7 @@ def _run_scale(bootstrap: str, n_streams: int, sizes: Sizes, tag: str) -> list[R
             if result.rate > kept.rate:
                 best[name] = result
                 result.notes += [n for n in kept.notes if n not in result.notes]
-            if not last or not math.isfinite(result.rate):
+            if not last or name == SLOW_CHECKPOINTS or not math.isfinite(result.rate):
                 continue
             if name == "naive":
                 # Its backlog would take minutes: a fresh member starts at the topic's end.
@@ -475,7 +484,8 @@ def _run_scale(bootstrap: str, n_streams: int, sizes: Sizes, tag: str) -> list[R
             pipe.stop()
             watch.close()
             print(_line(result), flush=True)
-    return [best[name] for name in PIPELINES if name in best]
+    order = (PIPELINES[0], SLOW_CHECKPOINTS, *PIPELINES[1:])
+    return [best[name] for name in order if name in best]
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -494,7 +504,7 @@ def _latency_text(r: Result) -> str:
 def _line(r: Result) -> str:
     notes = f" [{'; '.join(r.notes)}]" if r.notes else ""
     return (
-        f"   {r.pipeline:10s} #{r.trial} {r.rate:9,.0f} readings/s  {r.cpu_per_million:6.1f} "
+        f"   {r.pipeline:19s} #{r.trial} {r.rate:9,.0f} readings/s  {r.cpu_per_million:6.1f} "
         f"CPU s/M  peak RSS {r.peak_rss_mb:6.0f} MB  {_latency_text(r)}{notes}"
     )
 
