@@ -519,10 +519,13 @@ class Service:
         if lost:
             # another member may already own them: their streams go without being written
             self._streams.lost(partitions)
-            with self._restore_lock:
-                self._held -= partitions
         else:
             self._streams.revoked(partitions)
+        with self._restore_lock:
+            # a partition revoked before its restore ran has nothing in memory to keep
+            unrestored = partitions & self._to_restore
+            self._to_restore -= partitions
+            self._held -= partitions if lost else unrestored
         assert self._source is not None
         left = self._source.assignment() - partitions
         self.metrics.assigned_partitions.set(len(left))
@@ -605,6 +608,9 @@ class Service:
                 with contextlib.suppress(KeyError):
                     self.metrics.consumer_lag.remove(topic, str(p))
             self._engine.store.drop(moves.stream_ids)
+            # their new owner writes their changelog partitions from now on
+            for sid in [s for s, p in self._tombstones.items() if p in moves.partitions]:
+                del self._tombstones[sid]
             self.metrics.evictions.labels(cause="revoked").inc(len(moves.stream_ids))
             self.metrics.active_streams.set(len(self._engine.store))
             log.info(
