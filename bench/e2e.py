@@ -408,7 +408,28 @@ def _latency(
     return len(sent)
 
 
-def _run_scale(bootstrap: str, n_streams: int, sizes: Sizes, tag: str) -> list[Result]:
+def _client_caps(bootstrap: str, topic: str, records: int) -> None:
+    """kafka-python alone on the pre-loaded topic: the ceiling of any pipeline built on it."""
+    cmd = [sys.executable, "-m", "bench.kafkacaps", "--bootstrap", bootstrap, "--topic", topic]
+    cmd += ["--records", str(records), "--registry", str(_ROOT / "models")]
+    done = subprocess.run(cmd, cwd=_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"   kafka-python alone: failed: {done.stderr[-300:]}", flush=True)
+        return
+    caps = json.loads(done.stdout.strip().splitlines()[-1])
+    c, p = caps["consume"], caps["produce"]
+    both = 1 / (1 / c["per_s"] + 1 / p["per_s"])
+    print(
+        f"   kafka-python alone: consume {c['per_s']:,.0f} records/s ({c['cpu_us']:.1f} CPU us "
+        f"each), produce {p['per_s']:,.0f} records/s of {p['bytes']} B ({p['cpu_us']:.1f} CPU "
+        f"us each); one after the other: {both:,.0f} records/s",
+        flush=True,
+    )
+
+
+def _run_scale(
+    bootstrap: str, n_streams: int, sizes: Sizes, tag: str, *, caps: bool = False
+) -> list[Result]:
     plan = ReadingPlan(n_streams, PARTITIONS)
     topic = f"e2e-{tag}-{n_streams}"
     _create_topics(bootstrap, [topic])
@@ -420,6 +441,8 @@ def _run_scale(bootstrap: str, n_streams: int, sizes: Sizes, tag: str) -> list[R
         f"in {time.perf_counter() - started:.1f} s",
         flush=True,
     )
+    if caps:
+        _client_caps(bootstrap, topic, preloaded)
     next_step = steps
     best: dict[str, Result] = {}
     schedule = [
@@ -574,9 +597,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_machine(), flush=True)
     tag = f"{int(time.time())}"
     results: list[Result] = []
+    caps_at = 10_000 if 10_000 in streams else streams[0]
     for n in streams:
         with _broker() as bootstrap:  # a fresh broker per stream count
-            results += _run_scale(bootstrap, n, sizes, tag)
+            results += _run_scale(bootstrap, n, sizes, tag, caps=n == caps_at)
     print()
     print(_table(results))
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
