@@ -1,0 +1,231 @@
+"""How the service uses the changelog, driven through its rebalance callbacks and its
+checkpoint with stand-in clients (no broker): the checkpoint's order and failures, the
+restore of newly assigned partitions before they are fetched, partitions kept through an
+eager rebalance, a revoke before the restore ran, and lost partitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import TopicPartition
+
+from service.app import Service
+from service.config import load_settings
+from service.core.engine import StreamEngine
+from service.core.model import OnnxStepModel
+from service.errors import ChangelogError
+from service.kafka.changelog import ChangelogReader, ChangelogWriter
+from service.testing import build_onnx_lstm
+from tests.unit.service.kafka.test_changelog import FakeConsumer, FakeProducer, _Record
+
+TOPIC = "readings"
+
+
+class Calls(list[str]):
+    pass
+
+
+class FakeKafkaConsumer:
+    def __init__(self) -> None:
+        self.paused_set: set[TopicPartition] = set()
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused_set |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused_set -= set(tps)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_set)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+
+class FakeSource:
+    def __init__(self, calls: Calls) -> None:
+        self.owned: set[int] = set()
+        self.consumer = FakeKafkaConsumer()
+        self.calls = calls
+
+    def assignment(self) -> set[int]:
+        return set(self.owned)
+
+    def commit(self, timeout_ms: int | None = None) -> dict[int, int]:
+        self.calls.append("commit")
+        return {}
+
+    def lag(self) -> dict[int, int]:
+        return {}
+
+
+class FakeSink:
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+    def flush(self, timeout: float) -> None:
+        self.calls.append("flush forecasts")
+
+
+class RecordingProducer(FakeProducer):
+    def __init__(self, calls: Calls) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def send(self, topic: str, *, key: bytes, value: bytes | None, partition: int) -> Any:
+        if not self.calls or self.calls[-1] != "send states":
+            self.calls.append("send states")
+        return super().send(topic, key=key, value=value, partition=partition)
+
+    def flush(self, timeout: float) -> None:
+        self.calls.append("flush changelog")
+        super().flush(timeout)
+
+
+def _service(logs: dict[int, list[_Record]]) -> tuple[Service, Calls, FakeProducer]:
+    settings = load_settings(None, {"http.enabled": False, "kafka.input_topic": TOPIC})
+    svc = Service(settings)
+    card, proto, _ = build_onnx_lstm(hidden=4, features=("temp", "load"))
+    svc._engine = StreamEngine(OnnxStepModel(card, proto.SerializeToString()))
+    calls = Calls()
+    producer = RecordingProducer(calls)
+    svc._source = FakeSource(calls)  # type: ignore[assignment]
+    svc._sink = FakeSink(calls)  # type: ignore[assignment]
+    svc._changelog = ChangelogWriter(settings.kafka, producer=producer)
+    svc._restorer = ChangelogReader(settings.kafka, consumer=FakeConsumer(logs))
+    return svc, calls, producer
+
+
+def _records(svc: Service, ids: list[str], applied: int) -> list[_Record]:
+    """Changelog records of `ids`, made by another store."""
+    assert svc.engine is not None
+    other = StreamEngine(svc.engine.model).store
+    slots = other.ensure(ids)
+    states = [np.full(s.batched_shape(len(ids)), 0.25, np.float32) for s in other.specs]
+    other.scatter(slots, states)
+    other.advance(slots, np.full(len(ids), 100.0), np.full(len(ids), applied), now=0.0)
+    return [_Record(s.encode(), b) for s, b in zip(ids, other.dump_many(ids), strict=True)]
+
+
+def _assign(svc: Service, owned: set[int]) -> None:
+    source: Any = svc._source
+    source.owned = set(owned)
+    svc.partitions_assigned(owned)
+
+
+def _paused(svc: Service) -> set[int]:
+    source: Any = svc._source
+    return {tp.partition for tp in source.consumer.paused_set}
+
+
+def _touch(svc: Service, ids: list[str], partition: int) -> None:
+    """Readings of `ids` applied on `partition` (the store marks them changed)."""
+    assert svc.engine is not None
+    store = svc.engine.store
+    slots = store.ensure(ids)
+    store.advance(slots, np.full(len(ids), 200.0), np.full(len(ids), 9), now=0.0)
+    svc._streams.note_restored(ids, partition)
+
+
+def test_assigned_partitions_are_paused_until_restored_then_resumed() -> None:
+    svc, _, _ = _service({})
+    svc._restorer = ChangelogReader(
+        svc.settings.kafka,
+        consumer=FakeConsumer({0: _records(svc, ["a", "b"], 5), 1: _records(svc, ["c"], 7), 2: []}),
+    )
+    _assign(svc, {0, 1, 2})
+    assert _paused(svc) == {0, 1, 2}
+    assert svc.readiness.snapshot()["state_restored"] is False
+    svc._apply_moves()  # the loop, after the poll
+    assert _paused(svc) == set()
+    assert svc.readiness.snapshot()["state_restored"] is True
+    store = svc.engine.store  # type: ignore[union-attr]
+    assert sorted(store.ids()) == ["a", "b", "c"]
+    info = store.info("c")
+    assert info is not None and info.applied_offset == 7 and info.last_ts == 100.0
+    assert store.dirty_ids() == set()
+    assert svc._streams.partitions_of(["a", "c"]) == [0, 1]
+    assert (
+        svc.metrics.registry.get_sample_value("sensorcast_restored_streams", {"partition": "0"})
+        == 2
+    )
+
+
+def test_checkpoint_runs_flush_then_changelog_then_commit() -> None:
+    svc, calls, producer = _service({0: [], 1: []})
+    _assign(svc, {0, 1})
+    svc._apply_moves()
+    _touch(svc, ["a"], 0)
+    _touch(svc, ["b"], 1)
+    svc._tombstones["gone"] = 1
+    svc.checkpoint()
+    assert calls == ["flush forecasts", "send states", "flush changelog", "commit"]
+    sent = {(key, value is None, part) for _, key, value, part in producer.sent}
+    assert sent == {(b"gone", True, 1), (b"a", False, 0), (b"b", False, 1)}
+    assert producer.sent[0][1] == b"gone"  # tombstones before states
+    assert svc.engine.store.dirty_ids() == set()  # type: ignore[union-attr]
+    assert svc._tombstones == {}
+
+
+def test_a_failed_changelog_write_skips_the_commit_and_keeps_streams_changed() -> None:
+    svc, calls, producer = _service({0: []})
+    _assign(svc, {0})
+    svc._apply_moves()
+    _touch(svc, ["a", "b"], 0)
+    producer.fail_every = 1
+    with pytest.raises(ChangelogError):
+        svc.checkpoint()
+    assert "commit" not in calls
+    assert svc.engine.store.dirty_ids() == {"a", "b"}  # type: ignore[union-attr]
+    producer.fail_every = 0
+    calls.clear()
+    svc.checkpoint()
+    assert calls[-1] == "commit"
+    assert svc.engine.store.dirty_ids() == set()  # type: ignore[union-attr]
+
+
+def test_eager_rebalance_keeps_retained_partitions_and_writes_only_revoked_ones() -> None:
+    svc, _calls, producer = _service({0: [], 1: []})
+    _assign(svc, {0, 1})
+    svc._apply_moves()
+    _touch(svc, ["a"], 0)
+    _touch(svc, ["b"], 1)
+    # a revoke checkpoint for partition 0 only writes partition 0's streams
+    assert svc.flush_before_revoke({0})
+    assert [(key, part) for _, key, _, part in producer.sent] == [(b"a", 0)]
+    assert svc.engine.store.dirty_ids() == {"b"}  # type: ignore[union-attr]
+    # eager: everything is revoked, then partition 1 comes back
+    svc.partitions_revoked({0, 1}, lost=False)
+    _assign(svc, {1})
+    assert _paused(svc) == set()  # kept: no restore
+    svc._apply_moves()
+    assert svc.engine.store.ids() == ["b"]  # type: ignore[union-attr]
+
+
+def test_a_partition_revoked_before_its_restore_is_restored_when_it_returns() -> None:
+    svc, _, _ = _service({})
+    svc._restorer = ChangelogReader(
+        svc.settings.kafka, consumer=FakeConsumer({2: _records(svc, ["z"], 3)})
+    )
+    _assign(svc, {2})
+    svc.partitions_revoked({2}, lost=False)  # before the loop ran the restore
+    _assign(svc, {2})
+    assert _paused(svc) == {2}
+    svc._apply_moves()
+    assert svc.engine.store.ids() == ["z"]  # type: ignore[union-attr]
+
+
+def test_lost_partitions_are_dropped_without_writing() -> None:
+    svc, _calls, producer = _service({0: [], 1: []})
+    _assign(svc, {0, 1})
+    svc._apply_moves()
+    _touch(svc, ["a"], 0)
+    _touch(svc, ["b"], 1)
+    svc._tombstones["old"] = 0
+    svc.partitions_revoked({0}, lost=True)
+    svc._apply_moves()
+    assert svc.engine.store.ids() == ["b"]  # type: ignore[union-attr]
+    svc.checkpoint()
+    assert [(key, part) for _, key, _, part in producer.sent] == [(b"b", 1)]
