@@ -35,7 +35,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for name in names:
         for version in registry.versions(name):
             card = load_model_dir(registry.resolve(name, version)).card
-            test = ", ".join(f"{k}={v:.4g}" for k, v in sorted(card.metrics.items())[:4])
+            # Headline test scores over all horizon steps; the card holds the breakdown.
+            keys = ("test.arv", "test.mae", "test.skill_persistence")
+            test = "  ".join(f"{k}={card.metrics[k]:.4g}" for k in keys if k in card.metrics)
             print(
                 f"{card.ref:28} {card.kind:5} features={len(card.features):<3} "
                 f"horizon={card.horizon:<3} warmup={card.warmup_steps:<4} {test}"
