@@ -194,7 +194,7 @@ class StreamEngine:
         self._y_tiles: tuple[int, np.ndarray, np.ndarray] = (0, self._y_std, self._y_mean)
         self._x_flat = np.empty((0, card.n_features), np.float32)
         self._x_tiles: tuple[int, np.ndarray, np.ndarray] = (0, self._x_mean, self._x_std)
-        self._stamp = np.empty(0, np.int64)  # scratch for `_distinct`, one entry per slot
+        self._stamp = np.empty(0, np.int32)  # scratch for `_distinct`, one entry per slot
         self._horizon_offsets = np.arange(1, card.horizon + 1, dtype=np.float64) * card.period
         self._max_gap = config.max_gap_periods * card.period
         # a placeholder until a call's forecasts are known
@@ -330,8 +330,8 @@ class StreamEngine:
         known = slots >= 0
         seen = slots if known.all() else slots[known]
         if len(self._stamp) < self.store.capacity:
-            self._stamp = np.zeros(self.store.capacity, np.int64)
-        order = np.arange(len(seen))
+            self._stamp = np.zeros(self.store.capacity, np.int32)
+        order = np.arange(len(seen), dtype=np.int32)
         self._stamp[seen] = order
         if not (self._stamp[seen] == order).all():
             return False
