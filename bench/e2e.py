@@ -57,7 +57,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
 from bench.loadgen import LatencySummary, ReadingPlan, latencies, preload, summarize
-from service.embedded import broker_bootstrap
+from service.embedded import broker_bootstrap, die_with_parent
 
 __all__ = ["main"]
 
@@ -117,6 +117,7 @@ class Pipeline:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            preexec_fn=die_with_parent,  # no pipeline outlives an interrupted benchmark
         )
         self.assigned = threading.Event()
         self._stderr: list[str] = []
