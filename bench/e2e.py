@@ -14,8 +14,10 @@ topic from the start and writing its own forecast topic:
    sink, a fixed forecast, no model);
 3. ``naive``: `bench.pipelines` naive, on a time-bounded sample of the backlog;
 
-and ``sensorcast-commit5s``, the service with checkpoints every 5 s instead of every second,
-to show what the state changelog's writes cost.
+and, for throughput only, ``sensorcast-commit5s``, the service with checkpoints every 5 s
+instead of every second, to show what the state changelog's writes cost, and
+``transport-confluent``, the transport pipeline on confluent-kafka (librdkafka) instead of
+kafka-python, to show where the other client puts the ceiling.
 
 Throughput: readings/s over the backlog from 10% to 90% of the pre-loaded readings'
 forecasts, read from the forecast topic's end offsets every 50 ms (naive: from its first
@@ -66,6 +68,9 @@ PIPELINES = ("sensorcast", "transport", "naive")
 #: Sensorcast again with checkpoints every 5 s instead of every second: what the state
 #: changelog's per-checkpoint writes cost (throughput only).
 SLOW_CHECKPOINTS = "sensorcast-commit5s"
+#: The transport pipeline on confluent-kafka (librdkafka): the ceiling of the other client.
+CONFLUENT = "transport-confluent"
+_THROUGHPUT_ONLY = (SLOW_CHECKPOINTS, CONFLUENT)
 #: Latency is measured at these fractions of Sensorcast's sustained rate (naive: at half its own).
 LATENCY_FRACTIONS: tuple[float, ...] = (0.5, 0.25)
 _ROOT = Path(__file__).resolve().parent.parent
@@ -331,7 +336,7 @@ def _throughput(
         result.notes.append(f"sample of {hi[1] - lo[1]:,} readings in {hi[0] - lo[0]:.0f} s")
     else:
         lo_n, hi_n = 0.1 * preloaded, 0.9 * preloaded
-        lo = next(s for s in samples if s[1] >= lo_n)
+        lo = next((s for s in samples if s[1] >= lo_n), samples[-1])
         hi = next((s for s in samples if s[1] >= hi_n), samples[-1])
     if hi[1] > lo[1]:
         result.rate = (hi[1] - lo[1]) / (hi[0] - lo[0])
@@ -452,7 +457,7 @@ def _run_scale(
         name: {} for name in PIPELINES
     }
     schedule = [
-        (name, t) for t in range(sizes.trials) for name in (*PIPELINES[:2], SLOW_CHECKPOINTS)
+        (name, t) for t in range(sizes.trials) for name in (*PIPELINES[:2], *_THROUGHPUT_ONLY)
     ]
     schedule.append(("naive", 0))
     for name, trial in schedule:
@@ -475,7 +480,7 @@ def _run_scale(
             if result.rate > kept.rate:
                 best[name] = result
                 result.notes += [n for n in kept.notes if n not in result.notes]
-            if name == SLOW_CHECKPOINTS or not math.isfinite(result.rate):
+            if name in _THROUGHPUT_ONLY or not math.isfinite(result.rate):
                 continue
             if name == "naive":
                 # Its backlog would take minutes: a fresh member starts at the topic's end.
@@ -519,7 +524,7 @@ def _run_scale(
             print(_line(result), flush=True)
     for name, kept in best.items():
         kept.latency = dict(best_latency.get(name, {}))
-    order = (PIPELINES[0], SLOW_CHECKPOINTS, *PIPELINES[1:])
+    order = (PIPELINES[0], SLOW_CHECKPOINTS, PIPELINES[1], CONFLUENT, PIPELINES[2])
     return [best[name] for name in order if name in best]
 
 

@@ -1,6 +1,7 @@
-"""The two pipelines the service is compared with, each run as its own process.
+"""The pipelines the service is compared with, each run as its own process.
 
     python -m bench.pipelines transport --bootstrap HOST:PORT --input T --output O --group G
+    python -m bench.pipelines transport-confluent --bootstrap HOST:PORT --input T --output O --group G
     python -m bench.pipelines naive     --bootstrap HOST:PORT --input T --output O --group G
 
 - ``transport``: the service's consumer and producer path without a model. The same
@@ -8,11 +9,14 @@
   (`ReadingDecoder.decode_columns`), encoding (`ForecastEncoder.encode_batch`), send loop and
   checkpoint (flush, commit) as `Service`; every reading gets one fixed forecast instead of
   a model's. What it sustains is the ceiling the transport puts on the service.
+- ``transport-confluent``: the same transport on confluent-kafka (librdkafka, the ``dev``
+  extra) instead of kafka-python: same decoder, encoder, fixed forecast, flush and commit
+  every second; where the other Kafka client puts the ceiling.
 - ``naive``: a typical first implementation. A kafka-python consumer iterated one message at
   a time, ``json.loads`` per message, a dict of per-stream numpy states, one onnxruntime call
   per reading, ``json.dumps`` and one ``producer.send`` per forecast.
 
-Both print ``assigned`` on stdout once the group hands them partitions, and run until SIGTERM.
+Each prints ``assigned`` on stdout once the group hands them partitions, and run until SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import numpy as np
 
@@ -123,6 +128,98 @@ def run_transport(args: argparse.Namespace, stop: threading.Event) -> None:
     sink.close()
 
 
+class _Record:
+    """A confluent-kafka message in the shape the decoder reads (attributes, not methods)."""
+
+    __slots__ = ("key", "offset", "partition", "topic", "value")
+
+    def __init__(self, topic: Any, partition: Any, offset: Any, key: Any, value: Any) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.key, self.value = key, value
+
+
+def run_transport_confluent(args: argparse.Namespace, stop: threading.Event) -> None:
+    """The transport pipeline on confluent-kafka (librdkafka) instead of kafka-python: same
+    decoder, encoder and loop, flush and commit every second; what the other client would
+    lift the transport's ceiling to."""
+    from confluent_kafka import Consumer, Producer
+
+    from service.core.readings import ForecastBatch
+    from service.core.values import FeatureValues
+    from service.kafka.codec import ForecastEncoder, ReadingDecoder
+    from service.registry import Registry
+
+    card = Registry(args.registry).load(args.model).card
+    encoder = ForecastEncoder(card)
+    decoder = ReadingDecoder(max_message_bytes=65_536, max_future_seconds=86_400.0)
+    features = FeatureValues(card.features)
+    max_batch = 2000
+    fixed = np.zeros((max_batch, card.horizon, len(card.targets)), np.float32)
+    assigned = threading.Event()
+
+    def on_assign(consumer: Any, partitions: list[Any]) -> None:
+        if partitions and not assigned.is_set():
+            assigned.set()
+            print("assigned", flush=True)
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": args.group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": args.offset_reset,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    consumer.subscribe([args.input], on_assign=on_assign)
+    producer = Producer(
+        {"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 5, "batch.size": 262144}
+    )
+    produce, output = producer.produce, args.output
+    next_checkpoint = time.monotonic() + 1.0
+    uncommitted = False
+    while not stop.is_set():
+        messages = consumer.consume(num_messages=max_batch, timeout=0.05)
+        if messages:
+            received = time.time()
+            records = [
+                _Record(m.topic(), m.partition(), m.offset(), m.key(), m.value())
+                for m in messages
+                if m.error() is None
+            ]
+            batch = decoder.decode_columns(records, received=received, values=features).batch
+            n = len(batch.stream_ids)
+            forecasts = ForecastBatch(
+                batch.stream_ids,
+                batch.ts,
+                fixed[:n],
+                np.ones(n, np.bool_),
+                batch.partitions,
+                batch.offsets,
+                batch.received,
+                card.period,
+            )
+            for stream_id, message, partition in zip(
+                forecasts.stream_ids,
+                encoder.encode_batch(forecasts),
+                forecasts.partitions.tolist(),
+                strict=True,
+            ):
+                produce(output, message, stream_id.encode(), partition)
+            producer.poll(0)
+            uncommitted = True
+        if time.monotonic() >= next_checkpoint:
+            producer.flush(10.0)
+            if uncommitted:  # committing with nothing consumed yet is an error
+                consumer.commit(asynchronous=False)
+                uncommitted = False
+            next_checkpoint = time.monotonic() + 1.0
+    producer.flush(10.0)
+    consumer.close()
+
+
 def run_naive(args: argparse.Namespace, stop: threading.Event) -> None:
     import onnxruntime as ort
     from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -193,7 +290,7 @@ def run_naive(args: argparse.Namespace, stop: threading.Event) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipelines", description=__doc__)
-    parser.add_argument("pipeline", choices=["transport", "naive"])
+    parser.add_argument("pipeline", choices=list(_PIPELINES))
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
@@ -211,9 +308,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    (run_transport if args.pipeline == "transport" else run_naive)(args, stop)
+    _PIPELINES[args.pipeline](args, stop)
     return 0
 
+
+_PIPELINES = {
+    "transport": run_transport,
+    "transport-confluent": run_transport_confluent,
+    "naive": run_naive,
+}
 
 if __name__ == "__main__":
     sys.exit(main())
