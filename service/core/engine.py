@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -54,6 +54,20 @@ __all__ = ["BatchResult", "EngineConfig", "EngineResult", "EngineStats", "Stream
 # what one round hands back: the batch rows it applied (None: all, in order), their
 # forecast values in original units and their warm flags
 _Round = tuple[np.ndarray | None, np.ndarray, np.ndarray]
+
+
+class _RoundBuffers(NamedTuple):
+    """What a round of `batch` readings reuses: the model input and the tiled scalers."""
+
+    batch: int
+    x: np.ndarray  # [batch, 1, n_features], the model input
+    x_rows: np.ndarray  # the same memory as [batch, n_features]
+    x_mean: np.ndarray  # [batch, n_features]
+    x_std: np.ndarray
+    y_shape: tuple[int, ...]  # what the model must return
+    values_shape: tuple[int, int, int]  # [batch, horizon, n_targets]
+    y_std: np.ndarray  # [batch, horizon, n_targets]
+    y_mean: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -191,15 +205,13 @@ class StreamEngine:
         # values rather than an inner loop of n_targets (~10x faster with 3 targets)
         self._y_mean = np.tile(np.asarray(card.scaler.targets.mean, np.float32), card.horizon)
         self._y_std = np.tile(np.asarray(card.scaler.targets.std, np.float32), card.horizon)
-        self._y_tiles: tuple[int, np.ndarray, np.ndarray] = (0, self._y_std, self._y_mean)
         self._x_flat = np.empty((0, card.n_features), np.float32)
-        self._x_tiles: tuple[int, np.ndarray, np.ndarray] = (0, self._x_mean, self._x_std)
-        self._stamp = np.empty(0, np.int32)  # scratch for `_distinct`, one entry per slot
         self._horizon_offsets = np.arange(1, card.horizon + 1, dtype=np.float64) * card.period
         self._max_gap = config.max_gap_periods * card.period
         # a placeholder until a call's forecasts are known
         self._no_forecasts = ForecastBatch.empty(card.horizon, card.n_targets, card.period)
         self._y_shape = (card.horizon, card.n_targets)
+        self._buffers = self._round_buffers(0)
 
     # -- public -------------------------------------------------------------------------
 
@@ -220,16 +232,27 @@ class StreamEngine:
         applied (or duplicates) if the batch is processed again.
         """
         now = time.time() if now is None else now
-        result = BatchResult(self._no_forecasts)
-        result.expired = self.store.expire(now)
+        store = self.store
+        expired = store.expire(now)
         ids = batch.stream_ids
-        n, cap = len(ids), self.store.max_streams
-        waves: list[np.ndarray | None]
-        slots = self.store.slots_of(ids)
-        if n and (cap is None or n <= cap) and self._distinct(ids, slots):
-            waves = [None]  # the common case: one round over the whole batch
+        n, cap = len(ids), store.max_streams
+        fits = n > 0 and (cap is None or n <= cap)
+        known = store.lookup(ids)  # None when some stream is new
+        if known is not None:
+            slots = known
+            distinct = fits and store.claim(slots)
+            if distinct:
+                clean = self._clean_round(batch, slots, now)
+                if clean is not None:
+                    clean.expired = expired
+                    return clean
         else:
-            waves = list(self._waves(ids))
+            slots = store.slots_of(ids)
+            distinct = fits and self._distinct(ids, slots)
+        # the general path: rejects, drops, gaps, new streams, several readings of a stream
+        result = BatchResult(self._no_forecasts)
+        result.expired = expired
+        waves: list[np.ndarray | None] = [None] if distinct else list(self._waves(ids))
         rounds: list[_Round] = []
         rejects: list[tuple[int, Reject]] = []
         drops: list[tuple[int, DropReason]] = []
@@ -249,9 +272,55 @@ class StreamEngine:
         result.reject_rows = [i for i, _ in rejects]
         result.rejects = [r for _, r in rejects]
         result.drops = drops
-        result.evicted = self.store.drain_evicted()
+        result.evicted = store.drain_evicted()
         self.stats.add(result, n)
         return result
+
+    def _clean_round(
+        self, batch: ReadingBatch, slots: np.ndarray, now: float
+    ) -> BatchResult | None:
+        """The common case as one round: `slots` are the batch's known, distinct streams, and
+        every reading is newer than its stream's last one by at most the gap limit, has an
+        offset above its stream's applied one and only finite values. None, with nothing
+        changed, when the batch is not that.
+
+        Tells so in a handful of reductions (NaN, in a timestamp or a value, fails every
+        comparison), so the forecasts share the batch's columns.
+        """
+        store = self.store
+        ts, offsets, x_raw = batch.ts, batch.offsets, batch.values
+        if batch.problems:
+            return None
+        since = ts - store.last_ts_at(slots)
+        if not (since.min() > 0 and since.max() <= self._max_gap):
+            return None
+        if not (offsets > store.applied_offset_at(slots)).all():
+            return None
+        lowest = x_raw.min()
+        if lowest != lowest:  # NaN: a missing or non-finite value
+            return None
+        values, warm, seconds = self._step(slots, ts, offsets, x_raw, now, offsets_increase=True)
+        n = len(slots)
+        stats = self.stats
+        stats.readings += n
+        stats.forecasts += n
+        stats.rounds += 1
+        stats.model_seconds += seconds
+        return BatchResult(
+            ForecastBatch(
+                batch.stream_ids,
+                ts,
+                values,
+                warm,
+                batch.partitions,
+                offsets,
+                batch.received,
+                self.card.period,
+            ),
+            round_sizes=[n],
+            round_seconds=[seconds],
+            evicted=store.drain_evicted(),
+        )
 
     def process(self, readings: Sequence[Reading], *, now: float | None = None) -> EngineResult:
         """Apply `readings` as objects: `process_batch` behind an adapter (tests and tools).
@@ -324,19 +393,12 @@ class StreamEngine:
     def _distinct(self, ids: list[str], slots: np.ndarray) -> bool:
         """Whether `ids` (with their `slots`, -1 when unknown) name distinct streams.
 
-        Known streams are told apart by slot with a scratch array (a few array operations;
-        a set of the ids costs ~20 us per 1,024); only unknown ids go through a set.
+        Known streams are told apart by `StateStore.claim`; only unknown ids go through a set
+        (a set of 1,024 ids costs ~20 us).
         """
         known = slots >= 0
-        seen = slots if known.all() else slots[known]
-        if len(self._stamp) < self.store.capacity:
-            self._stamp = np.zeros(self.store.capacity, np.int32)
-        order = np.arange(len(seen), dtype=np.int32)
-        self._stamp[seen] = order
-        if not (self._stamp[seen] == order).all():
+        if not self.store.claim(slots[known]):
             return False
-        if len(seen) == len(ids):
-            return True
         new = [ids[i] for i in np.flatnonzero(~known).tolist()]
         return len(set(new)) == len(new)
 
@@ -454,56 +516,84 @@ class StreamEngine:
             result.resets += n_gaps
 
         # 5. one model call over the wave
+        values, warm, seconds = self._step(slots, ts, offsets, x_raw, now)
+        result.round_sizes.append(len(slots))
+        result.round_seconds.append(seconds)
+        return rows, values, warm
+
+    def _step(
+        self,
+        slots: np.ndarray,
+        ts: np.ndarray,
+        offsets: np.ndarray,
+        x_raw: np.ndarray,
+        now: float,
+        *,
+        offsets_increase: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Apply one reading to each of `slots` (distinct, ready): gather, scale, one model
+        call, scatter, bookkeeping. Returns the forecasts in original units, the warm flags
+        and the model call's seconds."""
+        store = self.store
+        n = len(slots)
+        buffers = self._buffers if self._buffers.batch == n else self._round_buffers(n)
         states = store.gather(slots, reuse=True)
-        x = self._x_buffer(len(ids))
-        flat = x.reshape(-1)
-        x_mean, x_std = self._x_scale(len(ids))
-        np.subtract(x_raw.reshape(-1), x_mean, out=flat)
-        flat /= x_std
+        x_rows = np.subtract(x_raw, buffers.x_mean, out=buffers.x_rows)
+        x_rows /= buffers.x_std
         started = time.perf_counter()
-        y, new_states = self.model.step(x, states)
-        result.round_seconds.append(time.perf_counter() - started)
-        result.round_sizes.append(len(ids))
-        if y.shape != (len(ids), 1, *self._y_shape):
+        y, new_states = self.model.step(buffers.x, states)
+        seconds = time.perf_counter() - started
+        if y.shape != buffers.y_shape:
             raise InferenceError(
                 f"{self.card.ref}: the model returned y of shape {y.shape}, expected "
-                f"{(len(ids), 1, *self._y_shape)}"
+                f"{buffers.y_shape}"
             )
         store.scatter(slots, new_states)
-        store.advance(slots, ts, offsets, now, x_raw if store.n_last_values else None)
-        warm = store.steps_at(slots) >= self.card.warmup_steps
+        steps = store.advance(
+            slots,
+            ts,
+            offsets,
+            now,
+            x_raw if store.n_last_values else None,
+            offsets_increase=offsets_increase,
+        )
+        warm = steps >= self.card.warmup_steps
         # de-normalised in place: y is the model's fresh output (see `StepModel`), and a new
         # array of this size would be mapped and zeroed by the OS on every round
-        values = np.asarray(y, np.float32).reshape(-1)
-        if not values.flags.writeable:
-            values = values.copy()
-        std, mean = self._y_scale(len(ids))
-        values *= std
-        values += mean
-        return rows, values.reshape(len(ids), *self._y_shape), warm
+        if y.dtype != np.float32 or not y.flags.writeable:
+            y = y.astype(np.float32)
+        values = y.reshape(buffers.values_shape)
+        values *= buffers.y_std
+        values += buffers.y_mean
+        return values, warm, seconds
 
-    def _x_buffer(self, batch: int) -> np.ndarray:
-        """The model input ``[batch, 1, n_features]`` in memory kept from round to round
-        (the model reads it only during the call): fresh memory each round costs the model
-        call ~2% at batch 256, in cache misses."""
+    def _round_buffers(self, batch: int) -> _RoundBuffers:
+        """The model input and the scalers tiled for `batch` readings (the last size's are
+        kept)."""
+        card = self.card
         if len(self._x_flat) < batch:
+            # the model input, in memory kept from round to round (the model reads it only
+            # during the call): fresh memory each round costs the model call ~2% at batch
+            # 256, in cache misses
             self._x_flat = np.empty(
-                (max(batch, 2 * len(self._x_flat)), self.card.n_features), np.float32
+                (max(batch, 2 * len(self._x_flat)), card.n_features), np.float32
             )
-        return self._x_flat[:batch, None, :]
-
-    def _x_scale(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """The feature scaler tiled over `batch` readings (the last size's are kept)."""
-        if self._x_tiles[0] != batch:
-            self._x_tiles = (batch, np.tile(self._x_mean, batch), np.tile(self._x_std, batch))
-        return self._x_tiles[1], self._x_tiles[2]
-
-    def _y_scale(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """The target scaler tiled over `batch` forecasts (the last size's are kept): one
-        flat multiply-add is several times faster than a broadcast over short rows."""
-        if self._y_tiles[0] != batch:
-            self._y_tiles = (batch, np.tile(self._y_std, batch), np.tile(self._y_mean, batch))
-        return self._y_tiles[1], self._y_tiles[2]
+        rows = self._x_flat[:batch]
+        horizon, targets = self._y_shape
+        # tiled per batch: one flat multiply-add is several times faster than a broadcast
+        # over short rows of n_targets
+        self._buffers = _RoundBuffers(
+            batch,
+            rows[:, None, :],
+            rows,
+            np.tile(self._x_mean, (batch, 1)),
+            np.tile(self._x_std, (batch, 1)),
+            (batch, 1, horizon, targets),
+            (batch, horizon, targets),
+            np.tile(self._y_std, batch).reshape(batch, horizon, targets),
+            np.tile(self._y_mean, batch).reshape(batch, horizon, targets),
+        )
+        return self._buffers
 
     def _report(
         self,
