@@ -204,6 +204,61 @@ def test_a_row_with_a_problem_is_rejected_with_it_unless_already_applied() -> No
     assert len(result.forecasts) == 0
 
 
+def test_a_clean_batch_of_known_streams_is_one_round_sharing_the_batch_columns() -> None:
+    engine = StreamEngine(MODEL)
+    ids = ["a", "b", "c"]
+    engine.process_batch(ReadingBatch.of(ids, 0.0, np.ones((3, 2)), offsets=[0, 1, 2]), now=0.0)
+    batch = ReadingBatch.of(ids[::-1], 60.0, np.ones((3, 2)), offsets=[3, 4, 5])
+    result = engine.process_batch(batch, now=0.0)
+    assert result.round_sizes == [3] and result.drops == [] and result.rejects == []
+    assert result.forecasts.stream_ids is batch.stream_ids and result.forecasts.ts is batch.ts
+    assert all(info is not None and info.steps == 2 for info in map(engine.store.info, ids))
+    assert engine.stats.readings == engine.stats.forecasts == 6 and engine.stats.rounds == 2
+
+
+@pytest.mark.parametrize(
+    ("stream", "ts", "offset", "value"),
+    [
+        ("c", 30.0, 9, 1.0),  # late
+        ("c", 0.0, 9, 1.0),  # duplicate timestamp
+        ("c", 60.0, 2, 1.0),  # offset already applied
+        ("c", 60.0 * 30, 9, 1.0),  # gap: the state is reset
+        ("c", 60.0, 9, math.nan),  # missing value
+        ("c", math.inf, 9, 1.0),  # bad timestamp
+        ("d", 60.0, 9, 1.0),  # a new stream
+        ("a", 120.0, 9, 1.0),  # a second reading of a stream
+    ],
+)
+def test_one_irregular_reading_in_a_batch_of_known_streams(
+    stream: str, ts: float, offset: int, value: float
+) -> None:
+    """Whatever sends a batch off the one-round path, the result equals the object path's
+    one reading at a time, and no reading is applied twice."""
+    first = [Reading(s, 0.0, [1.0, 2.0], 0, k) for k, s in enumerate(["a", "b", "c"])]
+    then = [
+        Reading("a", 60.0, [1.0, 2.0], 0, 3),
+        Reading("b", 60.0, [1.0, 2.0], 0, 4),
+        Reading(stream, ts, [1.0, value], 0, offset),
+    ]
+    reference = StreamEngine(MODEL)
+    for r in first + then:
+        reference.process([r], now=0.0)
+    engine = StreamEngine(MODEL)
+    engine.process_batch(_columns(engine, first), now=0.0)
+    result = engine.process_batch(_columns(engine, then), now=0.0)
+    assert len(result.forecasts) + len(result.rejects) + len(result.drops) == 3
+    assert sorted(engine.store.ids()) == sorted(reference.store.ids())
+    for sid in reference.store.ids():
+        assert engine.store.info(sid) == reference.store.info(sid)
+        for a, b in zip(
+            engine.store.states_of(sid) or [], reference.store.states_of(sid) or [], strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert engine.stats.drops == reference.stats.drops
+    assert engine.stats.rejects == reference.stats.rejects
+    assert engine.stats.resets == reference.stats.resets
+
+
 def test_an_empty_batch() -> None:
     batch = ReadingBatch.of([], [], np.empty((0, 2)))
     result = StreamEngine(MODEL).process_batch(batch, now=0.0)

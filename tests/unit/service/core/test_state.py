@@ -339,3 +339,47 @@ def test_scatter_writes_each_stream_row_and_nothing_else() -> None:
     assert (lags[4] == 7.0).all() and (lags[1] == 8.0).all()
     untouched = [0, 2, 3, 5]
     assert (h[:, untouched] == 0.0).all() and (lags[untouched] == -1.0).all()
+
+
+def test_lookup_finds_every_slot_or_none() -> None:
+    store = _store()
+    slots = store.ensure(["a", "b", "c"])
+    found = store.lookup(["c", "a"])
+    assert found is not None and found.tolist() == [slots[2], slots[0]]
+    one = store.lookup(["b"])
+    assert one is not None and one.tolist() == [slots[1]]
+    empty = store.lookup([])
+    assert empty is not None and len(empty) == 0
+    assert store.lookup(["a", "zz"]) is None
+    assert store.lookup(["zz"]) is None
+    assert "zz" not in store
+
+
+def test_claim_tells_distinct_slots_from_repeated_ones() -> None:
+    store = _store()
+    slots = store.ensure([f"s{i}" for i in range(5)])
+    assert store.claim(slots[[4, 0, 2]])
+    assert not store.claim(slots[[1, 3, 1]])
+    assert not store.claim(slots[[2, 2]])
+    assert store.claim(slots[:0])
+
+
+def test_claimed_streams_count_as_recently_used() -> None:
+    store = _store(max_streams=3)
+    slots = store.ensure(["a", "b", "c"])
+    assert store.claim(slots[[0, 1]])  # c is now the least recently used
+    store.ensure(["d"])
+    assert store.drain_evicted() == ["c"]
+
+
+def test_advance_returns_steps_and_can_take_offsets_as_they_are() -> None:
+    store = _store()
+    slots = store.ensure(["a", "b"])
+    steps = store.advance(slots, np.array([60.0, 60.0]), np.array([3, 4]), now=1.0)
+    assert steps.tolist() == [1, 1]
+    steps = store.advance(
+        slots[[1]], np.array([120.0]), np.array([9]), now=2.0, offsets_increase=True
+    )
+    assert steps.tolist() == [2]
+    info = store.info("b")
+    assert info is not None and (info.steps, info.applied_offset) == (2, 9)
