@@ -1,6 +1,6 @@
 """Engine benchmark: the streaming engine against a bare onnxruntime call, and at scale.
 
-    python -m bench.engine            # full run, about a minute
+    python -m bench.engine            # full run, about 40 s
     python -m bench.engine --quick    # a smoke run of a few seconds
 
 1. Throughput by batch size, in stream-steps per second, four ways on the same batch:
@@ -9,7 +9,7 @@
      (checks, slot lookup, gather, model, scatter, bookkeeping, de-normalised forecasts);
    - objects: `StreamEngine.process`, the adapter for `Reading` objects with dict values in
      and `Forecast` objects out (what tests and tools use);
-   - state path: slot lookup, gather, model call, scatter and bookkeeping alone;
+   - state path: slot lookup, LRU marks, gather, model call, scatter and bookkeeping alone;
    - bare: `OnnxStepModel.step` alone with preallocated inputs.
    They run in alternating short trials and the best trial of each is reported (other
    processes only ever slow a trial down), with the share of the engine's time spent in
@@ -122,8 +122,9 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
 
     Interleaving call by call exposes the four to the same moments of a shared machine, and
     the median ignores the calls another process slowed down. The state path is the
-    engine's work around the model without its checks and forecasts: slot lookup, gather,
-    the model call, scatter and bookkeeping, on arrays.
+    engine's work around the model without its checks and forecasts: slot lookup, LRU marks
+    (which tell the streams are distinct), gather, the model call, scatter and bookkeeping,
+    on arrays.
     """
     card = model.card
     feed = _Feed(model, [f"sensor-{i:07d}" for i in range(batch)])
@@ -136,6 +137,7 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
 
     store = engine.store
     ids = [f"state-{i:07d}" for i in range(batch)]  # streams of their own: other timestamps
+    store.ensure(ids)
     offsets = np.zeros(batch, np.int64)
     ts = np.full(batch, 1e10)
     times: dict[str, list[float]] = {"engine": [], "objects": [], "state": [], "bare": []}
@@ -157,10 +159,11 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
 
         ts += 1.0
         t0 = clock()
-        slots = store.ensure(ids, slots=store.slots_of(ids))
+        slots = store.lookup(ids)
+        assert slots is not None and store.claim(slots)
         _, new_states = model.step(x, store.gather(slots, reuse=True))
         store.scatter(slots, new_states)
-        store.advance(slots, ts, offsets, 0.0)
+        store.advance(slots, ts, offsets, 0.0, offsets_increase=True)
         times["state"].append(clock() - t0)
 
         t0 = clock()
