@@ -22,34 +22,28 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
-
-from kafka import TopicPartition
-from kafka.errors import (
-    CommitFailedError,
-    IllegalGenerationError,
-    KafkaError,
-    RebalanceInProgressError,
-    UnknownMemberIdError,
-)
+from collections.abc import Sequence
 
 from service.config import ServiceSettings
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
 from service.core.readings import Reject
-from service.errors import ChangelogError, ConfigError, SensorcastError, SinkError, StateError
+from service.errors import (
+    ChangelogError,
+    ConfigError,
+    GroupChangingError,
+    SensorcastError,
+    SinkError,
+    StateError,
+    TransportError,
+)
 from service.http import HttpServer, Readiness
-from service.kafka.changelog import ChangelogReader, ChangelogWriter
-from service.kafka.codec import ForecastEncoder, ReadingDecoder, dead_letter_headers
-from service.kafka.connect import connect
-from service.kafka.sink import KafkaSink
-from service.kafka.source import KafkaSource
+from service.kafka.codec import ForecastEncoder, RawRecord, ReadingDecoder, dead_letter_headers
+from service.kafka.connect import check_client, connect
+from service.kafka.transport import Sink, Source, StateReader, StateWriter
 from service.metrics import ServiceMetrics
 from service.partitions import PartitionStreams
 from service.registry import Registry
-
-if TYPE_CHECKING:
-    from kafka.consumer.fetcher import ConsumerRecord
 
 __all__ = ["CRASH_EXIT_STATUS", "Service"]
 
@@ -58,13 +52,6 @@ log = logging.getLogger(__name__)
 _FIRST_BACKOFF = 0.5
 # Exit status of a process stopped by the fault-injection setting ``debug.crash_at``.
 CRASH_EXIT_STATUS = 70
-# Commit errors that mean "the group is changing", not "the broker is unreachable".
-_GROUP_CHURN = (
-    RebalanceInProgressError,
-    CommitFailedError,
-    IllegalGenerationError,
-    UnknownMemberIdError,
-)
 
 
 class Service:
@@ -77,8 +64,8 @@ class Service:
         self._stop = threading.Event()
         self._started = threading.Event()
         self._http: HttpServer | None = None
-        self._source: KafkaSource | None = None
-        self._sink: KafkaSink | None = None
+        self._source: Source | None = None
+        self._sink: Sink | None = None
         self._engine: StreamEngine | None = None
         self._encoder: ForecastEncoder | None = None
         self._decoder = ReadingDecoder(
@@ -91,8 +78,8 @@ class Service:
         self._paused = False
         self._final_checkpoint_failed = False
         self._mirror_partitions = False
-        self._changelog: ChangelogWriter | None = None
-        self._restorer: ChangelogReader | None = None
+        self._changelog: StateWriter | None = None
+        self._restorer: StateReader | None = None
         # Partitions whose streams are in the store (or being restored into it), and those
         # paused until restored. Both change in the rebalance callbacks (the I/O thread, while
         # the poll loop waits in `poll`) and are read by the loop after the poll.
@@ -124,6 +111,7 @@ class Service:
     def run(self) -> int:
         """Serve until stopped; return the process exit status."""
         try:
+            check_client(self.settings.kafka)
             self._start_http()
             self._load_model()
             if not self._connect():
@@ -193,10 +181,11 @@ class Service:
         while not self._stop.is_set():
             try:
                 transport = connect(k, self)
-            except (KafkaError, OSError) as exc:
+            except TransportError as exc:
                 self._set_reachable(False)
                 log.warning(
-                    "broker unreachable bootstrap=%s error=%r retry_in=%.1fs",
+                    "broker unreachable client=%s bootstrap=%s error=%r retry_in=%.1fs",
+                    k.client,
                     k.bootstrap_servers,
                     exc,
                     delay,
@@ -210,7 +199,9 @@ class Service:
             self._mirror_partitions = transport.mirror_partitions
             self._set_reachable(True)
             log.info(
-                "connected bootstrap=%s input=%s partitions=%d output=%s dead_letters=%s group=%s",
+                "connected client=%s bootstrap=%s input=%s partitions=%d output=%s "
+                "dead_letters=%s group=%s",
+                k.client,
                 k.bootstrap_servers,
                 k.input_topic,
                 transport.partitions[k.input_topic],
@@ -232,7 +223,7 @@ class Service:
             self.metrics.poll_iterations.inc()
             try:
                 records = source.poll()
-            except KafkaError as exc:
+            except TransportError as exc:
                 self._set_reachable(False)
                 log.warning("poll failed error=%r", exc)
                 self._stop.wait(self._backoff)
@@ -243,7 +234,7 @@ class Service:
             if time.monotonic() >= self._next_checkpoint:
                 self._periodic_checkpoint()
 
-    def _process(self, records: list[ConsumerRecord]) -> None:
+    def _process(self, records: Sequence[RawRecord]) -> None:
         assert self._engine is not None and self._sink is not None and self._encoder is not None
         received = time.time()
         decoded = self._decoder.decode_columns(
@@ -279,7 +270,7 @@ class Service:
                 self._tombstones[sid] = partition
         self._streams.forget(gone)
 
-    def _dead_letter(self, rejects: list[Reject], records: list[ConsumerRecord]) -> None:
+    def _dead_letter(self, rejects: list[Reject], records: Sequence[RawRecord]) -> None:
         assert self._sink is not None
         by_position = {(r.partition, r.offset): r for r in records}
         for reject in rejects:
@@ -320,8 +311,8 @@ class Service:
         acknowledged stay marked as changed for the next checkpoint. A state written ahead of
         its offsets is harmless: after a restart the engine skips the readings it already
         holds (``applied_offset``). On a revoke the same steps run inside the rebalance
-        callback for the revoked partitions: `flush_before_revoke` (1 and 2), then
-        `KafkaSource.commit_on_loop` (3).
+        callback for the revoked partitions: `flush_before_revoke` (1 and 2), then the
+        source commits their offsets (3).
         """
         assert self._sink is not None and self._source is not None
         if timeout is None:
@@ -399,14 +390,14 @@ class Service:
         k = self.settings.kafka
         try:
             self.checkpoint()
-        except _GROUP_CHURN as exc:
+        except GroupChangingError as exc:
             # Not a broker problem: the next poll completes the rebalance, whose revoke
             # callback commits; until then the commit waits.
             self.metrics.checkpoints.labels(outcome="failed").inc()
-            log.info("commit deferred while the group rebalances error=%s", type(exc).__name__)
+            log.info("commit deferred while the group rebalances error=%s", exc)
             self._next_checkpoint = time.monotonic() + k.commit_interval
             return
-        except (SinkError, ChangelogError, KafkaError) as exc:
+        except (SinkError, ChangelogError, TransportError) as exc:
             self.metrics.checkpoints.labels(outcome="failed").inc()
             self._set_reachable(False)
             self._pause(True)
@@ -440,13 +431,13 @@ class Service:
         assert self._source is not None
         if paused == self._paused:
             return
-        consumer = self._source.consumer
+        source = self._source
         if paused:
-            consumer.pause(*consumer.assignment())
+            source.pause(source.assignment())
         else:
             with self._restore_lock:
                 waiting = set(self._to_restore)  # these stay paused until restored
-            consumer.resume(*(tp for tp in consumer.paused() if tp.partition not in waiting))
+            source.resume(source.paused() - waiting)
         self._paused = paused
 
     def _update_gauges(self) -> None:
@@ -464,8 +455,9 @@ class Service:
 
     # -- rebalances -------------------------------------------------------------------------
 
-    # kafka-python runs the callbacks below on its I/O thread, and only while the poll loop
-    # waits inside `KafkaSource.poll` or `close`, so reading the store there is safe. They
+    # The source runs the callbacks below only while the poll loop waits inside its `poll`
+    # or `close` (kafka-python on its I/O thread, confluent-kafka on the loop's own), so
+    # reading the store there is safe. They
     # run the revoke checkpoint, pause newly assigned partitions, set readiness and metrics,
     # and queue events that the loop applies after the poll (`_apply_moves`: drops, then
     # restores).
@@ -483,8 +475,7 @@ class Service:
             self._to_restore = (self._to_restore & owned) | new
             waiting = set(self._to_restore)
         if waiting:
-            topic = self.settings.kafka.input_topic
-            self._source.consumer.pause(*(TopicPartition(topic, p) for p in sorted(waiting)))
+            self._source.pause(sorted(waiting))
             self._restore_retry_at = 0.0
         self.readiness.set("state_restored", not waiting)
         self.readiness.set("partitions_assigned", True)
@@ -492,7 +483,7 @@ class Service:
     def flush_before_revoke(self, partitions: set[int]) -> bool:
         """Steps 1 and 2 of the checkpoint for partitions being revoked (flush the forecasts,
         write their changed states to the changelog); the source then commits their offsets
-        (step 3) on the consumer's loop. False when a step failed: nothing is committed."""
+        (step 3). False when a step failed: nothing is committed."""
         assert self._sink is not None
         if self._final_checkpoint_failed:
             return False  # the broker is gone; do not wait for it again while leaving
@@ -587,8 +578,7 @@ class Service:
         owned = self._source.assignment()
         resume = sorted(pending & owned)
         if resume and not self._paused:
-            topic = k.input_topic
-            self._source.consumer.resume(*(TopicPartition(topic, p) for p in resume))
+            self._source.resume(resume)
         self.metrics.active_streams.set(len(store))
         self.readiness.set("state_restored", not waiting)
         log.info(
@@ -632,7 +622,7 @@ class Service:
         try:
             self.checkpoint(timeout=k.shutdown_timeout)
             log.info("final checkpoint done offsets committed")
-        except _GROUP_CHURN as exc:
+        except GroupChangingError as exc:
             # A rebalance is under way; its revoke callback committed what was processed.
             left = self._source.pending_commit()
             if left:
@@ -640,7 +630,7 @@ class Service:
                 log.error("final commit refused by a rebalance offsets=%s error=%r", left, exc)
             else:
                 log.info("final checkpoint done offsets committed on revoke")
-        except (SensorcastError, KafkaError) as exc:
+        except SensorcastError as exc:
             status = 1
             self._final_checkpoint_failed = True
             log.error(

@@ -22,6 +22,11 @@ _NAMED_FLAGS: dict[str, tuple[str, str]] = {
     "output_topic": ("kafka.output_topic", "topic to produce forecasts to"),
     "dead_letter_topic": ("kafka.dead_letter_topic", "dead-letter topic"),
     "group_id": ("kafka.group_id", "consumer group id"),
+    "kafka_client": (
+        "kafka.client",
+        "Kafka client: kafka-python (default, always installed) or confluent (librdkafka, "
+        "several times the throughput; needs pip install 'sensorcast[confluent]')",
+    ),
     "registry": ("model.registry", "model registry folder"),
     "http_port": ("http.port", "HTTP port for /metrics, /healthz, /readyz"),
     "log_format": ("log.format", "log format: text or json"),

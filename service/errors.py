@@ -7,6 +7,7 @@ __all__ = [
     "ChangelogError",
     "ConfigError",
     "DataSourceError",
+    "GroupChangingError",
     "InferenceError",
     "ModelCardError",
     "ModelContractError",
@@ -15,6 +16,7 @@ __all__ = [
     "SinkError",
     "StateError",
     "TopicError",
+    "TransportError",
 ]
 
 
@@ -73,6 +75,18 @@ class TopicError(SensorcastError):
     it), or point the service at the right one with SENSORCAST_KAFKA__INPUT_TOPIC,
     SENSORCAST_KAFKA__OUTPUT_TOPIC or SENSORCAST_KAFKA__DEAD_LETTER_TOPIC.
     """
+
+
+class TransportError(SensorcastError):
+    """A Kafka client call failed: the broker is unreachable or refused it.
+
+    Raised by either Kafka client (kafka-python or confluent-kafka) in place of its own
+    errors; the service retries with backoff and reports not-ready meanwhile.
+    """
+
+
+class GroupChangingError(TransportError):
+    """An offset commit was refused because the consumer group is rebalancing."""
 
 
 class SinkError(SensorcastError):

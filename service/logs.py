@@ -37,5 +37,7 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level)
     # kafka-python logs every failed connection attempt, several lines a second while a
     # broker is down; the service's own lines name the broker, the error and the retry.
-    # Its lines are shown at DEBUG.
-    logging.getLogger("kafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)
+    # Its lines, and librdkafka's (the confluent-kafka client), are shown at DEBUG.
+    quiet = logging.DEBUG if level == "DEBUG" else logging.CRITICAL
+    logging.getLogger("kafka").setLevel(quiet)
+    logging.getLogger("service.kafka.confluent.librdkafka").setLevel(quiet)

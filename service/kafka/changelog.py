@@ -20,14 +20,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError
 
 from service.config import KafkaSettings
 from service.errors import ChangelogError
+from service.kafka.transport import PartitionRestore
 
 __all__ = ["ChangelogReader", "ChangelogWriter", "PartitionRestore", "changelog_topic"]
 
@@ -76,10 +76,13 @@ class ChangelogWriter:
         """
         send, topic, on_error = self._producer.send, self.topic, self._errors.append
         size = 0
-        for partition, key, value in zip(partitions, keys, values, strict=True):
-            future = send(topic, key=key.encode(), value=value, partition=partition)
-            future.add_errback(on_error)
-            size += len(key) + (len(value) if value is not None else 0)
+        try:
+            for partition, key, value in zip(partitions, keys, values, strict=True):
+                future = send(topic, key=key.encode(), value=value, partition=partition)
+                future.add_errback(on_error)
+                size += len(key) + (len(value) if value is not None else 0)
+        except KafkaError as exc:  # the buffer stayed full, or no metadata: broker unreachable
+            raise ChangelogError(f"cannot send to changelog {topic}: {exc!r}") from exc
         return size
 
     def flush(self, timeout: float) -> None:
@@ -87,7 +90,7 @@ class ChangelogWriter:
         time ran out (the caller writes the same streams again at its next checkpoint)."""
         try:
             self._producer.flush(timeout=timeout)
-        except KafkaTimeoutError as exc:
+        except KafkaError as exc:
             raise ChangelogError(
                 f"changelog records not acknowledged within {timeout:g} s (broker unreachable?)"
             ) from exc
@@ -98,17 +101,6 @@ class ChangelogWriter:
 
     def close(self, timeout: float = 5.0) -> None:
         self._producer.close(timeout=timeout)
-
-
-@dataclass
-class PartitionRestore:
-    """One changelog partition read to its end: the live records, last one per key."""
-
-    partition: int
-    states: dict[str, bytes] = field(default_factory=dict)
-    tombstones: int = 0
-    records: int = 0
-    seconds: float = 0.0
 
 
 class ChangelogReader:

@@ -1,20 +1,25 @@
 """One attempt to reach the broker: check (or create) the topics, open the producers and
-consumers (the input's, the changelog's)."""
+consumers (the input's, the changelog's), on the Kafka client ``kafka.client`` names."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from service.config import KafkaSettings
-from service.errors import TopicError
+from service.errors import ConfigError, TopicError, TransportError
 from service.kafka.changelog import ChangelogReader, ChangelogWriter, changelog_topic
 from service.kafka.sink import KafkaSink
-from service.kafka.source import KafkaSource, RebalanceHandler
+from service.kafka.source import KafkaSource
 from service.kafka.topics import ensure_topics
+from service.kafka.transport import RebalanceHandler, Sink, Source, StateReader, StateWriter
 
-__all__ = ["Transport", "connect"]
+__all__ = ["Transport", "check_client", "connect"]
+
+_Ensure = Callable[[KafkaSettings, list[str]], dict[str, int]]
 
 # How long one attempt may take to reach the broker; the caller's backoff runs between them.
 BOOTSTRAP_TIMEOUT_MS = 3000
@@ -22,44 +27,85 @@ BOOTSTRAP_TIMEOUT_MS = 3000
 
 @dataclass
 class Transport:
-    source: KafkaSource
-    sink: KafkaSink
+    source: Source
+    sink: Sink
     partitions: dict[str, int]  # topic -> partition count
     #: The output topic has the input's partition count: a forecast can go to its
     #: reading's partition number (which also spares the producer hashing every key).
     mirror_partitions: bool
-    changelog_writer: ChangelogWriter
-    changelog_reader: ChangelogReader
+    changelog_writer: StateWriter
+    changelog_reader: StateReader
+
+
+def check_client(settings: KafkaSettings) -> None:
+    """`ConfigError` in one line when the configured client library is not installed."""
+    if settings.client == "confluent":
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "kafka.client=confluent needs the confluent-kafka package: "
+                "pip install 'sensorcast[confluent]' (or set kafka.client=kafka-python)"
+            ) from exc
 
 
 def connect(settings: KafkaSettings, handler: RebalanceHandler) -> Transport:
-    """Raises kafka-python's errors (or OSError) when the broker cannot be reached, and
-    `TopicError` when a topic is missing and may not be created, or when the changelog's
-    partition count differs from the input's."""
+    """Raises `TransportError` when the broker cannot be reached, and `TopicError` when a
+    topic is missing and may not be created, or when the changelog's partition count differs
+    from the input's."""
+    if settings.client == "confluent":
+        check_client(settings)
+        from service.kafka.confluent.connect import ensure_topics, open_clients
+
+        counts = _check_topics(settings, ensure_topics)
+        opened: tuple[Source, Sink, StateWriter, StateReader] = open_clients(settings, handler)
+    else:
+        counts = _check_topics(settings, _ensure_topics_kafka_python)
+        opened = _open_kafka_python(settings, handler)
+    source, sink, writer, reader = opened
+    mirror = counts[settings.output_topic] == counts[settings.input_topic]
+    return Transport(source, sink, counts, mirror, writer, reader)
+
+
+def _check_topics(settings: KafkaSettings, ensure: _Ensure) -> dict[str, int]:
     state_topic = changelog_topic(settings)
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers.split(","),
-        client_id=settings.client_id,
-        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
-        reconnect_backoff_max_ms=BOOTSTRAP_TIMEOUT_MS // 3,
-    )
-    try:
-        counts = ensure_topics(
-            admin,
-            input_topic=settings.input_topic,
-            derived_topics=[settings.output_topic, settings.dead_letter_topic, state_topic],
-            create=settings.create_topics,
-            partitions=settings.partitions,
-            replication_factor=settings.replication_factor,
-            topic_configs={state_topic: {"cleanup.policy": "compact"}},
-        )
-    finally:
-        admin.close()
+    counts = ensure(settings, [settings.output_topic, settings.dead_letter_topic, state_topic])
     if counts[state_topic] != counts[settings.input_topic]:
         raise TopicError(
             f"changelog topic {state_topic!r} has {counts[state_topic]} partitions and the input "
             f"{settings.input_topic!r} has {counts[settings.input_topic]}: they must be equal"
         )
+    return counts
+
+
+def _ensure_topics_kafka_python(settings: KafkaSettings, derived: list[str]) -> dict[str, int]:
+    state_topic = changelog_topic(settings)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers.split(","),
+            client_id=settings.client_id,
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            reconnect_backoff_max_ms=BOOTSTRAP_TIMEOUT_MS // 3,
+        )
+        try:
+            return ensure_topics(
+                admin,
+                input_topic=settings.input_topic,
+                derived_topics=derived,
+                create=settings.create_topics,
+                partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs={state_topic: {"cleanup.policy": "compact"}},
+            )
+        finally:
+            admin.close()
+    except (KafkaError, OSError) as exc:
+        raise TransportError(f"cannot reach the broker: {exc!r}") from exc
+
+
+def _open_kafka_python(
+    settings: KafkaSettings, handler: RebalanceHandler
+) -> tuple[KafkaSource, KafkaSink, ChangelogWriter, ChangelogReader]:
     opened: list[KafkaSink | ChangelogWriter | ChangelogReader] = []
     try:
         sink = KafkaSink(settings)
@@ -69,12 +115,13 @@ def connect(settings: KafkaSettings, handler: RebalanceHandler) -> Transport:
         reader = ChangelogReader(settings)
         opened.append(reader)
         source = KafkaSource(settings, handler)
-    except BaseException:
+    except BaseException as exc:
         for client in opened:
             if isinstance(client, ChangelogReader):
                 client.close()
             else:
                 client.close(timeout=1.0)
+        if isinstance(exc, (KafkaError, OSError)):
+            raise TransportError(f"cannot reach the broker: {exc!r}") from exc
         raise
-    mirror = counts[settings.output_topic] == counts[settings.input_topic]
-    return Transport(source, sink, counts, mirror, writer, reader)
+    return source, sink, writer, reader

@@ -105,7 +105,7 @@ class KafkaSink:
             remaining = deadline - time.monotonic()
             try:
                 self._producer.flush(timeout=max(0.0, remaining))
-            except KafkaTimeoutError as exc:
+            except KafkaError as exc:
                 raise SinkError(
                     f"records not acknowledged within {timeout:g} s (broker unreachable?)"
                 ) from exc

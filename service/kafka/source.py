@@ -9,37 +9,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 
 from service.config import KafkaSettings
+from service.errors import GroupChangingError, TransportError
+from service.kafka.transport import RebalanceHandler
 
 __all__ = ["KafkaSource", "RebalanceHandler"]
 
+# Commit errors that mean "the group is changing", not "the broker is unreachable".
+_GROUP_CHURN = (
+    RebalanceInProgressError,
+    CommitFailedError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+)
+
 log = logging.getLogger(__name__)
-
-
-class RebalanceHandler(Protocol):
-    """What the service does when the group hands partitions out or takes them back.
-
-    kafka-python runs these on the consumer's I/O thread, during `KafkaSource.poll` or
-    `KafkaSource.close`; they must not call the consumer's blocking methods.
-    """
-
-    def partitions_assigned(self, partitions: set[int]) -> None:
-        """Partitions were assigned; their records follow in later polls."""
-
-    def flush_before_revoke(self, partitions: set[int]) -> bool:
-        """Checkpoint step 1 for partitions about to be revoked: flush the producer.
-
-        True when everything sent is acknowledged, so their offsets may be committed.
-        """
-
-    def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
-        """The partitions are gone (after their offsets were committed, unless `lost`)."""
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -106,9 +102,12 @@ class KafkaSource:
 
     def poll(self) -> list[ConsumerRecord]:
         """Up to ``max_batch`` records, waiting at most ``max_wait_ms`` for the first."""
-        batches: dict[TopicPartition, list[ConsumerRecord]] = self._consumer.poll(
-            timeout_ms=self._max_wait_ms, max_records=self._max_batch
-        )
+        try:
+            batches: dict[TopicPartition, list[ConsumerRecord]] = self._consumer.poll(
+                timeout_ms=self._max_wait_ms, max_records=self._max_batch
+            )
+        except KafkaError as exc:
+            raise TransportError(f"poll failed: {exc!r}") from exc
         if not batches:
             return []
         if len(batches) == 1:
@@ -124,6 +123,15 @@ class KafkaSource:
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}
 
+    def pause(self, partitions: Iterable[int]) -> None:
+        self._consumer.pause(*(TopicPartition(self.topic, p) for p in partitions))
+
+    def resume(self, partitions: Iterable[int]) -> None:
+        self._consumer.resume(*(TopicPartition(self.topic, p) for p in partitions))
+
+    def paused(self) -> set[int]:
+        return {tp.partition for tp in self._consumer.paused()}
+
     def pending_commit(self) -> dict[int, int]:
         """Partitions whose processed position is past their last commit."""
         committed = dict(self._committed)  # snapshots: rebalance callbacks run on another thread
@@ -134,8 +142,17 @@ class KafkaSource:
 
         Unchanged offsets are committed again: the round trip to the group coordinator is
         what tells the service that the broker is still there. Returns the partitions whose
-        offset moved since the last commit.
+        offset moved since the last commit. Raises `GroupChangingError` when a rebalance
+        refuses the commit and `TransportError` when the broker does.
         """
+        try:
+            return self._commit(timeout_ms)
+        except _GROUP_CHURN as exc:
+            raise GroupChangingError(f"commit refused: {type(exc).__name__}") from exc
+        except KafkaError as exc:
+            raise TransportError(f"commit failed: {exc!r}") from exc
+
+    def _commit(self, timeout_ms: int | None) -> dict[int, int]:
         offsets = dict(self._next)  # a snapshot: rebalance callbacks run on another thread
         for tp in self._consumer.assignment():
             if tp.partition not in offsets:

@@ -10,14 +10,14 @@ created compacted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from service.errors import TopicError
 
-__all__ = ["ensure_topics", "partition_counts"]
+__all__ = ["ensure_topics", "ensure_with", "partition_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,34 @@ def ensure_topics(
     """Check (and, when `create`, make) the input and derived topics; return each one's
     partition count. A missing topic that may not be created raises `TopicError` naming it.
     `topic_configs` gives the configs of topics to create (e.g. ``cleanup.policy``)."""
+    return ensure_with(
+        lambda topics: partition_counts(admin, topics),
+        lambda topic, n, rf, configs: _create(admin, topic, n, rf, configs),
+        input_topic=input_topic,
+        derived_topics=derived_topics,
+        create=create,
+        partitions=partitions,
+        replication_factor=replication_factor,
+        topic_configs=topic_configs,
+    )
+
+
+def ensure_with(
+    counts: Callable[[Sequence[str]], dict[str, int]],
+    make: Callable[[str, int, int, Mapping[str, str] | None], None],
+    *,
+    input_topic: str,
+    derived_topics: Sequence[str],
+    create: bool,
+    partitions: int,
+    replication_factor: int,
+    topic_configs: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, int]:
+    """`ensure_topics` on any client: `counts(topics)` gives the partition count of each topic
+    that exists, `make(topic, partitions, replication_factor, configs)` creates one (quietly
+    when another member created it first)."""
     wanted = [input_topic, *derived_topics]
-    existing = partition_counts(admin, wanted)
+    existing = counts(wanted)
     missing = [t for t in wanted if t not in existing]
     if missing and not create:
         raise TopicError(
@@ -84,11 +110,11 @@ def ensure_topics(
             + (f" (also missing: {', '.join(missing[1:])})" if missing[1:] else "")
         )
     if input_topic not in existing:
-        _create(admin, input_topic, partitions, replication_factor)
-        existing[input_topic] = partition_counts(admin, [input_topic]).get(input_topic, partitions)
+        make(input_topic, partitions, replication_factor, None)
+        existing[input_topic] = counts([input_topic]).get(input_topic, partitions)
     n_input = existing[input_topic]
     for topic in derived_topics:
         if topic not in existing:
-            _create(admin, topic, n_input, replication_factor, (topic_configs or {}).get(topic))
+            make(topic, n_input, replication_factor, (topic_configs or {}).get(topic))
             existing[topic] = n_input
     return existing

@@ -20,7 +20,7 @@ from tests.fault.faultkit import (
     distinct_forecasts,
     wait_for_forecasts,
 )
-from tests.integration.servicekit import make_model
+from tests.integration.servicekit import CLIENTS, make_model
 
 STREAMS = 30
 STEPS = 80
@@ -29,8 +29,9 @@ KILLS = 5
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_five_sigkills_at_random_moments_leave_states_and_forecasts_as_uninterrupted(
-    kafka: KafkaKit, tmp_path: Path
+    kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
     rng = random.Random(20261122)
     model = make_model(tmp_path / "models")
@@ -41,7 +42,7 @@ def test_five_sigkills_at_random_moments_leave_states_and_forecasts_as_uninterru
     try:
         feed.start()
         for _ in range(KILLS):
-            proc = ServeProcess(kafka, model, names, log_path)
+            proc = ServeProcess(kafka, model, names, log_path, kafka__client=client)
             procs.append(proc)
             proc.wait_ready(90)
             await_condition(
@@ -53,7 +54,7 @@ def test_five_sigkills_at_random_moments_leave_states_and_forecasts_as_uninterru
             time.sleep(rng.uniform(0.0, 1.2))
             proc.kill()
         feed.join()
-        final = ServeProcess(kafka, model, names, log_path)
+        final = ServeProcess(kafka, model, names, log_path, kafka__client=client)
         procs.append(final)
         final.wait_ready(90)
         wait_for_forecasts(kafka.bootstrap, names.output, feed.total, 90)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from service.app import Service
 from service.config import ServiceSettings, load_settings
@@ -25,6 +26,20 @@ from service.simulate import SENSOR_FEATURES
 from service.testing import NumpyLstmModel, build_onnx_lstm
 
 GROUP = {"kafka.session_timeout_ms": 6000, "kafka.heartbeat_interval_ms": 1000}
+
+try:
+    import confluent_kafka  # noqa: F401
+
+    _NO_CONFLUENT = ""
+except ImportError:
+    _NO_CONFLUENT = "confluent-kafka is not installed (the confluent extra)"
+
+#: The Kafka clients a test runs over (``kafka.client``): parametrize with
+#: ``@pytest.mark.parametrize("client", CLIENTS)`` and pass ``**{"kafka.client": client}``.
+CLIENTS = [
+    "kafka-python",
+    pytest.param("confluent", marks=pytest.mark.skipif(bool(_NO_CONFLUENT), reason=_NO_CONFLUENT)),
+]
 
 
 @dataclass

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from service.app import Service
+from service.config import KafkaSettings
 from service.errors import TopicError
 from service.kafka.changelog import ChangelogReader, ChangelogWriter
 from service.kafka.connect import connect
+from service.kafka.transport import StateReader, StateWriter
 from tests.conftest import KafkaKit
 from tests.fault.faultkit import read_topic
-from tests.integration.servicekit import make_model, reading, running, settings_for
+from tests.integration.servicekit import CLIENTS, make_model, reading, running, settings_for
 
 N_STREAMS = 30
 
@@ -30,13 +32,24 @@ def _step(step: int) -> list[tuple[str, bytes]]:
     return [(f"cl-{i:02d}", reading(f"cl-{i:02d}", ts, _values(i, step))) for i in range(N_STREAMS)]
 
 
-def test_records_are_read_back_to_the_end_of_the_log_last_per_key(kafka: KafkaKit) -> None:
-    from service.config import KafkaSettings
+def _clients(client: str, settings: KafkaSettings) -> tuple[StateWriter, StateReader]:
+    if client == "confluent":
+        from service.kafka.confluent.changelog import (
+            ConfluentChangelogReader,
+            ConfluentChangelogWriter,
+        )
 
+        return ConfluentChangelogWriter(settings), ConfluentChangelogReader(settings)
+    return ChangelogWriter(settings), ChangelogReader(settings)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_records_are_read_back_to_the_end_of_the_log_last_per_key(
+    kafka: KafkaKit, client: str
+) -> None:
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, group_id=kafka.name("g"))
     topic = kafka.create_topic(f"{settings.group_id}.state", 3)
-    writer = ChangelogWriter(settings)
-    reader = ChangelogReader(settings)
+    writer, reader = _clients(client, settings)
     try:
         # batches of 100 then 50: the embedded broker's ListOffsets would say 101
         writer.send([1] * 100, [f"s{i}" for i in range(100)], [b"a%d" % i for i in range(100)])
@@ -59,11 +72,14 @@ def test_records_are_read_back_to_the_end_of_the_log_last_per_key(kafka: KafkaKi
     assert restored[2].states == {"other": b"z"}
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_restart_restores_every_stream_and_continues_its_state(
-    kafka: KafkaKit, tmp_path: Path
+    kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
     model = make_model(tmp_path / "models")
-    settings = settings_for(kafka.bootstrap, model.registry, model.card.name, kafka.name)
+    settings = settings_for(
+        kafka.bootstrap, model.registry, model.card.name, kafka.name, **{"kafka.client": client}
+    )
     k = settings.kafka
     kafka.create_topic(k.input_topic, 4)
     for step in range(3):

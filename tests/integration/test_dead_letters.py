@@ -20,7 +20,13 @@ from service.kafka.codec import (
     HEADER_SOURCE_TOPIC,
 )
 from tests.conftest import KafkaKit
-from tests.integration.servicekit import RunningService, make_model, reading, settings_for
+from tests.integration.servicekit import (
+    CLIENTS,
+    RunningService,
+    make_model,
+    reading,
+    settings_for,
+)
 
 MAX_MESSAGE_BYTES = 2048
 TS = 1_700_000_000.0
@@ -67,18 +73,22 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=CLIENTS)
 def served(
-    broker: str, tmp_path_factory: pytest.TempPathFactory
+    broker: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[RunningService, KafkaKit]]:
-    kit = KafkaKit(broker, "dead-letters")
+    kit = KafkaKit(broker, f"dead-letters-{request.param}")
     model = make_model(Path(tmp_path_factory.mktemp("models")))
     settings = settings_for(
         broker,
         model.registry,
         model.card.name,
         kit.name,
-        **{"kafka.max_message_bytes": MAX_MESSAGE_BYTES, "kafka.max_wait_ms": 20},
+        **{
+            "kafka.max_message_bytes": MAX_MESSAGE_BYTES,
+            "kafka.max_wait_ms": 20,
+            "kafka.client": request.param,
+        },
     )
     svc = RunningService(settings).start()
     try:

@@ -13,6 +13,7 @@ import pytest
 from service.simulate import simulate
 from tests.conftest import KafkaKit
 from tests.integration.servicekit import (
+    CLIENTS,
     http_get,
     make_model,
     reading,
@@ -41,11 +42,14 @@ def _produce_simulated(
     return {sid: (ts, np.asarray(rows)) for sid, (ts, rows) in by_stream.items()}
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_every_reading_yields_one_forecast_equal_to_the_oracle(
-    kafka: KafkaKit, tmp_path: Path
+    kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
     model = make_model(tmp_path / "models")
-    settings = settings_for(kafka.bootstrap, model.registry, model.card.name, kafka.name)
+    settings = settings_for(
+        kafka.bootstrap, model.registry, model.card.name, kafka.name, **{"kafka.client": client}
+    )
     k = settings.kafka
     kafka.create_topic(k.input_topic, 4)
     series = _produce_simulated(kafka, k.input_topic, N_STREAMS, N_STEPS)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from tests.conftest import KafkaKit
 from tests.integration.servicekit import (
+    CLIENTS,
     RunningService,
     make_model,
     reading,
@@ -27,11 +29,14 @@ def _records(step: int) -> list[tuple[str, bytes]]:
     return [(f"rb-{i:03d}", reading(f"rb-{i:03d}", ts, VALUES)) for i in range(N_STREAMS)]
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_second_member_takes_over_partitions_without_loss_or_duplicates(
-    kafka: KafkaKit, tmp_path: Path
+    kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
     model = make_model(tmp_path / "models")
-    settings = settings_for(kafka.bootstrap, model.registry, model.card.name, kafka.name)
+    settings = settings_for(
+        kafka.bootstrap, model.registry, model.card.name, kafka.name, **{"kafka.client": client}
+    )
     k = settings.kafka
     first = RunningService(settings).start()
     second: RunningService | None = None

@@ -13,11 +13,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from service.embedded import free_port
 from tests.conftest import KafkaKit
-from tests.integration.servicekit import http_get, make_model, reading, wait_until
+from tests.integration.servicekit import CLIENTS, http_get, make_model, reading, wait_until
 
 VALUES = {"temp": 20.0, "pressure": 101.0, "vibration": 0.5}
 
@@ -66,8 +67,9 @@ def _feed(kafka: KafkaKit, topic: str, stop: threading.Event, sent: list[int]) -
         producer.close()
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_sigterm_mid_stream_exits_zero_with_everything_committed_and_published(
-    kafka: KafkaKit, tmp_path: Path
+    kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
     model = make_model(tmp_path / "models")
     topics = {"in": kafka.name("in"), "out": kafka.name("out"), "dlq": kafka.name("dlq")}
@@ -76,6 +78,7 @@ def test_sigterm_mid_stream_exits_zero_with_everything_committed_and_published(
     port = free_port()
     env = {
         **os.environ,
+        "SENSORCAST_KAFKA__CLIENT": client,
         "SENSORCAST_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
         "SENSORCAST_KAFKA__INPUT_TOPIC": topics["in"],
         "SENSORCAST_KAFKA__OUTPUT_TOPIC": topics["out"],

@@ -5,11 +5,11 @@ eager rebalance, a revoke before the restore ran, and lost partitions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pytest
-from kafka import TopicPartition
 
 from service.app import Service
 from service.config import load_settings
@@ -27,31 +27,23 @@ class Calls(list[str]):
     pass
 
 
-class FakeKafkaConsumer:
-    def __init__(self) -> None:
-        self.paused_set: set[TopicPartition] = set()
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused_set |= set(tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused_set -= set(tps)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self.paused_set)
-
-    def assignment(self) -> set[TopicPartition]:
-        return set()
-
-
 class FakeSource:
     def __init__(self, calls: Calls) -> None:
         self.owned: set[int] = set()
-        self.consumer = FakeKafkaConsumer()
+        self.paused_set: set[int] = set()
         self.calls = calls
 
     def assignment(self) -> set[int]:
         return set(self.owned)
+
+    def pause(self, partitions: Iterable[int]) -> None:
+        self.paused_set |= set(partitions)
+
+    def resume(self, partitions: Iterable[int]) -> None:
+        self.paused_set -= set(partitions)
+
+    def paused(self) -> set[int]:
+        return set(self.paused_set)
 
     def commit(self, timeout_ms: int | None = None) -> dict[int, int]:
         self.calls.append("commit")
@@ -117,7 +109,7 @@ def _assign(svc: Service, owned: set[int]) -> None:
 
 def _paused(svc: Service) -> set[int]:
     source: Any = svc._source
-    return {tp.partition for tp in source.consumer.paused_set}
+    return set(source.paused_set)
 
 
 def _touch(svc: Service, ids: list[str], partition: int) -> None:
