@@ -101,6 +101,15 @@ def test_multi_stage_on_python_slim() -> None:
     assert any(run.startswith("pip wheel") for run in stages[0].args("RUN"))
 
 
+def _extras(command: str) -> set[str]:
+    """The extras a pip command asks for: ``'sensorcast[confluent]'`` -> {"confluent"}."""
+    return {
+        extra.strip()
+        for group in re.findall(r"\[([^\]]*)\]", command)
+        for extra in group.split(",")
+    }
+
+
 def test_runtime_installs_the_project_wheel_without_train_extra() -> None:
     runtime = _runtime()
     installs = [run for run in runtime.args("RUN") if "pip install" in run]
@@ -108,10 +117,21 @@ def test_runtime_installs_the_project_wheel_without_train_extra() -> None:
     for run in installs:
         assert "from=builder" in run
         assert "--no-index" in run, "runtime installs only the wheels the builder made"
-        assert "[" not in run.split("pip install", 1)[1], "no extras in the runtime image"
+        # the one extra in the image: the confluent-kafka client, selectable by setting
+        assert _extras(run.split("pip install", 1)[1]) <= {"confluent"}
         assert "train" not in run and "torch" not in run.replace("find_spec('torch')", "")
     builder_runs = " ".join(_stages()[0].args("RUN"))
-    assert "[train" not in builder_runs and ".[" not in builder_runs
+    assert "[train" not in builder_runs and _extras(builder_runs) <= {"confluent"}
+
+
+def test_the_image_carries_the_confluent_client_and_that_extra_no_torch() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    names = {Requirement(r).name.lower() for r in extras["confluent"]}
+    assert names == {"confluent-kafka"}
+    (install,) = [run for run in _runtime().args("RUN") if "pip install" in run]
+    assert "confluent" in _extras(install)
 
 
 def test_runtime_dependencies_have_no_torch() -> None:
