@@ -9,15 +9,17 @@ pipelines; each pipeline runs as its own process, in its own consumer group, rea
 topic from the start and writing its own forecast topic:
 
 1. ``sensorcast``: the real service, ``python -m service.cli serve`` (`Service`), with the
-   shipped ``sensors-demo`` model (LSTM 2x64), one onnxruntime thread;
+   shipped ``sensors-demo`` model (LSTM 2x64), one onnxruntime thread, on kafka-python
+   (``kafka.client``'s default);
 2. ``transport``: `bench.pipelines` transport (the service's source, decoder, encoder and
-   sink, a fixed forecast, no model);
-3. ``naive``: `bench.pipelines` naive, on a time-bounded sample of the backlog;
+   sink, a fixed forecast, no model), on kafka-python;
+3. ``sensorcast-confluent``: the real service with ``kafka.client=confluent``;
+4. ``transport-confluent``: the transport pipeline on the service's confluent-kafka transport;
+5. ``naive``: `bench.pipelines` naive, on a time-bounded sample of the backlog;
 
-and, for throughput only, ``sensorcast-commit5s``, the service with checkpoints every 5 s
-instead of every second, to show what the state changelog's writes cost, and
-``transport-confluent``, the transport pipeline on confluent-kafka (librdkafka) instead of
-kafka-python, to show where the other client puts the ceiling.
+and, for throughput only, ``sensorcast-commit5s``, the service (kafka-python) with
+checkpoints every 5 s instead of every second, to show what the state changelog's writes
+cost. Each Sensorcast pipeline is compared with the transport of its own client.
 
 Throughput: readings/s over the backlog from 10% to 90% of the pre-loaded readings'
 forecasts, read from the forecast topic's end offsets every 50 ms (naive: from its first
@@ -28,8 +30,8 @@ the pipeline process's user+system seconds over the same window, per million rea
 Memory: the process's peak resident set (VmHWM).
 
 Latency: in every trial, with the pipeline caught up, `bench.loadgen` sends from a separate
-process at half and at a quarter of Sensorcast's best sustained rate so far (naive: half of
-its own) for a few seconds; a consumer here notes when each forecast arrives, and the
+process at half and at a quarter of the kafka-python Sensorcast's best sustained rate so far
+(sensorcast-confluent: of its own; naive: half of its own) for a few seconds; a consumer here notes when each forecast arrives, and the
 reading's send time comes from the load generator's table. The trial with the lowest p99
 counts. The load generator, this consumer and the broker share the machine's cores with the
 pipeline while latency is measured.
@@ -68,9 +70,18 @@ PIPELINES = ("sensorcast", "transport", "naive")
 #: Sensorcast again with checkpoints every 5 s instead of every second: what the state
 #: changelog's per-checkpoint writes cost (throughput only).
 SLOW_CHECKPOINTS = "sensorcast-commit5s"
-#: The transport pipeline on confluent-kafka (librdkafka): the ceiling of the other client.
+#: The service and the transport pipeline with ``kafka.client=confluent`` (librdkafka).
+SENSORCAST_CONFLUENT = "sensorcast-confluent"
 CONFLUENT = "transport-confluent"
 _THROUGHPUT_ONLY = (SLOW_CHECKPOINTS, CONFLUENT)
+#: The transport-only pipeline each pipeline's rate is compared with: its own client's.
+TRANSPORT_OF = {
+    "sensorcast": "transport",
+    SLOW_CHECKPOINTS: "transport",
+    "transport": "transport",
+    SENSORCAST_CONFLUENT: CONFLUENT,
+    CONFLUENT: CONFLUENT,
+}
 #: Latency is measured at these fractions of Sensorcast's sustained rate (naive: at half its own).
 LATENCY_FRACTIONS: tuple[float, ...] = (0.5, 0.25)
 _ROOT = Path(__file__).resolve().parent.parent
@@ -193,6 +204,9 @@ def _start(
                 "SENSORCAST_MODEL__REGISTRY": str(_ROOT / "models"),
                 "SENSORCAST_MODEL__NAME": "sensors-demo",
                 "SENSORCAST_KAFKA__COMMIT_INTERVAL": "5" if name == SLOW_CHECKPOINTS else "1",
+                "SENSORCAST_KAFKA__CLIENT": (
+                    "confluent" if name == SENSORCAST_CONFLUENT else "kafka-python"
+                ),
             }
         )
         cmd = [sys.executable, "-m", "service.cli", "serve"]
@@ -454,11 +468,10 @@ def _run_scale(
     next_step = steps
     best: dict[str, Result] = {}
     best_latency: dict[str, dict[float, tuple[float, LatencySummary, int]]] = {
-        name: {} for name in PIPELINES
+        name: {} for name in (*PIPELINES, SENSORCAST_CONFLUENT)
     }
-    schedule = [
-        (name, t) for t in range(sizes.trials) for name in (*PIPELINES[:2], *_THROUGHPUT_ONLY)
-    ]
+    alternating = (*PIPELINES[:2], SENSORCAST_CONFLUENT, *_THROUGHPUT_ONLY)
+    schedule = [(name, t) for t in range(sizes.trials) for name in alternating]
     schedule.append(("naive", 0))
     for name, trial in schedule:
         result = Result(name, n_streams, trial=trial)
@@ -495,6 +508,8 @@ def _run_scale(
                     continue
                 time.sleep(1.0)  # its positions are resolved on its first fetch
                 reference, fractions = best[name].rate, LATENCY_FRACTIONS[:1]
+            elif name == SENSORCAST_CONFLUENT:
+                reference, fractions = best[name].rate, LATENCY_FRACTIONS
             else:
                 reference, fractions = best["sensorcast"].rate, LATENCY_FRACTIONS
             for fraction in fractions:
@@ -524,7 +539,14 @@ def _run_scale(
             print(_line(result), flush=True)
     for name, kept in best.items():
         kept.latency = dict(best_latency.get(name, {}))
-    order = (PIPELINES[0], SLOW_CHECKPOINTS, PIPELINES[1], CONFLUENT, PIPELINES[2])
+    order = (
+        PIPELINES[0],
+        SLOW_CHECKPOINTS,
+        PIPELINES[1],
+        SENSORCAST_CONFLUENT,
+        CONFLUENT,
+        PIPELINES[2],
+    )
     return [best[name] for name in order if name in best]
 
 
@@ -551,13 +573,14 @@ def _line(r: Result) -> str:
 
 def _table(results: list[Result]) -> str:
     rows = [
-        "| streams | pipeline | readings/s | vs transport | vs naive | CPU s / M readings "
-        "| peak RSS |",
+        "| streams | pipeline | readings/s | vs transport (same client) | vs naive "
+        "| CPU s / M readings | peak RSS |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     by = {(r.streams, r.pipeline): r for r in results}
     for r in results:
-        transport, naive = by.get((r.streams, "transport")), by.get((r.streams, "naive"))
+        transport = by.get((r.streams, TRANSPORT_OF.get(r.pipeline, "transport")))
+        naive = by.get((r.streams, "naive"))
         vs_t = f"{r.rate / transport.rate:.0%}" if transport else ""
         vs_n = f"{r.rate / naive.rate:.1f}x" if naive else ""
         rows.append(
@@ -571,14 +594,48 @@ def _table(results: list[Result]) -> str:
     ]
     for r in results:
         for fraction, (rate, lat, missing) in r.latency.items():
-            share = f"{fraction:g} of naive's" if r.pipeline == "naive" else f"{fraction:g}"
+            share = (
+                f"{fraction:g} of its own"
+                if r.pipeline in ("naive", SENSORCAST_CONFLUENT)
+                else f"{fraction:g}"
+            )
             rows.append(
                 f"| {r.streams:,} | {r.pipeline} | {rate:,.0f}/s ({share}) | {lat.p50_ms:.1f} ms "
                 f"| {lat.p99_ms:.1f} ms | {lat.max_ms:.1f} ms | {lat.count:,}"
                 + (f" ({missing} missing)" if missing else "")
                 + " |"
             )
+    rows += ["", *_summary(results)]
     return "\n".join(rows)
+
+
+def _summary(results: list[Result]) -> list[str]:
+    """Per stream count: Sensorcast over its own client's transport, for each client, and
+    Sensorcast on confluent-kafka over naive."""
+    by = {(r.streams, r.pipeline): r.rate for r in results}
+    lines = []
+    for n in sorted({r.streams for r in results}):
+        parts = []
+        for service, transport, label in (
+            ("sensorcast", "transport", "kafka-python"),
+            (SENSORCAST_CONFLUENT, CONFLUENT, "confluent"),
+        ):
+            if (n, service) in by and (n, transport) in by:
+                parts.append(
+                    f"Sensorcast/transport {label} {by[(n, service)] / by[(n, transport)]:.0%}"
+                )
+        if (n, SENSORCAST_CONFLUENT) in by and (n, "naive") in by:
+            parts.append(
+                f"Sensorcast-confluent/naive {by[(n, SENSORCAST_CONFLUENT)] / by[(n, 'naive')]:.1f}x"
+            )
+        if (n, SENSORCAST_CONFLUENT) in by and (n, "sensorcast") in by:
+            parts.append(
+                f"Sensorcast confluent/kafka-python "
+                f"{by[(n, SENSORCAST_CONFLUENT)] / by[(n, 'sensorcast')]:.1f}x"
+            )
+        if parts:
+            lines.append(f"{n:,} streams: " + "; ".join(parts))
+    return lines
 
 
 def _machine() -> str:

@@ -9,9 +9,9 @@
   (`ReadingDecoder.decode_columns`), encoding (`ForecastEncoder.encode_batch`), send loop and
   checkpoint (flush, commit) as `Service`; every reading gets one fixed forecast instead of
   a model's. What it sustains is the ceiling the transport puts on the service.
-- ``transport-confluent``: the same transport on confluent-kafka (librdkafka, the ``dev``
-  extra) instead of kafka-python: same decoder, encoder, fixed forecast, flush and commit
-  every second; where the other Kafka client puts the ceiling.
+- ``transport-confluent``: the same pipeline with ``kafka.client=confluent``: the service's
+  confluent-kafka transport (`service.kafka.confluent`: source, sink, topics) instead of
+  kafka-python's; the ceiling of Sensorcast on that client.
 - ``naive``: a typical first implementation. A kafka-python consumer iterated one message at
   a time, ``json.loads`` per message, a dict of per-stream numpy states, one onnxruntime call
   per reading, ``json.dumps`` and one ``producer.send`` per forecast.
@@ -29,11 +29,10 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "run_naive", "run_transport"]
+__all__ = ["main", "run_naive", "run_transport", "run_transport_confluent"]
 
 
 class _Handler:
@@ -56,7 +55,13 @@ class _Handler:
         return None
 
 
-def run_transport(args: argparse.Namespace, stop: threading.Event) -> None:
+def run_transport_confluent(args: argparse.Namespace, stop: threading.Event) -> None:
+    run_transport(args, stop, client="confluent")
+
+
+def run_transport(
+    args: argparse.Namespace, stop: threading.Event, client: str = "kafka-python"
+) -> None:
     from service.config import KafkaSettings
     from service.core.readings import ForecastBatch
     from service.core.values import FeatureValues
@@ -65,12 +70,13 @@ def run_transport(args: argparse.Namespace, stop: threading.Event) -> None:
     from service.registry import Registry
 
     settings = KafkaSettings(
+        client=client,  # type: ignore[arg-type]
         bootstrap_servers=args.bootstrap,
         input_topic=args.input,
         output_topic=args.output,
         dead_letter_topic=args.output + ".dlq",
         group_id=args.group,
-        client_id="bench-transport",
+        client_id=f"bench-transport-{client}",
         session_timeout_ms=6000,
         heartbeat_interval_ms=1000,
         **({"max_wait_ms": args.max_wait_ms} if args.max_wait_ms is not None else {}),
@@ -126,98 +132,6 @@ def run_transport(args: argparse.Namespace, stop: threading.Event) -> None:
     source.commit()
     source.close()
     sink.close()
-
-
-class _Record:
-    """A confluent-kafka message in the shape the decoder reads (attributes, not methods)."""
-
-    __slots__ = ("key", "offset", "partition", "topic", "value")
-
-    def __init__(self, topic: Any, partition: Any, offset: Any, key: Any, value: Any) -> None:
-        self.topic, self.partition, self.offset = topic, partition, offset
-        self.key, self.value = key, value
-
-
-def run_transport_confluent(args: argparse.Namespace, stop: threading.Event) -> None:
-    """The transport pipeline on confluent-kafka (librdkafka) instead of kafka-python: same
-    decoder, encoder and loop, flush and commit every second; what the other client would
-    lift the transport's ceiling to."""
-    from confluent_kafka import Consumer, Producer
-
-    from service.core.readings import ForecastBatch
-    from service.core.values import FeatureValues
-    from service.kafka.codec import ForecastEncoder, ReadingDecoder
-    from service.registry import Registry
-
-    card = Registry(args.registry).load(args.model).card
-    encoder = ForecastEncoder(card)
-    decoder = ReadingDecoder(max_message_bytes=65_536, max_future_seconds=86_400.0)
-    features = FeatureValues(card.features)
-    max_batch = 2000
-    fixed = np.zeros((max_batch, card.horizon, len(card.targets)), np.float32)
-    assigned = threading.Event()
-
-    def on_assign(consumer: Any, partitions: list[Any]) -> None:
-        if partitions and not assigned.is_set():
-            assigned.set()
-            print("assigned", flush=True)
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": args.bootstrap,
-            "group.id": args.group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": args.offset_reset,
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000,
-            "fetch.wait.max.ms": 50,
-        }
-    )
-    consumer.subscribe([args.input], on_assign=on_assign)
-    producer = Producer(
-        {"bootstrap.servers": args.bootstrap, "acks": "all", "linger.ms": 5, "batch.size": 262144}
-    )
-    produce, output = producer.produce, args.output
-    next_checkpoint = time.monotonic() + 1.0
-    uncommitted = False
-    while not stop.is_set():
-        messages = consumer.consume(num_messages=max_batch, timeout=0.05)
-        if messages:
-            received = time.time()
-            records = [
-                _Record(m.topic(), m.partition(), m.offset(), m.key(), m.value())
-                for m in messages
-                if m.error() is None
-            ]
-            batch = decoder.decode_columns(records, received=received, values=features).batch
-            n = len(batch.stream_ids)
-            forecasts = ForecastBatch(
-                batch.stream_ids,
-                batch.ts,
-                fixed[:n],
-                np.ones(n, np.bool_),
-                batch.partitions,
-                batch.offsets,
-                batch.received,
-                card.period,
-            )
-            for stream_id, message, partition in zip(
-                forecasts.stream_ids,
-                encoder.encode_batch(forecasts),
-                forecasts.partitions.tolist(),
-                strict=True,
-            ):
-                produce(output, message, stream_id.encode(), partition)
-            producer.poll(0)
-            uncommitted = True
-        if time.monotonic() >= next_checkpoint:
-            producer.flush(10.0)
-            if uncommitted:  # committing with nothing consumed yet is an error
-                consumer.commit(asynchronous=False)
-                uncommitted = False
-            next_checkpoint = time.monotonic() + 1.0
-    producer.flush(10.0)
-    consumer.close()
 
 
 def run_naive(args: argparse.Namespace, stop: threading.Event) -> None:
