@@ -22,6 +22,7 @@ from service.kafka.codec import (
     HEADER_SOURCE_TOPIC,
     ForecastEncoder,
     ReadingDecoder,
+    RecordColumns,
     dead_letter_headers,
     parse_timestamp,
 )
@@ -211,6 +212,37 @@ def test_decode_columns_matches_decode_and_reads_values_in_card_order() -> None:
     )
     assert list(batch.problems) == [2]
     assert batch.problems[2][0] is RejectReason.NON_NUMERIC
+
+
+def test_a_batch_held_as_columns_decodes_as_its_records_do() -> None:
+    records = [
+        Rec(b"pump-1", _doc(), offset=7),
+        Rec(b"pump-2", None, partition=1, offset=3),
+        Rec(b"pump-9", _doc(stream_id="pump-3"), partition=0, offset=8),
+        Rec(b"pump-4", _doc(stream_id="pump-4"), partition=1, offset=4),
+    ]
+    columns = RecordColumns(
+        "sensor-readings",
+        [r.key for r in records],
+        [r.value for r in records],
+        [r.partition for r in records],
+        [r.offset for r in records],
+    )
+    features = FeatureValues(["temp", "load"])
+    want = _decoder().decode_columns(records, received=NOW, values=features)
+    got = _decoder().decode_columns(columns, received=NOW, values=features)
+    assert [(r.reason, r.partition, r.offset, r.extra) for r in got.rejects] == [
+        (r.reason, r.partition, r.offset, r.extra) for r in want.rejects
+    ]
+    assert [r.reason for r in got.rejects] == [RejectReason.TOMBSTONE, RejectReason.KEY_MISMATCH]
+    assert got.batch.stream_ids == want.batch.stream_ids == ["pump-1", "pump-4"]
+    assert got.batch.partitions.tolist() == [2, 1] and got.batch.offsets.tolist() == [7, 4]
+    assert (columns[2].topic, columns[2].key, columns[2].offset) == (
+        "sensor-readings",
+        b"pump-9",
+        8,
+    )
+    assert len(columns) == 4 and [r.offset for r in columns[1:3]] == [3, 8]
 
 
 def test_decode_columns_leaves_missing_values_as_nan_when_imputing() -> None:
