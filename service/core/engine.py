@@ -245,6 +245,7 @@ class StreamEngine:
                 clean = self._clean_round(batch, slots, now)
                 if clean is not None:
                     clean.expired = expired
+                    self.stats.add(clean, n)
                     return clean
         else:
             slots = store.slots_of(ids)
@@ -284,8 +285,8 @@ class StreamEngine:
         offset above its stream's applied one and only finite values. None, with nothing
         changed, when the batch is not that.
 
-        Tells so in a handful of reductions (NaN, in a timestamp or a value, fails every
-        comparison), so the forecasts share the batch's columns.
+        Tells so with a handful of reductions (NaN, in a timestamp or a value, fails every
+        comparison); the forecasts share the batch's columns.
         """
         store = self.store
         ts, offsets, x_raw = batch.ts, batch.offsets, batch.values
@@ -300,12 +301,6 @@ class StreamEngine:
         if lowest != lowest:  # NaN: a missing or non-finite value
             return None
         values, warm, seconds = self._step(slots, ts, offsets, x_raw, now, offsets_increase=True)
-        n = len(slots)
-        stats = self.stats
-        stats.readings += n
-        stats.forecasts += n
-        stats.rounds += 1
-        stats.model_seconds += seconds
         return BatchResult(
             ForecastBatch(
                 batch.stream_ids,
@@ -317,7 +312,7 @@ class StreamEngine:
                 batch.received,
                 self.card.period,
             ),
-            round_sizes=[n],
+            round_sizes=[len(slots)],
             round_seconds=[seconds],
             evicted=store.drain_evicted(),
         )

@@ -216,6 +216,18 @@ def test_a_clean_batch_of_known_streams_is_one_round_sharing_the_batch_columns()
     assert engine.stats.readings == engine.stats.forecasts == 6 and engine.stats.rounds == 2
 
 
+def test_streams_expired_before_a_clean_round_are_counted() -> None:
+    engine = StreamEngine(MODEL, EngineConfig(ttl_seconds=100.0))
+    first = ReadingBatch.of(["a", "b"], 0.0, np.ones((2, 2)), offsets=[0, 1])
+    engine.process_batch(first, now=0.0)
+    engine.process_batch(ReadingBatch.of(["a"], 60.0, np.ones((1, 2)), offsets=2), now=100.0)
+    result = engine.process_batch(
+        ReadingBatch.of(["a"], 120.0, np.ones((1, 2)), offsets=3), now=150.0
+    )
+    assert result.expired == ["b"] and result.round_sizes == [1]
+    assert engine.stats.expired == 1 and engine.stats.forecasts == 4
+
+
 @pytest.mark.parametrize(
     ("stream", "ts", "offset", "value"),
     [
