@@ -9,7 +9,9 @@ and the arrays grow geometrically by `growth`, into zeroed memory that is only t
 a slot is handed out, so the slack costs no resident memory.
 Beside the tensors the store keeps, per stream, ``last_ts``, the steps seen since the last
 reset, ``applied_offset`` (the source offset of the last applied reading, for exactly-once
-restore), the wall-clock time it was last seen (TTL) and a use counter (LRU cap).
+restore), the wall-clock time it was last seen (TTL) and a use tick (LRU cap): a round marks
+each of its streams with a tick of its own, and reading them back tells whether the round
+names a stream twice (`claim`).
 """
 
 from __future__ import annotations
