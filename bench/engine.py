@@ -160,10 +160,12 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
         ts += 1.0
         t0 = clock()
         slots = store.lookup(ids)
-        assert slots is not None and store.claim(slots)
+        assert slots is not None
+        rows = store.claim(slots)
+        assert rows is not None
         _, new_states = model.step(x, store.gather(slots, reuse=True))
         store.scatter(slots, new_states)
-        store.advance(slots, ts, offsets, 0.0, offsets_increase=True)
+        store.advance(slots, ts, offsets, 0.0, offsets_increase=True, rows=rows)
         times["state"].append(clock() - t0)
 
         t0 = clock()

@@ -240,9 +240,10 @@ class StreamEngine:
         known = store.lookup(ids)  # None when some stream is new
         if known is not None:
             slots = known
-            distinct = fits and store.claim(slots)
-            if distinct:
-                clean = self._clean_round(batch, slots, now)
+            rows = store.claim(slots) if fits else None
+            distinct = rows is not None
+            if rows is not None:
+                clean = self._clean_round(batch, slots, rows, now)
                 if clean is not None:
                     clean.expired = expired
                     self.stats.add(clean, n)
@@ -278,9 +279,10 @@ class StreamEngine:
         return result
 
     def _clean_round(
-        self, batch: ReadingBatch, slots: np.ndarray, now: float
+        self, batch: ReadingBatch, slots: np.ndarray, rows: np.ndarray, now: float
     ) -> BatchResult | None:
-        """The common case as one round: `slots` are the batch's known, distinct streams, and
+        """The common case as one round: `slots` are the batch's known, distinct streams
+        (`rows` their bookkeeping, from `StateStore.claim`), and
         every reading is newer than its stream's last one by at most the gap limit, has an
         offset above its stream's applied one and only finite values. None, with nothing
         changed, when the batch is not that.
@@ -292,15 +294,15 @@ class StreamEngine:
         ts, offsets, x_raw = batch.ts, batch.offsets, batch.values
         if batch.problems:
             return None
-        since = ts - store.last_ts_at(slots)
+        since = ts - rows["last_ts"]
         if not (since.min() > 0 and since.max() <= self._max_gap):
             return None
-        if not (offsets > store.applied_offset_at(slots)).all():
+        if not (offsets > rows["applied"]).all():
             return None
         lowest = x_raw.min()
         if lowest != lowest:  # NaN: a missing or non-finite value
             return None
-        values, warm, seconds = self._step(slots, ts, offsets, x_raw, now, offsets_increase=True)
+        values, warm, seconds = self._step(slots, ts, offsets, x_raw, now, rows)
         return BatchResult(
             ForecastBatch(
                 batch.stream_ids,
@@ -392,7 +394,7 @@ class StreamEngine:
         (a set of 1,024 ids costs ~20 us).
         """
         known = slots >= 0
-        if not self.store.claim(slots[known]):
+        if self.store.claim(slots[known]) is None:
             return False
         new = [ids[i] for i in np.flatnonzero(~known).tolist()]
         return len(set(new)) == len(new)
@@ -523,12 +525,12 @@ class StreamEngine:
         offsets: np.ndarray,
         x_raw: np.ndarray,
         now: float,
-        *,
-        offsets_increase: bool = False,
+        rows: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """Apply one reading to each of `slots` (distinct, ready): gather, scale, one model
-        call, scatter, bookkeeping. Returns the forecasts in original units, the warm flags
-        and the model call's seconds."""
+        call, scatter, bookkeeping. `rows`, the slots' bookkeeping from `StateStore.claim`,
+        come with every offset known to be new. Returns the forecasts in original units,
+        the warm flags and the model call's seconds."""
         store = self.store
         n = len(slots)
         buffers = self._buffers if self._buffers.batch == n else self._round_buffers(n)
@@ -550,7 +552,8 @@ class StreamEngine:
             offsets,
             now,
             x_raw if store.n_last_values else None,
-            offsets_increase=offsets_increase,
+            offsets_increase=rows is not None,
+            rows=rows,
         )
         warm = steps >= self.card.warmup_steps
         # de-normalised in place: y is the model's fresh output (see `StepModel`), and a new

@@ -37,6 +37,11 @@ _DTYPES = ("float32", "float16")
 # every float16 bit pattern's float32 value (256 KiB)
 _FLOAT16_TO_32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 _NO_OFFSET = -1
+# what every round reads and writes per stream, in one 32-byte row: one cache line to fetch
+# per stream instead of four (~70 us per round of 1,024 at a million streams)
+_BOOKKEEPING = np.dtype(
+    [("last_ts", np.float64), ("applied", np.int64), ("steps", np.int64), ("last_used", np.int64)]
+)
 
 
 def _slot_view(tensor: np.ndarray, spec: StateSpec) -> np.ndarray:
@@ -111,11 +116,9 @@ class StateStore:
         self._lead: list[tuple[Any, ...]] = [
             (slice(None),) * spec.batch_axis for spec in self.specs
         ]
-        self._last_ts = np.empty(0, np.float64)
-        self._steps = np.empty(0, np.int64)
-        self._applied = np.empty(0, np.int64)
+        self._book = np.empty(0, _BOOKKEEPING)
+        self._field_views()
         self._last_seen = np.empty(0, np.float64)
-        self._last_used = np.empty(0, np.int64)
         self._dirty = np.empty(0, np.bool_)
         self._active = np.empty(0, np.bool_)
         self._last_values = np.empty((0, n_last_values), np.float32)
@@ -177,11 +180,8 @@ class StateStore:
     def _array_bytes(self) -> int:
         arrays = [
             *self._tensors,
-            self._last_ts,
-            self._steps,
-            self._applied,
+            self._book,
             self._last_seen,
-            self._last_used,
             self._dirty,
             self._active,
             self._last_values,
@@ -195,6 +195,13 @@ class StateStore:
         # slot numbers above the small-int cache are separate int objects
         total += max(0, len(self._index) - 257) * sys.getsizeof(1 << 20)
         return total
+
+    def _field_views(self) -> None:
+        """The bookkeeping rows' fields as arrays of their own (views, one per field)."""
+        self._last_ts = self._book["last_ts"]
+        self._applied = self._book["applied"]
+        self._steps = self._book["steps"]
+        self._last_used = self._book["last_used"]
 
     def _grow(self, needed: int) -> None:
         new = max(needed, int(self._capacity * self.growth) + 1)
@@ -226,11 +233,9 @@ class StateStore:
             v.view(np.uint8).reshape(v.shape[0], new, -1).view(row)[:, :, 0]
             for v, row in zip(self._views, self._row_types, strict=True)
         ]
-        self._last_ts = grown(self._last_ts, 0)
-        self._steps = grown(self._steps, 0)
-        self._applied = grown(self._applied, 0)
+        self._book = grown(self._book, 0)
+        self._field_views()
         self._last_seen = grown(self._last_seen, 0)
-        self._last_used = grown(self._last_used, 0)
         self._dirty = grown(self._dirty, 0)
         self._active = grown(self._active, 0)
         self._last_values = grown(self._last_values, 0)
@@ -262,12 +267,15 @@ class StateStore:
         except KeyError:
             return None
 
-    def claim(self, slots: np.ndarray) -> bool:
-        """Mark `slots` (known streams) as used by a new round; whether they are distinct.
+    def claim(self, slots: np.ndarray) -> np.ndarray | None:
+        """Mark `slots` (known streams) as used by a new round; their bookkeeping rows if
+        they are distinct, else None.
 
         Each slot is marked with a tick of its own, and reading the ticks back tells
         whether a slot came twice (a later mark overwrote an earlier one): the distinct
-        check costs the LRU bookkeeping three more array operations, and no set of ids.
+        check costs the LRU bookkeeping two more array operations, and no set of ids. The
+        rows (a copy, with fields ``last_ts``, ``applied``, ``steps``) can be handed to
+        `advance` for the same slots.
         """
         n = len(slots)
         first = self._tick + 1
@@ -275,7 +283,8 @@ class StateStore:
         self._round_first = first
         ticks = np.arange(first, first + n, dtype=np.int64)
         self._last_used[slots] = ticks
-        return bool((self._last_used[slots] == ticks).all())
+        rows = self._book.take(slots)
+        return rows if (rows["last_used"] == ticks).all() else None
 
     def ids(self) -> list[str]:
         return list(self._index)
@@ -491,20 +500,26 @@ class StateStore:
         values: np.ndarray | None = None,
         *,
         offsets_increase: bool = False,
+        rows: np.ndarray | None = None,
     ) -> np.ndarray:
         """Record that one reading per slot was applied: last_ts, steps, applied_offset.
 
         Returns the slots' steps seen, this reading included. `offsets_increase` says every
         offset is known to be above its slot's applied offset (it then replaces it as is).
+        `rows` are the slots' bookkeeping rows from `claim`, with nothing changed since:
+        they are updated and written back whole.
         """
-        self._last_ts[slots] = ts
-        steps = self._steps.take(slots)
+        if rows is None:
+            rows = self._book.take(slots)
+        rows["last_ts"] = ts
+        steps = rows["steps"]
         steps += 1
-        self._steps[slots] = steps
+        applied = rows["applied"]
         if offsets_increase:
-            self._applied[slots] = offsets
+            applied[...] = offsets
         else:
-            self._applied[slots] = np.maximum(self._applied[slots], offsets)
+            np.maximum(applied, offsets, out=applied)
+        self._book.put(slots, rows, mode="clip")
         self._dirty[slots] = True
         if values is not None and self.n_last_values:
             self._last_values[slots] = values

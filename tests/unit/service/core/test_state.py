@@ -358,16 +358,21 @@ def test_lookup_finds_every_slot_or_none() -> None:
 def test_claim_tells_distinct_slots_from_repeated_ones() -> None:
     store = _store()
     slots = store.ensure([f"s{i}" for i in range(5)])
-    assert store.claim(slots[[4, 0, 2]])
-    assert not store.claim(slots[[1, 3, 1]])
-    assert not store.claim(slots[[2, 2]])
-    assert store.claim(slots[:0])
+    store.advance(slots, np.full(5, 60.0), np.arange(5), now=1.0)
+    rows = store.claim(slots[[4, 0, 2]])
+    assert rows is not None
+    assert rows["last_ts"].tolist() == [60.0] * 3 and rows["applied"].tolist() == [4, 0, 2]
+    assert rows["steps"].tolist() == [1, 1, 1]
+    assert store.claim(slots[[1, 3, 1]]) is None
+    assert store.claim(slots[[2, 2]]) is None
+    empty = store.claim(slots[:0])
+    assert empty is not None and len(empty) == 0
 
 
 def test_claimed_streams_count_as_recently_used() -> None:
     store = _store(max_streams=3)
     slots = store.ensure(["a", "b", "c"])
-    assert store.claim(slots[[0, 1]])  # c is now the least recently used
+    assert store.claim(slots[[0, 1]]) is not None  # c is now the least recently used
     store.ensure(["d"])
     assert store.drain_evicted() == ["c"]
 
@@ -383,3 +388,16 @@ def test_advance_returns_steps_and_can_take_offsets_as_they_are() -> None:
     assert steps.tolist() == [2]
     info = store.info("b")
     assert info is not None and (info.steps, info.applied_offset) == (2, 9)
+    rows = store.claim(slots)
+    assert rows is not None
+    steps = store.advance(slots, np.array([180.0, 180.0]), np.array([10, 11]), now=3.0, rows=rows)
+    assert steps.tolist() == [2, 3]
+    a, b = store.info("a"), store.info("b")
+    assert a is not None and (a.last_ts, a.steps, a.applied_offset, a.last_seen) == (
+        180.0,
+        2,
+        10,
+        3.0,
+    )
+    assert b is not None and (b.last_ts, b.steps, b.applied_offset) == (180.0, 3, 11)
+    assert store.dirty_ids() == {"a", "b"}
