@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 _EPILOG_TRAIN = """\
 examples:
-  sensorcast train --data synthetic --streams 300 --steps 2000 --kind lstm --horizon 12 --name sensors-demo
+  sensorcast train --data synthetic --streams 300 --steps 2000 --kind lstm --horizon 12 --skip \
+      --chunk 64 --burn-in 36 --loss-weights persistence --lr-decay 0.5 --epochs 40 --name sensors-demo
   sensorcast train --data readings.parquet --features temp,vibration --targets temp --sort --dedupe last
   sensorcast train --config run.yaml --seed 3     (flags override the file)
 
@@ -139,6 +140,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         type=_ints,
         help="tdnn lags, comma-separated; 1 = current reading (default 1,2,3,6,12)",
     )
+    g.add_argument(
+        "--skip",
+        action="store_true",
+        default=None,
+        help="a linear path from the inputs (the current reading, or the tdnn's lag taps) to the head",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--chunk", type=int, help="truncated BPTT length in steps (default 32)")
@@ -151,6 +158,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help="AdamW learning rate (default 3e-3)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
     g.add_argument("--clip-norm", type=float, help="gradient clipping by global norm (default 1.0)")
+    g.add_argument(
+        "--loss-weights",
+        choices=["equal", "persistence"],
+        help="equal: MSE in scaled units (default); persistence: each horizon step and target "
+        "weighted by 1 / persistence's MSE there on the training part",
+    )
+    g.add_argument(
+        "--lr-decay",
+        type=float,
+        help="multiply the learning rate by this after every epoch without a better "
+        "validation loss (default 1: constant)",
+    )
     g.add_argument("--epochs", dest="max_epochs", type=int, help="maximum epochs (default 50)")
     g.add_argument("--patience", type=int, help="early stopping patience in epochs (default 8)")
     g.add_argument(
@@ -203,6 +222,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(
             f"{period:8} arv={model['arv']:.4f} mae={model['mae']:.4g} rmse={model['rmse']:.4g} "
             f"skill_persistence={model['skill_persistence']:.3f} {ar}={model[ar]:.3f}"
+        )
+        next_step = model["next_step_mae_skill_persistence"]
+        print(
+            f"{'':8} next-step MAE skill vs persistence: "
+            + " ".join(f"{t}={v:+.3f}" for t, v in next_step.items())
         )
     return 0
 

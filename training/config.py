@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -58,6 +58,19 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     clip_norm: float = Field(default=1.0, gt=0)
+    loss_weights: Literal["equal", "persistence"] = Field(
+        default="equal",
+        description="equal: plain MSE in scaled units; persistence: each horizon step and "
+        "target's squared error divided by persistence's mean squared error there on the "
+        "training part, so the loss is the model's MSE relative to persistence",
+    )
+    lr_decay: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="multiply the learning rate by this after every epoch that does not "
+        "improve the validation loss (1: constant)",
+    )
     max_epochs: int = Field(default=50, ge=1)
     patience: int = Field(default=8, ge=1)
     refit_epochs: int = Field(

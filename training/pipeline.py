@@ -41,10 +41,13 @@ def train_and_export(
             report["periods"] = {"val": before["periods"]["val"], **report["periods"]}
             report["periods"]["val"]["note"] = "early-stopped model, before the refit on train+val"
     report["training"] = {
+        "loss": _loss_name(config),
         "history": result.history,
         "best_epoch": result.best_epoch,
         "refit_history": result.refit_history,
     }
+    if result.loss_weights is not None:
+        report["training"]["loss_weights"] = result.loss_weights.tolist()
     graph = export_onnx(result.model)
     check_gru_nodes(graph)
     parity = parity_error(result.model, graph)
@@ -134,6 +137,12 @@ def _rebuild(config: TrainConfig, card: ModelCard, model: Forecaster) -> TrainRe
     return TrainResult(config, dataset, splits, card.scaler, model, streams)
 
 
+def _loss_name(config: TrainConfig) -> str:
+    if config.loss_weights == "persistence":
+        return "MSE relative to persistence (per horizon step and target)"
+    return "MSE (scaled)"
+
+
 def _warmup(config: TrainConfig, model: Forecaster) -> int:
     """Steps before a forecast is trusted: the burn-in, and for the tdnn a full lag buffer."""
     if model.config.kind == "tdnn":
@@ -158,7 +167,12 @@ def _write_artifacts(
 ) -> None:
     write_report(report, directory / "report.json")
     if history:
-        plot_losses(history, directory / "loss.png", refit=result.refit_history)
+        plot_losses(
+            history,
+            directory / "loss.png",
+            refit=result.refit_history,
+            ylabel=_loss_name(result.config),
+        )
     stream = result.streams[0]
     forecast = run_streams(model, [stream.x])[0]
     periods = {name: (p["from"], p["to"]) for name, p in report["periods"].items()}

@@ -7,6 +7,13 @@ stop at the chunk boundary) and starts from zero at the stream's first step. The
 ``burn_in`` steps are left out of the loss because the state has not warmed up yet; the
 card's ``warmup_steps`` tells the service the same thing.
 
+The loss is the mean squared error in scaled units. Scaled by each feature's overall spread,
+a target whose reading-to-reading changes are small (a slowly moving temperature with
+measurement noise) contributes almost nothing next to a noisy one, and the first horizon
+step next to the twelfth; ``loss_weights="persistence"`` divides each (horizon step,
+target) cell by persistence's mean squared error there, so every cell counts by how much
+the model improves on repeating the last reading.
+
 Read `train` top to bottom: data, split, scaler, model, the epoch loop, early stopping.
 """
 
@@ -37,6 +44,7 @@ __all__ = [
     "make_batches",
     "make_chunks",
     "masked_mse",
+    "persistence_weights",
     "prepare_streams",
     "resolve_splits",
     "run_epoch",
@@ -72,6 +80,7 @@ class TrainResult:
     scaler: Any
     model: Forecaster
     streams: list[StreamArrays]
+    loss_weights: np.ndarray | None = None  # [horizon, n_targets], None for a plain MSE
     history: list[dict[str, float]] = field(default_factory=list)
     refit_history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
@@ -102,28 +111,43 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     val_masks = [s.loss_mask(splits, "val", config.burn_in) for s in streams]
     if not any(m.any() for m in train_masks):
         raise TrainingDataError("no training targets: move val_start later or lower burn_in")
+    weights = (
+        persistence_weights(streams, train_masks, dataset.target_index)
+        if config.loss_weights == "persistence"
+        else None
+    )
 
     model = build_model(config.model_config_for(len(dataset.features), len(dataset.targets)))
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    result = TrainResult(config, dataset, splits, scaler, model, streams)
+    result = TrainResult(config, dataset, splits, scaler, model, streams, weights)
     best_loss, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
 
     bar = tqdm(range(1, config.max_epochs + 1), desc=f"train {config.kind}", disable=not progress)
     for epoch in bar:
-        train_loss, grad_norm = run_epoch(model, optimiser, streams, train_masks, config, rng)
-        val_loss = evaluate_loss(model, streams, val_masks)
+        lr = optimiser.param_groups[0]["lr"]
+        train_loss, grad_norm = run_epoch(
+            model, optimiser, streams, train_masks, config, rng, weights
+        )
+        val_loss = evaluate_loss(model, streams, val_masks, weights)
         result.history.append(
-            {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "grad_norm": grad_norm}
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "grad_norm": grad_norm,
+                "lr": lr,
+            }
         )
         bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
         log.info(
-            "epoch=%d train_loss=%.5f val_loss=%.5f grad_norm=%.3f",
+            "epoch=%d train_loss=%.5f val_loss=%.5f grad_norm=%.3f lr=%.3g",
             epoch,
             train_loss,
             val_loss,
             grad_norm,
+            lr,
         )
 
         # Early stopping on the validation loss (the training loss when there is no
@@ -134,6 +158,10 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
+            # A plateau at this step size: smaller steps settle into the minimum that
+            # larger ones keep jumping across (the noise a model must not chase is small).
+            for group in optimiser.param_groups:
+                group["lr"] *= config.lr_decay
             if stale >= config.patience:
                 log.info(
                     "early stop at epoch %d; best epoch %d loss=%.5f",
@@ -160,7 +188,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.refit_epochs)
         masks = [t | v for t, v in zip(train_masks, val_masks, strict=True)]
         for epoch in tqdm(range(1, config.refit_epochs + 1), desc="refit", disable=not progress):
-            train_loss, grad_norm = run_epoch(model, optimiser, streams, masks, config, rng)
+            train_loss, grad_norm = run_epoch(
+                model, optimiser, streams, masks, config, rng, weights
+            )
             schedule.step()
             result.refit_history.append(
                 {"epoch": epoch, "train_loss": train_loss, "grad_norm": grad_norm}
@@ -180,9 +210,11 @@ def run_epoch(
     masks: list[np.ndarray],
     config: TrainConfig,
     rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """One pass over every stream in chunks; returns the mean loss and mean gradient norm."""
     model.train()
+    cell_weights = None if weights is None else torch.from_numpy(weights.astype(np.float32))
     losses, norms = [], []
     for batch in make_batches(streams, masks, config.batch_size, rng):
         states = model.init_states(batch.x.shape[0])
@@ -193,7 +225,7 @@ def run_epoch(
             states = [s.detach() for s in states]  # truncate BPTT at the chunk edge
             if not mask.any():
                 continue
-            loss = masked_mse(pred, y, mask)
+            loss = masked_mse(pred, y, mask, cell_weights)
             optimiser.zero_grad()
             loss.backward()
             # Clipping by global norm keeps one bad chunk (a fault spike) from blowing up.
@@ -286,18 +318,46 @@ def make_chunks(batch: Batch, chunk: int, first: int) -> Iterator[tuple[Tensor, 
             yield batch.x[:, a:b], batch.y[:, a:b], batch.mask[:, a:b]
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean squared error over the (step, horizon) cells the mask keeps, all targets."""
+def persistence_weights(
+    streams: list[StreamArrays], masks: list[np.ndarray], target_index: list[int]
+) -> np.ndarray:
+    """``[horizon, n_targets]``: 1 / persistence's mean squared error (scaled) per horizon
+    step and target over the masked cells, so a weighted MSE reads as a fraction of it."""
+    horizon, n_targets = streams[0].y.shape[1:]
+    total = np.zeros((horizon, n_targets))
+    count = np.zeros(horizon)
+    for s, m in zip(streams, masks, strict=True):
+        err = (s.y - s.x[:, None, target_index]) ** 2  # persistence repeats the last reading
+        total += (err * m[..., None]).sum(axis=0)
+        count += m.sum(axis=0)
+    mse = total / np.maximum(count, 1)[:, None]
+    # A target that never changes would get an infinite weight; leave such cells unweighted.
+    return np.where(mse > 1e-12, 1.0 / np.maximum(mse, 1e-12), 1.0)
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean squared error over the (step, horizon) cells the mask keeps, all targets;
+    `weights` ``[horizon, n_targets]`` scales each horizon step and target."""
     err = (pred - target) ** 2 * mask[..., None]
+    if weights is not None:
+        err = err * weights
     return err.sum() / (mask.sum() * pred.shape[-1])
 
 
-def evaluate_loss(model: Forecaster, streams: list[StreamArrays], masks: list[np.ndarray]) -> float:
-    """Masked MSE in scaled units, running every stream from its first step (no grad)."""
+def evaluate_loss(
+    model: Forecaster,
+    streams: list[StreamArrays],
+    masks: list[np.ndarray],
+    weights: np.ndarray | None = None,
+) -> float:
+    """The training loss over the masked cells, running every stream from its first step (no grad)."""
     preds = run_streams(model, [s.x for s in streams])
     total, count = 0.0, 0
     for pred, s, m in zip(preds, streams, masks, strict=True):
         if m.any():
-            total += float((((pred - s.y) ** 2)[m]).sum())
+            err = (pred - s.y) ** 2
+            if weights is not None:
+                err = err * weights
+            total += float(err[m].sum())
             count += int(m.sum()) * pred.shape[-1]
     return total / count if count else math.nan

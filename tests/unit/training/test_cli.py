@@ -34,7 +34,10 @@ def test_train_help_lists_the_options() -> None:
         text=True,
         check=True,
     ).stdout
-    for option in ("--data", "--kind", "--val-start", "--dedupe", "--refit-epochs", "--registry"):
+    for option in (
+        "--data", "--kind", "--val-start", "--dedupe", "--refit-epochs", "--registry",
+        "--skip", "--loss-weights", "--lr-decay",
+    ):  # fmt: skip
         assert option in out
 
 
@@ -55,6 +58,7 @@ def test_bad_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 
 def test_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     _fails_with_one_line(capsys, ["train", "--hidden", "0"], "hidden")
+    _fails_with_one_line(capsys, ["train", "--lr-decay", "1.5"], "lr_decay")
     _fails_with_one_line(capsys, ["train", "--val-start", "someday"], "someday")
     _fails_with_one_line(capsys, ["train", "--extra-test", "oops"], "NAME=START,END")
     _fails_with_one_line(capsys, ["train", "--config", str(tmp_path / "none.yaml")], "cannot read")
@@ -80,6 +84,11 @@ def test_train_evaluate_export(capsys: pytest.CaptureFixture[str], tmp_path: Pat
                 "--config",
                 str(config),
                 *TINY,
+                "--skip",
+                "--loss-weights",
+                "persistence",
+                "--lr-decay",
+                "0.5",
                 "--name",
                 "cli-gru",
                 "--registry",
@@ -92,6 +101,14 @@ def test_train_evaluate_export(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     model_dir = tmp_path / "cli-gru" / "1"
     card = json.loads((model_dir / "card.json").read_text())
     assert card["kind"] == "gru" and card["provenance"]["seed"] == 3
+    trained = card["provenance"]["config"]
+    assert (trained["skip"], trained["loss_weights"], trained["lr_decay"]) == (
+        True,
+        "persistence",
+        0.5,
+    )
+    report = json.loads((model_dir / "report.json").read_text())
+    assert report["training"]["loss"].startswith("MSE relative to persistence")
 
     assert main(["evaluate", str(model_dir)]) == 0
     assert "test" in capsys.readouterr().out

@@ -93,6 +93,11 @@ def test_evaluate_scores_against_hand_computed_values(tmp_path: Path) -> None:
     assert test["persistence"]["arv"] == pytest.approx(model["arv"], rel=1e-5)
     assert model["skill_persistence"] == pytest.approx(0.0, abs=1e-5)
     assert model["skill_ar1"] == pytest.approx(1 - model["arv"] / test["ar1"]["arv"], rel=1e-5)
+    assert model["next_step_mae_skill_persistence"] == {"v": pytest.approx(0.0, abs=1e-6)}
+    mae_ar1 = test["ar1"]["per_horizon"][0]["mae_per_target"][0]
+    assert model["next_step_mae_skill_ar1"]["v"] == pytest.approx(
+        1 - np.mean(np.abs(e1)) / mae_ar1, rel=1e-5
+    )
 
     metrics = card_metrics(report)
     assert metrics["test.arv"] == model["arv"]

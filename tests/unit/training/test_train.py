@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from training.train import (
     make_batches,
     make_chunks,
     masked_mse,
+    persistence_weights,
     prepare_streams,
     resolve_splits,
     train,
@@ -117,6 +119,50 @@ def test_masked_mse_ignores_masked_cells() -> None:
     target = torch.zeros_like(pred)
     mask = torch.tensor([[[True, False], [False, True]]])
     assert masked_mse(pred, target, mask).item() == pytest.approx((1 + 16) / 2)
+
+
+def test_masked_mse_weights_each_horizon_step_and_target() -> None:
+    pred = torch.ones(1, 2, 2, 2)  # [B, T, horizon, targets]
+    target = torch.zeros_like(pred)
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    weights = torch.tensor([[4.0, 0.0], [1.0, 1.0]])
+    assert masked_mse(pred, target, mask, weights).item() == pytest.approx(6 / 4)
+
+
+def test_persistence_weights_score_persistence_at_one_in_every_cell() -> None:
+    data = load_dataset("synthetic", n_streams=3, n_steps=120)
+    splits = Splits(val_start=data.table["ts"].max(), test_start=data.table["ts"].max())
+    streams = prepare_streams(data.series(), data, fit_scaler(data, splits), horizon=4)
+    masks = [s.loss_mask(splits, "train", burn_in=5) for s in streams]
+    weights = persistence_weights(streams, masks, data.target_index)
+    assert weights.shape == (4, 3)
+    # Persistence's error grows with the horizon, so the first step weighs the most.
+    assert (weights[0] > weights[-1]).all()
+    [batch] = make_batches(streams, masks, batch_size=3, rng=np.random.default_rng(0))
+    persistence = batch.x[:, :, None, data.target_index].expand(-1, -1, 4, -1)
+    loss = masked_mse(
+        persistence, batch.y, batch.mask, torch.from_numpy(weights.astype(np.float32))
+    )
+    assert loss.item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_persistence_weighted_run_records_its_weights() -> None:
+    result = train(tiny_config(loss_weights="persistence"), progress=False)
+    assert result.loss_weights is not None and result.loss_weights.shape == (3, 3)
+    assert train(tiny_config(), progress=False).loss_weights is None
+
+
+def test_learning_rate_decays_after_each_epoch_without_improvement() -> None:
+    result = train(tiny_config(max_epochs=8, patience=8, lr_decay=0.5), progress=False)
+    history = result.history
+    assert history[0]["lr"] == pytest.approx(1e-2)
+    best = math.inf
+    for before, after in itertools.pairwise(history):
+        improved = before["val_loss"] < best - 1e-7
+        best = min(best, before["val_loss"])
+        assert after["lr"] == pytest.approx(before["lr"] * (1.0 if improved else 0.5))
+    constant = train(tiny_config(max_epochs=3, patience=3), progress=False)
+    assert {h["lr"] for h in constant.history} == {1e-2}
 
 
 def test_default_split_and_explicit_boundaries() -> None:
