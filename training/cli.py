@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 _EPILOG_TRAIN = """\
 examples:
-  sensorcast train --data synthetic --streams 300 --steps 2000 --kind lstm --horizon 12 --skip \
-      --chunk 64 --burn-in 36 --loss-weights persistence --lr-decay 0.5 --epochs 40 --name sensors-demo
+  sensorcast train --data synthetic --streams 300 --steps 2000 --kind lstm --horizon 12 --skip \\
+      --chunk 64 --burn-in 36 --loss-weights persistence --lr-decay 0.5 --epochs 40 --patience 6 \\
+      --name sensors-demo     (reproduces the shipped sensors-demo:1)
   sensorcast train --data readings.parquet --features temp,vibration --targets temp --sort --dedupe last
   sensorcast train --config run.yaml --seed 3     (flags override the file)
 
