@@ -256,7 +256,10 @@ class Service:
         rejects = decoded.rejects + result.rejects
         if rejects:
             self._dead_letter(rejects, records)
-        self.metrics.record_batch(len(records), result, time.time() - received)
+        handed = time.time()
+        self.metrics.record_batch(
+            len(records), result, handed - received, decoded.ages(forecasts, handed)
+        )
         self._forget(result.evicted)
         self._forget(result.expired)
 

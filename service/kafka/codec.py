@@ -79,10 +79,16 @@ class RawRecord(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int:
+        """Milliseconds since the epoch: the producer's CreateTime, or the broker's
+        LogAppendTime; negative when the record has none."""
+        ...
 
 
 _KEY, _VALUE = attrgetter("key"), attrgetter("value")
 _PARTITION, _OFFSET = attrgetter("partition"), attrgetter("offset")
+_TIMESTAMP = attrgetter("timestamp")
 
 
 class _ColumnRecord(NamedTuple):
@@ -91,6 +97,7 @@ class _ColumnRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,7 @@ class RecordColumns(Sequence[_ColumnRecord]):
     values: list[bytes | None]
     partitions: list[int]
     offsets: list[int]
+    timestamps: list[int]  # milliseconds, negative for none (see `RawRecord.timestamp`)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -123,6 +131,7 @@ class RecordColumns(Sequence[_ColumnRecord]):
             self.offsets[index],
             self.keys[index],
             self.values[index],
+            self.timestamps[index],
         )
 
 
@@ -202,6 +211,33 @@ class DecodedColumns:
 
     batch: ReadingBatch
     rejects: list[Reject]
+    #: per row of `batch`: when its record was written to Kafka (the record timestamp, in
+    #: seconds), NaN when the record has none
+    written: np.ndarray
+
+    def ages(self, forecasts: ForecastBatch, now: float) -> np.ndarray:
+        """Seconds from each forecast's reading being written to Kafka to `now`, for the
+        forecasts whose record has a timestamp (clipped at 0: the producer's clock may run
+        ahead of ours). A forecast is matched to its row by its (partition, offset)."""
+        if not len(forecasts):
+            return np.empty(0, np.float64)
+        batch = self.batch
+        rows = _keys(batch.partitions, batch.offsets)
+        wanted = _keys(forecasts.partitions, forecasts.offsets)
+        if len(wanted) == len(rows) and np.array_equal(wanted, rows):
+            written = self.written  # one forecast per reading, in order: the common case
+        else:
+            order = np.argsort(rows, kind="stable")
+            written = self.written[order[np.searchsorted(rows, wanted, sorter=order)]]
+        ages: np.ndarray = now - written[~np.isnan(written)]
+        np.maximum(ages, 0.0, out=ages)
+        return ages
+
+
+def _keys(partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """One int64 per (partition, offset): offsets stay below 2**40."""
+    keys: np.ndarray = (partitions.astype(np.int64) << 40) | offsets
+    return keys
 
 
 @dataclass(slots=True)
@@ -211,6 +247,7 @@ class _Columns:
     values: list[Any] = field(default_factory=list)
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
 
 
 class ReadingDecoder:
@@ -255,7 +292,10 @@ class ReadingDecoder:
             np.full(n, received),
             problems,
         )
-        return DecodedColumns(batch, rejects)
+        written = np.array(columns.timestamps, np.float64)
+        written[written < 0] = np.nan
+        written /= 1000.0
+        return DecodedColumns(batch, rejects, written)
 
     def _decode(
         self, records: Sequence[RawRecord], received: float
@@ -341,15 +381,18 @@ class ReadingDecoder:
         # Positions of the accepted records, taken in bulk rather than one append each.
         if isinstance(records, RecordColumns):
             partitions, offsets = list(records.partitions), list(records.offsets)
+            timestamps = list(records.timestamps)
         else:
             partitions = list(map(_PARTITION, records))
             offsets = list(map(_OFFSET, records))
+            timestamps = list(map(_TIMESTAMP, records))
         if rejected:
             gone = set(rejected)
             keep = [i for i in range(len(offsets)) if i not in gone]
             partitions = [partitions[i] for i in keep]
             offsets = [offsets[i] for i in keep]
-        out.partitions, out.offsets = partitions, offsets
+            timestamps = [timestamps[i] for i in keep]
+        out.partitions, out.offsets, out.timestamps = partitions, offsets, timestamps
         return out, rejects
 
     @staticmethod

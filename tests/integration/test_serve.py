@@ -4,6 +4,7 @@ to the model run offline, with /readyz following the group assignment."""
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_every_reading_yields_one_forecast_equal_to_the_oracle(
     )
     k = settings.kafka
     kafka.create_topic(k.input_topic, 4)
+    produced = time.time()
     series = _produce_simulated(kafka, k.input_topic, N_STREAMS, N_STEPS)
     total = sum(len(ts) for ts, _ in series.values())
     assert len(series) == N_STREAMS and total > N_STREAMS * (N_STEPS - 1)
@@ -61,6 +63,11 @@ def test_every_reading_yields_one_forecast_equal_to_the_oracle(
         out = kafka.consume_until(k.output_topic, total, timeout=60)
         wait_until(lambda: svc.metric("sensorcast_readings_consumed_total") == total, 10, "metrics")
         assert svc.metric("sensorcast_forecasts_produced_total") == total
+        # one age per forecast, from its record's timestamp: none older than this test
+        ages = svc.metric("sensorcast_reading_to_forecast_seconds_count")
+        age_sum = svc.metric("sensorcast_reading_to_forecast_seconds_sum")
+        assert ages == total
+        assert 0 < age_sum <= total * (time.time() - produced)
 
     messages = [json.loads(r.value) for r in out]
     assert len(messages) == total

@@ -25,7 +25,7 @@ __all__ = ["ConfluentSource"]
 
 log = logging.getLogger(__name__)
 
-_EMPTY = RecordColumns("", [], [], [], [])
+_EMPTY = RecordColumns("", [], [], [], [], [])
 
 
 class ConfluentSource:
@@ -104,6 +104,8 @@ class ConfluentSource:
             [m.value() for m in messages],
             partitions,
             offsets,
+            # (type, ms); type 0 is TIMESTAMP_NOT_AVAILABLE
+            [ms if kind else -1 for kind, ms in [m.timestamp() for m in messages]],
         )
 
     def _drop_errors(self, messages: list[Message]) -> list[Message]:

@@ -27,7 +27,7 @@ class _Cluster:
 class _Record:
     def __init__(self, key: bytes, value: bytes, offset: int) -> None:
         self.topic, self.partition, self.offset = "t", 0, offset
-        self.key, self.value = key, value
+        self.key, self.value, self.timestamp = key, value, -1
 
 
 def test_partition_matches_kafka_python_default_partitioner() -> None:

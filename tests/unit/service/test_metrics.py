@@ -3,12 +3,14 @@ pre-initialised."""
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY
+import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import __version__
-from service.core.readings import DropReason, RejectReason
-from service.metrics import EVICTION_CAUSES, METRIC_NAMES, ServiceMetrics
+from service.core.engine import BatchResult
+from service.core.readings import DropReason, ForecastBatch, RejectReason
+from service.metrics import EVICTION_CAUSES, METRIC_NAMES, ArrayHistogram, ServiceMetrics
 
 
 def _samples(metrics: ServiceMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -66,6 +68,41 @@ def test_histograms_count_observations() -> None:
     assert samples[("sensorcast_batch_size_count", ())] == 3
     assert samples[("sensorcast_batch_size_sum", ())] == 941
     assert samples[("sensorcast_batch_size_bucket", (("le", "50.0"),))] == 2
+
+
+def test_an_array_histogram_exposes_what_a_histogram_observing_each_value_does() -> None:
+    buckets = (0.001, 0.01, 0.1, 1.0, 10.0)
+    values = np.array([0.0, 0.001, 0.0010001, 0.05, 0.1, 3.0, 10.0, 11.0, 1e6])
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    bulk = ArrayHistogram("age_seconds", "ages", buckets, ours)
+    single = Histogram("age_seconds", "ages", buckets=buckets, registry=theirs)
+    bulk.observe_many(values[:4])
+    bulk.observe_many(np.empty(0))
+    bulk.observe_many(values[4:])
+    for v in values:
+        single.observe(float(v))
+
+    def exposed(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert exposed(ours) == exposed(theirs)
+    assert bulk.count() == len(values)
+
+
+def test_reading_to_forecast_is_observed_per_forecast_and_the_batch_once() -> None:
+    metrics = ServiceMetrics()
+    result = BatchResult(ForecastBatch.empty(2, 1, 60.0), round_sizes=[3], round_seconds=[0.002])
+    metrics.record_batch(3, result, 0.004, np.array([0.02, 0.03, 0.7]))
+    samples = _samples(metrics)
+    assert samples[("sensorcast_reading_to_forecast_seconds_count", ())] == 3
+    assert samples[("sensorcast_reading_to_forecast_seconds_sum", ())] == 0.75
+    assert samples[("sensorcast_reading_to_forecast_seconds_bucket", (("le", "0.05"),))] == 2
+    assert samples[("sensorcast_batch_seconds_count", ())] == 1
 
 
 def test_every_metric_is_documented() -> None:

@@ -39,6 +39,7 @@ class Rec:
     partition: int = 2
     offset: int = 40
     topic: str = "sensor-readings"
+    timestamp: int = -1
 
 
 def _decoder(**kw: float) -> ReadingDecoder:
@@ -227,6 +228,7 @@ def test_a_batch_held_as_columns_decodes_as_its_records_do() -> None:
         [r.value for r in records],
         [r.partition for r in records],
         [r.offset for r in records],
+        [r.timestamp for r in records],
     )
     features = FeatureValues(["temp", "load"])
     want = _decoder().decode_columns(records, received=NOW, values=features)
@@ -301,3 +303,32 @@ def test_encode_batch_writes_what_encode_writes_at_float32_precision() -> None:
         1_800_000_180.25,
     ]
     assert encoder.encode_batch(ForecastBatch.empty(3, 2, 60.0)) == []
+
+
+def test_forecast_ages_count_from_each_record_timestamp() -> None:
+    stamp = int(NOW * 1000)
+    records = [
+        Rec(b"pump-1", _doc(), partition=0, offset=5, timestamp=stamp - 250),
+        Rec(b"pump-2", None, partition=0, offset=6, timestamp=stamp - 999_000),  # rejected
+        Rec(b"pump-2", _doc(stream_id="pump-2"), partition=1, offset=5, timestamp=stamp - 40),
+        Rec(b"pump-3", _doc(stream_id="pump-3"), partition=1, offset=6),  # no timestamp
+        Rec(b"pump-4", _doc(stream_id="pump-4"), partition=0, offset=7, timestamp=stamp + 900),
+    ]
+    decoded = _decoder().decode_columns(
+        records, received=NOW, values=FeatureValues(["temp", "load"])
+    )
+    assert np.isnan(decoded.written[2]) and decoded.written[0] == pytest.approx(NOW - 0.25)
+
+    def forecasts_of(rows: list[int]) -> ForecastBatch:
+        batch = decoded.batch
+        out = ForecastBatch.empty(1, 1, 60.0)
+        out.stream_ids = [batch.stream_ids[r] for r in rows]
+        out.partitions, out.offsets = batch.partitions[rows], batch.offsets[rows]
+        return out
+
+    # one forecast per reading in order, and a round order that differs from the poll's
+    assert decoded.ages(forecasts_of([0, 1, 2, 3]), NOW + 1.0) == pytest.approx(
+        [1.25, 1.04, 0.1]  # pump-3 has no timestamp; pump-4's producer clock runs ahead
+    )
+    assert decoded.ages(forecasts_of([3, 1, 0]), NOW) == pytest.approx([0.0, 0.04, 0.25])
+    assert decoded.ages(forecasts_of([]), NOW).size == 0

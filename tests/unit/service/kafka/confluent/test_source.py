@@ -107,7 +107,14 @@ def test_poll_returns_columns_without_errors_and_remembers_offsets() -> None:
     _assign(consumer, [0, 1])
     eof = KafkaError(KafkaError._PARTITION_EOF)
     consumer.batches = [
-        [_message(0, 5), _message(1, 9, b"x"), _message(1, 3, error=eof), _message(0, 6)]
+        [
+            _message(0, 5, timestamp=(confluent_kafka.TIMESTAMP_CREATE_TIME, 1_700_000_000_123)),
+            _message(1, 9, b"x"),
+            _message(1, 3, error=eof),
+            _message(
+                0, 6, timestamp=(confluent_kafka.TIMESTAMP_LOG_APPEND_TIME, 1_700_000_001_000)
+            ),
+        ]
     ]
     records = source.poll()
     assert isinstance(records, RecordColumns)
@@ -116,6 +123,8 @@ def test_poll_returns_columns_without_errors_and_remembers_offsets() -> None:
         [5, 9, 6],
         [b"{}", b"x", b"{}"],
     )
+    # milliseconds whichever clock stamped them; -1 where the record carries none
+    assert records.timestamps == [1_700_000_000_123, -1, 1_700_000_001_000]
     assert (records[1].topic, records[1].partition, records[1].offset) == (TOPIC, 1, 9)
     assert source.pending_commit() == {0: 7, 1: 10}
     assert len(source.poll()) == 0
