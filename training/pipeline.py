@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -76,12 +78,20 @@ def train_and_export(
 
 
 def evaluate_model(model_dir: Path) -> dict[str, Any]:
-    """Re-score a saved model on the data and split recorded in its card; rewrite report and plots."""
+    """Re-score a saved model on the data and split recorded in its card; rewrite the report
+    and the forecast plot. The report's ``training`` section (loss history, best epoch) and
+    the loss plot are the training run's and are kept."""
     card = ModelCard.read(model_dir)
     model, checkpoint = load_checkpoint(model_dir)
     config = load_config(checkpoint["train_config"])
     result = _rebuild(config, card, model)
     report = _report(model, result, config)
+    previous = model_dir / "report.json"
+    if previous.is_file():
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            training = json.loads(previous.read_text()).get("training")
+            if training is not None:
+                report["training"] = training
     _write_artifacts(model_dir, report, result, model, None)
     return report
 

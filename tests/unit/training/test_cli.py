@@ -112,6 +112,8 @@ def test_train_evaluate_export(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 
     assert main(["evaluate", str(model_dir)]) == 0
     assert "test" in capsys.readouterr().out
+    # re-scoring keeps the training run's loss history in the report
+    assert json.loads((model_dir / "report.json").read_text())["training"] == report["training"]
 
     assert main(["export", str(model_dir), "--version", "2", "--registry", str(tmp_path)]) == 0
     assert Registry(tmp_path).versions("cli-gru") == ["1", "2"]
