@@ -280,6 +280,34 @@ def wait_for_forecasts(bootstrap: str, topic: str, expected: int, timeout: float
         time.sleep(0.3)
 
 
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int = PARTITIONS) -> int:
+    """The sum over `topic`'s partitions of `group`'s committed offsets (0 where none): the
+    number of input records checkpointed, since every partition starts at offset 0."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
+    finally:
+        consumer.close()
+
+
+def wait_committed(bootstrap: str, group: str, topic: str, expected: int, timeout: float) -> None:
+    """Until `group` has checkpointed `expected` records of `topic`.
+
+    Forecasts on the output topic do not say that the serving process is done: a process
+    killed before its checkpoint has published forecasts whose readings its successor
+    applies again from the changelog's states. Only the committed offsets say that the
+    states holding every reading are on the changelog.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        done = committed_total(bootstrap, group, topic)
+        if done >= expected:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{done} of {expected} records checkpointed after {timeout:.0f} s")
+        time.sleep(0.3)
+
+
 @dataclass
 class Oracle:
     """The uninterrupted run: the engine over every input record, in offset order."""
@@ -333,11 +361,11 @@ class Oracle:
         for row, sid in enumerate(ids):
             info = store.info(sid)
             assert info is not None
-            assert (batch.last_ts[row], batch.steps[row], batch.applied[row]) == (
-                info.last_ts,
-                info.steps,
-                info.applied_offset,
-            ), sid
+            got = (float(batch.last_ts[row]), int(batch.steps[row]), int(batch.applied[row]))
+            assert got == (info.last_ts, info.steps, info.applied_offset), (
+                f"{sid}: changelog (last_ts, steps, applied_offset) {got}, uninterrupted run "
+                f"{(info.last_ts, info.steps, info.applied_offset)}"
+            )
             want = store.states_of(sid)
             assert want is not None
             for k, tensor in enumerate(want):

@@ -17,6 +17,7 @@ from tests.fault.faultkit import (
     Oracle,
     ServeProcess,
     distinct_forecasts,
+    wait_committed,
     wait_for_forecasts,
 )
 from tests.integration.servicekit import make_model
@@ -45,6 +46,7 @@ def test_crash_at_a_checkpoint_step_then_restart_matches_the_uninterrupted_run(
         procs.append(first)
         first.wait_ready()
         wait_for_forecasts(kafka.bootstrap, names.output, STREAMS * STEPS // 2, 60)
+        wait_committed(kafka.bootstrap, names.group, names.input, STREAMS * STEPS // 2, 60)
         assert first.stop() == 0, first.log()
 
         # The second half is processed by a process that exits inside its first checkpoint
@@ -59,6 +61,7 @@ def test_crash_at_a_checkpoint_step_then_restart_matches_the_uninterrupted_run(
         procs.append(last)
         last.wait_ready(90)
         wait_for_forecasts(kafka.bootstrap, names.output, STREAMS * STEPS, 60)
+        wait_committed(kafka.bootstrap, names.group, names.input, STREAMS * STEPS, 60)
         skipped = last.metric("sensorcast_drops_total", reason="already_applied")
         assert last.stop() == 0, last.log()
     finally:

@@ -18,6 +18,7 @@ from tests.fault.faultkit import (
     ServeProcess,
     await_condition,
     distinct_forecasts,
+    wait_committed,
     wait_for_forecasts,
 )
 from tests.integration.servicekit import CLIENTS, make_model
@@ -36,7 +37,9 @@ def test_five_sigkills_at_random_moments_leave_states_and_forecasts_as_uninterru
     rng = random.Random(20261122)
     model = make_model(tmp_path / "models")
     names = Names.fresh(kafka)
-    feed = Feed(kafka.bootstrap, names.input, STREAMS, STEPS, pause=0.25)
+    # paced so that readings keep coming through all five kills (each restart waits out the
+    # killed member's session before it is assigned)
+    feed = Feed(kafka.bootstrap, names.input, STREAMS, STEPS, pause=0.75)
     log_path = tmp_path / "serve.log"
     procs: list[ServeProcess] = []
     try:
@@ -58,6 +61,7 @@ def test_five_sigkills_at_random_moments_leave_states_and_forecasts_as_uninterru
         procs.append(final)
         final.wait_ready(90)
         wait_for_forecasts(kafka.bootstrap, names.output, feed.total, 90)
+        wait_committed(kafka.bootstrap, names.group, names.input, feed.total, 60)
         assert final.stop() == 0, final.log()
     finally:
         for proc in procs:

@@ -20,6 +20,7 @@ from tests.fault.faultkit import (
     await_condition,
     distinct_forecasts,
     streams_by_partition,
+    wait_committed,
     wait_for_forecasts,
 )
 from tests.integration.servicekit import make_model
@@ -95,6 +96,7 @@ def test_join_leave_and_kill_among_three_replicas_keep_states_and_forecasts(
         )
         feed.join()
         wait_for_forecasts(kafka.bootstrap, names.output, feed.total, 90)
+        wait_committed(kafka.bootstrap, names.group, names.input, feed.total, 60)
         await_condition(
             lambda: _holds_only_its_partitions(c, by_partition), 30, "c to hold every stream"
         )
