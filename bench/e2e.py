@@ -660,7 +660,11 @@ def _broker() -> Iterator[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.e2e",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument(
         "--streams", type=int, nargs="*", help="stream counts (default 1k 10k 100k)"

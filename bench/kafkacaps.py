@@ -103,7 +103,11 @@ def produce(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.kafkacaps", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.kafkacaps",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--records", type=int, default=200_000)

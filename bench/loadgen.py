@@ -208,7 +208,11 @@ def summarize(lat: np.ndarray) -> LatencySummary:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.loadgen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("mode", choices=["preload", "rate"])
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
