@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from service.config import ServiceSettings
 from service.core.engine import EngineConfig, StreamEngine
@@ -52,6 +53,22 @@ log = logging.getLogger(__name__)
 _FIRST_BACKOFF = 0.5
 # Exit status of a process stopped by the fault-injection setting ``debug.crash_at``.
 CRASH_EXIT_STATUS = 70
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """Changelog records sent and not yet known to be acknowledged."""
+
+    ids: list[str]  # streams whose states were sent (and marked unchanged)
+    tombstones: dict[str, int]  # tombstones sent: stream id -> partition
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A periodic checkpoint begun and not yet completed (see `Service._checkpoint_step`)."""
+
+    offsets: dict[int, int]  # the source's positions when its states were sent
+    sent: _Sent | None
 
 
 class Service:
@@ -90,6 +107,8 @@ class Service:
         self._restore_backoff = _FIRST_BACKOFF
         # evicted or expired streams awaiting their tombstone: stream id -> partition
         self._tombstones: dict[str, int] = {}
+        # the periodic checkpoint whose states are on their way to the changelog
+        self._pending: _Pending | None = None
         self._crash_at = settings.debug.crash_at
 
     # -- control ---------------------------------------------------------------------------
@@ -306,27 +325,42 @@ class Service:
            is acknowledged by the broker;
         2. write the states of the streams changed since the last checkpoint (and tombstones
            of evicted and expired streams) to the changelog, each to its input partition's
-           number, and flush it;
+           number, and flush it (with the records of a pipelined checkpoint still in flight);
         3. commit the input offsets of the processed records.
 
         A failure at a step raises and skips the later ones: an offset is never committed
         ahead of its forecasts or of the states that hold its reading, and states not
-        acknowledged stay marked as changed for the next checkpoint. A state written ahead of
-        its offsets is harmless: after a restart the engine skips the readings it already
-        holds (``applied_offset``). On a revoke the same steps run inside the rebalance
-        callback for the revoked partitions: `flush_before_revoke` (1 and 2), then the
-        source commits their offsets (3).
+        acknowledged are marked changed again for the next checkpoint. A state written ahead
+        of its offsets is harmless: after a restart the engine skips the readings it already
+        holds (``applied_offset``). This is the shutdown's checkpoint; the periodic one runs
+        the same steps pipelined (`_checkpoint_step`). On a revoke the same steps run inside
+        the rebalance callback for the revoked partitions: `flush_before_revoke` (1 and 2),
+        then the source commits their offsets (3).
         """
         assert self._sink is not None and self._source is not None
+        assert self._changelog is not None
         if timeout is None:
             timeout = self.settings.kafka.checkpoint_timeout
         started = time.monotonic()
         armed = self._crash_at is not None and self._has_state_to_write()
-        # 1. flush the forecast producer
-        self._sink.flush(timeout)
-        self._maybe_crash("after_flush", armed)
-        # 2. write the changed states and the tombstones to the changelog, and flush it
-        self._write_changelog(None, timeout, crash_midway=armed)
+        pending, self._pending = self._pending, None
+        try:
+            # 1. flush the forecast producer
+            self._sink.flush(timeout)
+            self._maybe_crash("after_flush", armed)
+            # 2. write the changed states and the tombstones to the changelog, and flush it
+            sent = self._send_changelog(None, timeout, crash_midway=armed)
+            try:
+                self._changelog.flush(timeout)
+            except ChangelogError:
+                self._unsend(sent)
+                raise
+        except (SinkError, ChangelogError):
+            if pending is not None:
+                self._unsend(pending.sent)
+            raise
+        for done in (pending.sent if pending is not None else None, sent):
+            self._acknowledged(done)
         self._maybe_crash("after_changelog", armed)
         # 3. commit the input offsets
         self._source.commit(timeout_ms=int(timeout * 1000))
@@ -334,16 +368,68 @@ class Service:
         self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
         self.metrics.checkpoints.labels(outcome="ok").inc()
 
+    def _checkpoint_step(self, timeout: float) -> None:
+        """The periodic checkpoint, pipelined so that the loop never waits for the
+        changelog's acknowledgements of the states it has just sent:
+
+        - complete the checkpoint begun one interval ago: flush the forecast producer, flush
+          the changelog (its states, sent then, are acknowledged by now as a rule), commit
+          the input positions taken when they were sent;
+        - begin the next: take the source's positions, send the states changed since (and
+          the tombstones), and go on processing.
+
+        The order of `checkpoint` holds for every committed offset: its forecasts and the
+        states holding its readings were acknowledged first. The price is that offsets are
+        committed one interval later. A failure raises; the states of the checkpoint being
+        completed are marked changed again, and nothing is committed.
+        """
+        assert self._sink is not None and self._source is not None
+        assert self._changelog is not None
+        started = time.monotonic()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            armed = self._crash_at is not None and pending.sent is not None
+            try:
+                self._sink.flush(timeout)
+                self._maybe_crash("after_flush", armed)
+                self._changelog.flush(timeout)
+            except (SinkError, ChangelogError):
+                self._unsend(pending.sent)
+                raise
+            self._acknowledged(pending.sent)
+            self._maybe_crash("after_changelog", armed)
+            self._source.commit(timeout_ms=int(timeout * 1000), offsets=pending.offsets)
+            self._maybe_crash("after_commit", armed)
+            self.metrics.checkpoints.labels(outcome="ok").inc()
+        armed = self._crash_at is not None and self._has_state_to_write()
+        positions = self._source.positions()
+        sent = self._send_changelog(None, timeout, crash_midway=armed)
+        self._pending = _Pending(positions, sent)
+        self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
+
     def _has_state_to_write(self) -> bool:
         assert self._engine is not None
         return bool(self._tombstones) or bool(self._engine.store.dirty_ids())
 
-    def _write_changelog(
+    def _write_changelog(self, partitions: set[int], timeout: float) -> None:
+        """Checkpoint step 2 for `partitions`, waiting for the changelog's acknowledgement
+        (of these records and of any sent before)."""
+        assert self._changelog is not None
+        sent = self._send_changelog(partitions, timeout)
+        try:
+            self._changelog.flush(timeout)
+        except ChangelogError:
+            self._unsend(sent)
+            raise
+        self._acknowledged(sent)
+
+    def _send_changelog(
         self, partitions: set[int] | None, timeout: float, *, crash_midway: bool = False
-    ) -> None:
-        """Checkpoint step 2 for `partitions` (None: all): tombstones, then the changed
-        streams' states, sent to their partitions and flushed. Only once the changelog has
-        acknowledged them are the streams marked clean and the tombstones forgotten."""
+    ) -> _Sent | None:
+        """Send the tombstones, then the changed streams' states, of `partitions` (None:
+        all) to their changelog partitions, without waiting for acknowledgements. The
+        streams are marked unchanged and the tombstones forgotten at once; `_unsend` undoes
+        that when the records turn out not acknowledged."""
         assert self._engine is not None and self._changelog is not None
         store = self._engine.store
         dirty = list(store.dirty_ids())
@@ -355,13 +441,13 @@ class Service:
             if p >= 0 and (wanted is None or p in wanted)
         ]
         parts = [p for p in owners if p >= 0 and (wanted is None or p in wanted)]
-        tombs = [(s, p) for s, p in self._tombstones.items() if wanted is None or p in wanted]
+        tombs = {s: p for s, p in self._tombstones.items() if wanted is None or p in wanted}
         if not ids and not tombs:
             self.metrics.checkpoint_streams.set(0)
             self.metrics.checkpoint_bytes.set(0)
-            return
-        keys = [s for s, _ in tombs] + ids
-        targets = [p for _, p in tombs] + parts
+            return None
+        keys = list(tombs) + ids
+        targets = list(tombs.values()) + parts
         values: list[bytes | None] = [None] * len(tombs)
         values += store.dump_many(ids)
         if crash_midway and self._crash_at == "mid_changelog":
@@ -370,15 +456,32 @@ class Service:
             self._changelog.flush(timeout)
             self._maybe_crash("mid_changelog", True)
         size = self._changelog.send(targets, keys, values)
-        self._changelog.flush(timeout)
         store.clear_dirty(ids)
-        for sid, _ in tombs:
+        for sid in tombs:
             # a stream evicted and back again has its state written after its tombstone
-            self._tombstones.pop(sid, None)
-        self.metrics.changelog_records.labels(kind="state").inc(len(ids))
-        self.metrics.changelog_records.labels(kind="tombstone").inc(len(tombs))
+            del self._tombstones[sid]
         self.metrics.checkpoint_streams.set(len(keys))
         self.metrics.checkpoint_bytes.set(size)
+        return _Sent(ids, tombs)
+
+    def _acknowledged(self, sent: _Sent | None) -> None:
+        if sent is not None:
+            self.metrics.changelog_records.labels(kind="state").inc(len(sent.ids))
+            self.metrics.changelog_records.labels(kind="tombstone").inc(len(sent.tombstones))
+
+    def _unsend(self, sent: _Sent | None) -> None:
+        """Records of `sent` may not have reached the changelog: their streams are changed
+        again and their tombstones due again (unless the stream is back in the store, whose
+        state is then written instead)."""
+        if sent is None:
+            return
+        assert self._engine is not None
+        store = self._engine.store
+        store.mark_dirty(sent.ids)
+        owned = self._held
+        for sid, partition in sent.tombstones.items():
+            if sid not in store and partition in owned:
+                self._tombstones.setdefault(sid, partition)
 
     def _maybe_crash(self, point: str, armed: bool) -> None:
         """The fault-injection setting ``debug.crash_at``: exit at once, as a kill would."""
@@ -392,7 +495,7 @@ class Service:
     def _periodic_checkpoint(self) -> None:
         k = self.settings.kafka
         try:
-            self.checkpoint()
+            self._checkpoint_step(k.checkpoint_timeout)
         except GroupChangingError as exc:
             # Not a broker problem: the next poll completes the rebalance, whose revoke
             # callback commits; until then the commit waits.
@@ -510,6 +613,10 @@ class Service:
         return True
 
     def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
+        if self._pending is not None:
+            # committed by the revoke itself, or now another member's to commit
+            for p in partitions:
+                self._pending.offsets.pop(p, None)
         if lost:
             # another member may already own them: their streams go without being written
             self._streams.lost(partitions)

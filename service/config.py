@@ -235,7 +235,8 @@ class DebugSettings(_Section):
         Field(
             default=None,
             description="Fault injection for tests only: exit the process abruptly at this point of the "
-            "first checkpoint that has state to write (`mid_changelog`: half its records written).",
+            "first checkpoint that has state to write (`mid_changelog`: half its records sent and "
+            "acknowledged; the others while that checkpoint is completed).",
         )
     )
 

@@ -226,7 +226,8 @@ class ServiceMetrics:
         )
         self.checkpoint_seconds = Histogram(
             "sensorcast_checkpoint_seconds",
-            "Duration of a successful checkpoint.",
+            "Time the poll loop spent in a checkpoint: the periodic one completes the "
+            "checkpoint begun an interval before and sends the next one's states.",
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )

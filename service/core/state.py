@@ -572,6 +572,12 @@ class StateStore:
         slots = [self._index[s] for s in stream_ids if s in self._index]
         self._dirty[np.asarray(slots, np.int64)] = False
 
+    def mark_dirty(self, stream_ids: Iterable[str]) -> None:
+        """Mark streams changed again (a write of their state was not acknowledged);
+        streams no longer held are skipped."""
+        slots = [self._index[s] for s in stream_ids if s in self._index]
+        self._dirty[np.asarray(slots, np.int64)] = True
+
     def dump(self, stream_id: str) -> bytes:
         """One stream's state as a compact binary record (see `service.core.statecodec`)."""
         return self.dump_many([stream_id])[0]

@@ -137,8 +137,14 @@ class KafkaSource:
         committed = dict(self._committed)  # snapshots: rebalance callbacks run on another thread
         return {p: o for p, o in dict(self._next).items() if committed.get(p) != o}
 
-    def commit(self, timeout_ms: int | None = None) -> dict[int, int]:
-        """Commit, for every assigned partition, the next offset to process.
+    def positions(self) -> dict[int, int]:
+        return dict(self._next)
+
+    def commit(
+        self, timeout_ms: int | None = None, offsets: dict[int, int] | None = None
+    ) -> dict[int, int]:
+        """Commit, for every assigned partition, the next offset to process; or, given
+        `offsets` (an earlier `positions()`), those of them still assigned.
 
         Unchanged offsets are committed again: the round trip to the group coordinator is
         what tells the service that the broker is still there. Returns the partitions whose
@@ -146,20 +152,29 @@ class KafkaSource:
         refuses the commit and `TransportError` when the broker does.
         """
         try:
-            return self._commit(timeout_ms)
+            return self._commit(timeout_ms, offsets)
         except _GROUP_CHURN as exc:
             raise GroupChangingError(f"commit refused: {type(exc).__name__}") from exc
         except KafkaError as exc:
             raise TransportError(f"commit failed: {exc!r}") from exc
 
-    def _commit(self, timeout_ms: int | None) -> dict[int, int]:
-        offsets = dict(self._next)  # a snapshot: rebalance callbacks run on another thread
+    def _commit(self, timeout_ms: int | None, given: dict[int, int] | None) -> dict[int, int]:
+        current = dict(self._next)  # a snapshot: rebalance callbacks run on another thread
+        offsets = current if given is None else dict(given)
         for tp in self._consumer.assignment():
-            if tp.partition not in offsets:
-                offsets[tp.partition] = self._consumer.position(tp, timeout_ms=timeout_ms)
+            p = tp.partition
+            if p in offsets:
+                continue
+            if p not in current:  # nothing processed since it was assigned
+                offsets[p] = self._consumer.position(tp, timeout_ms=timeout_ms)
+            elif p in self._committed:  # processed after `given` was taken: commit it again
+                offsets[p] = self._committed[p]
+        assigned = self.assignment()
+        committed = dict(self._committed)
+        # never behind what this member committed already (a revoke commits newer offsets)
+        offsets = {p: max(o, committed.get(p, o)) for p, o in offsets.items() if p in assigned}
         if not offsets:
             return {}
-        committed = dict(self._committed)
         moved = {p: o for p, o in offsets.items() if committed.get(p) != o}
         self._consumer.commit(
             {

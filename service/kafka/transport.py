@@ -68,8 +68,15 @@ class Source(Protocol):
         """Partitions whose processed position is past their last commit."""
         ...
 
-    def commit(self, timeout_ms: int | None = None) -> dict[int, int]:
-        """Commit the processed positions; return the partitions whose offset moved."""
+    def positions(self) -> dict[int, int]:
+        """The next offset to process, per partition with records processed (a snapshot)."""
+        ...
+
+    def commit(
+        self, timeout_ms: int | None = None, offsets: dict[int, int] | None = None
+    ) -> dict[int, int]:
+        """Commit the processed positions, or `offsets` (an earlier `positions()`, for the
+        partitions still assigned); return the partitions whose offset moved."""
         ...
 
     def lag(self) -> dict[int, int]:

@@ -191,8 +191,14 @@ class ConfluentSource:
         """Partitions whose processed position is past their last commit."""
         return {p: o for p, o in self._next.items() if self._committed.get(p) != o}
 
-    def commit(self, timeout_ms: int | None = None) -> dict[int, int]:
-        """Commit, for every partition with records processed, the next offset to process.
+    def positions(self) -> dict[int, int]:
+        return dict(self._next)
+
+    def commit(
+        self, timeout_ms: int | None = None, offsets: dict[int, int] | None = None
+    ) -> dict[int, int]:
+        """Commit, for every partition with records processed, the next offset to process;
+        or, given `offsets` (an earlier `positions()`), those of them still assigned.
 
         Unchanged offsets are committed again: the round trip to the group coordinator is
         what tells the service that the broker is still there (with nothing processed yet,
@@ -200,7 +206,14 @@ class ConfluentSource:
         offset moved since the last commit. Raises `GroupChangingError` when a rebalance
         refuses the commit and `TransportError` when the broker does.
         """
-        offsets = dict(self._next)
+        if offsets is None:
+            offsets = dict(self._next)
+        else:
+            # those still assigned, never behind what this member committed already
+            committed = self._committed
+            offsets = {
+                p: max(o, committed.get(p, o)) for p, o in offsets.items() if p in self._assigned
+            }
         timeout = (timeout_ms if timeout_ms is not None else 10_000) / 1000
         if not offsets:
             if self._assigned:

@@ -31,6 +31,7 @@ class FakeSource:
     def __init__(self, calls: Calls) -> None:
         self.owned: set[int] = set()
         self.paused_set: set[int] = set()
+        self.processed: dict[int, int] = {}  # partition -> next offset to process
         self.calls = calls
 
     def assignment(self) -> set[int]:
@@ -45,8 +46,13 @@ class FakeSource:
     def paused(self) -> set[int]:
         return set(self.paused_set)
 
-    def commit(self, timeout_ms: int | None = None) -> dict[int, int]:
-        self.calls.append("commit")
+    def positions(self) -> dict[int, int]:
+        return dict(self.processed)
+
+    def commit(
+        self, timeout_ms: int | None = None, offsets: dict[int, int] | None = None
+    ) -> dict[int, int]:
+        self.calls.append("commit" if offsets is None else f"commit {offsets}")
         return {}
 
     def lag(self) -> dict[int, int]:
@@ -176,6 +182,89 @@ def test_a_failed_changelog_write_skips_the_commit_and_keeps_streams_changed() -
     svc.checkpoint()
     assert calls[-1] == "commit"
     assert svc.engine.store.dirty_ids() == set()  # type: ignore[union-attr]
+
+
+def _processed(svc: Service, positions: dict[int, int]) -> None:
+    source: Any = svc._source
+    source.processed = dict(positions)
+
+
+def test_the_periodic_checkpoint_commits_what_the_changelog_acknowledged_one_step_later() -> None:
+    svc, calls, producer = _service({0: [], 1: []})
+    _assign(svc, {0, 1})
+    svc._apply_moves()
+    _touch(svc, ["a"], 0)
+    _processed(svc, {0: 10})
+    svc._checkpoint_step(1.0)
+    # begun: the states are on their way, nothing waited for, nothing committed
+    assert calls == ["send states"]
+    assert svc.engine.store.dirty_ids() == set()  # type: ignore[union-attr]
+    # more is processed while they travel
+    _touch(svc, ["b"], 1)
+    _processed(svc, {0: 10, 1: 4})
+    calls.clear()
+    svc._checkpoint_step(1.0)
+    # completed: forecasts and changelog acknowledged, then the positions taken with the
+    # states sent; the next one begun with b's state
+    assert calls == ["flush forecasts", "flush changelog", "commit {0: 10}", "send states"]
+    assert [key for _, key, _, _ in producer.sent] == [b"a", b"b"]
+    calls.clear()
+    svc._checkpoint_step(1.0)
+    assert calls == ["flush forecasts", "flush changelog", "commit {0: 10, 1: 4}"]
+
+
+def test_a_pipelined_checkpoint_that_fails_commits_nothing_and_writes_its_states_again() -> None:
+    svc, calls, producer = _service({0: []})
+    _assign(svc, {0})
+    svc._apply_moves()
+    _touch(svc, ["a", "b"], 0)
+    svc._tombstones["gone"] = 0
+    _processed(svc, {0: 7})
+    producer.fail_every = 1
+    svc._checkpoint_step(1.0)
+    with pytest.raises(ChangelogError):
+        svc._checkpoint_step(1.0)
+    assert not any(c.startswith("commit") for c in calls)
+    assert svc.engine.store.dirty_ids() == {"a", "b"}  # type: ignore[union-attr]
+    assert svc._tombstones == {"gone": 0}
+    producer.fail_every = 0
+    calls.clear()
+    svc._checkpoint_step(1.0)  # begins again from scratch
+    svc._checkpoint_step(1.0)
+    assert calls == ["send states", "flush forecasts", "flush changelog", "commit {0: 7}"]
+
+
+def test_a_revoke_takes_its_partitions_out_of_the_pending_checkpoint() -> None:
+    svc, calls, _ = _service({0: [], 1: []})
+    _assign(svc, {0, 1})
+    svc._apply_moves()
+    _touch(svc, ["a"], 0)
+    _touch(svc, ["b"], 1)
+    _processed(svc, {0: 3, 1: 5})
+    svc._checkpoint_step(1.0)
+    assert svc.flush_before_revoke({1})
+    svc.partitions_revoked({1}, lost=False)
+    calls.clear()
+    svc._checkpoint_step(1.0)
+    assert "commit {0: 3}" in calls  # partition 1's offset was the revoke's to commit
+
+
+def test_the_shutdown_checkpoint_completes_a_pending_one() -> None:
+    svc, calls, producer = _service({0: []})
+    _assign(svc, {0})
+    svc._apply_moves()
+    _touch(svc, ["a"], 0)
+    svc._checkpoint_step(1.0)
+    _touch(svc, ["b"], 0)
+    calls.clear()
+    svc.checkpoint()
+    assert calls == ["flush forecasts", "send states", "flush changelog", "commit"]
+    assert svc._pending is None
+    assert [key for _, key, _, _ in producer.sent] == [b"a", b"b"]
+    changelog_states = svc.metrics.registry.get_sample_value(
+        "sensorcast_changelog_records_total", {"kind": "state"}
+    )
+    assert changelog_states == 2
 
 
 def test_eager_rebalance_keeps_retained_partitions_and_writes_only_revoked_ones() -> None:

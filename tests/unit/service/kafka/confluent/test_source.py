@@ -191,3 +191,24 @@ def test_commit_errors_become_sensorcast_errors(code: int, error: type[Exception
     consumer.commit_error = None
     assert source.commit(1000) == {0: 5}
     assert source.pending_commit() == {}
+
+
+def test_committing_earlier_positions_commits_only_those_still_assigned_and_never_backwards() -> (
+    None
+):
+    source, consumer = _source()
+    _assign(consumer, [0, 1])
+    consumer.batches = [[_message(0, 4), _message(1, 8)]]
+    source.poll()
+    noted = source.positions()
+    assert noted == {0: 5, 1: 9}
+    consumer.batches = [[_message(0, 5), _message(0, 6)]]
+    source.poll()  # processed after the positions were noted
+    consumer.calls.clear()
+    assert source.commit(1000, offsets=noted) == {0: 5, 1: 9}
+    assert consumer.calls == ["commit [(0, 5), (1, 9)]"]
+    assert source.pending_commit() == {0: 7}  # what came after is still to commit
+    consumer.callbacks["on_revoke"](consumer, [TopicPartition(TOPIC, 1)])
+    consumer.calls.clear()
+    source.commit(1000, offsets={0: 3, 1: 12})  # 1 is gone; 0 never goes back to 3
+    assert consumer.calls == ["commit [(0, 5)]"]
