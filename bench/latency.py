@@ -1,0 +1,143 @@
+"""Reading-to-forecast latency of the service alone, on a fresh broker.
+
+    python -m bench.latency                                 # both clients, 1,000 streams, 15,000/s
+    python -m bench.latency --client confluent --streams 10000 --rate 20000 --seconds 10
+
+`bench.e2e` measures latency after each pipeline has drained a large backlog, on a broker
+that by then holds every pipeline's topics in memory; this one starts a fresh embedded
+broker per client, pre-loads two readings per stream, starts `sensorcast serve` with the
+shipped model, and once it has caught up sends readings at a fixed rate with
+`bench.loadgen` while a consumer notes when each forecast arrives. It prints the end-to-end
+p50/p99/max (reading handed to the producer to forecast consumed), and, from the service's
+own metrics over the same seconds, the mean time it spent per micro-batch and per
+checkpoint, which is what the service adds on top of the two broker hops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.e2e import ForecastCollector, OffsetWatch, _create_topics
+from bench.loadgen import ReadingPlan, latencies, preload, run_at_rate, summarize
+from service.embedded import broker_bootstrap, die_with_parent, free_port
+
+_ROOT = Path(__file__).resolve().parents[1]
+_WATCHED = (
+    "sensorcast_batch_seconds_sum",
+    "sensorcast_batch_seconds_count",
+    "sensorcast_checkpoint_seconds_sum",
+    "sensorcast_checkpoint_seconds_count",
+    "sensorcast_readings_consumed_total",
+)
+
+
+def _metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _WATCHED:
+            out[name] = float(value)
+    return out
+
+
+def measure(client: str, streams: int, rate: float, seconds: float) -> str:
+    with broker_bootstrap() as bootstrap:
+        topic, output = "latency-in", "latency-out"
+        _create_topics(bootstrap, [topic, output, output + ".dlq"])
+        plan = ReadingPlan(streams, 4)
+        preloaded = preload(bootstrap, topic, plan, range(2))
+        port = free_port()
+        env = dict(os.environ)
+        env.update(
+            {
+                "SENSORCAST_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                "SENSORCAST_KAFKA__INPUT_TOPIC": topic,
+                "SENSORCAST_KAFKA__OUTPUT_TOPIC": output,
+                "SENSORCAST_KAFKA__DEAD_LETTER_TOPIC": output + ".dlq",
+                "SENSORCAST_KAFKA__GROUP_ID": "latency",
+                "SENSORCAST_KAFKA__AUTO_OFFSET_RESET": "earliest",
+                "SENSORCAST_KAFKA__CLIENT": client,
+                "SENSORCAST_HTTP__HOST": "127.0.0.1",
+                "SENSORCAST_HTTP__PORT": str(port),
+                "SENSORCAST_LOG__LEVEL": "WARNING",
+                "SENSORCAST_MODEL__REGISTRY": str(_ROOT / "models"),
+                "SENSORCAST_MODEL__NAME": "sensors-demo",
+            }
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"],
+            env=env,
+            cwd=_ROOT,
+            preexec_fn=die_with_parent,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # caught up with the pre-loaded readings
+                try:
+                    if _metrics(port).get("sensorcast_readings_consumed_total", 0) >= preloaded:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    return f"{client:12} the service did not catch up (exit {proc.poll()})"
+                time.sleep(0.2)
+            before = _metrics(port)
+            collector = ForecastCollector(bootstrap, output)
+            sent = run_at_rate(bootstrap, topic, plan, rate=rate, seconds=seconds, start_step=2)
+            watch = OffsetWatch(bootstrap, output)
+            time.sleep(2.0)
+            watch.close()
+            after = _metrics(port)
+            lat = summarize(latencies(collector.close(), sent, plan, 2))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    def mean_ms(name: str) -> tuple[float, int]:
+        count = after[f"{name}_count"] - before.get(f"{name}_count", 0)
+        total = after[f"{name}_sum"] - before.get(f"{name}_sum", 0)
+        return (1000 * total / count if count else float("nan")), int(count)
+
+    batch, batches = mean_ms("sensorcast_batch_seconds")
+    checkpoint, checkpoints = mean_ms("sensorcast_checkpoint_seconds")
+    return (
+        f"{client:12} {streams:>9,} streams {rate:>9,.0f}/s: p50 {lat.p50_ms:6.1f} "
+        f"p99 {lat.p99_ms:6.1f} max {lat.max_ms:6.1f} ms ({lat.count:,} forecasts); "
+        f"service: {batch:.1f} ms a batch ({batches}), {checkpoint:.1f} ms a checkpoint "
+        f"({checkpoints})"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.latency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="3 s of load per client")
+    parser.add_argument(
+        "--client", choices=["kafka-python", "confluent"], action="append", help="default: both"
+    )
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=15000.0, help="readings per second")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--trials", type=int, default=2, help="runs per client, each reported")
+    args = parser.parse_args(argv)
+    seconds, trials = (3.0, 1) if args.quick else (args.seconds, args.trials)
+    for _ in range(trials):
+        for client in args.client or ["kafka-python", "confluent"]:
+            print(measure(client, args.streams, args.rate, seconds), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
