@@ -16,6 +16,7 @@ extrapolate beyond the range of the bounded hidden units.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,13 +69,14 @@ class ModelConfig:
         return cls(**{**data, "lags": tuple(data.get("lags", (1, 2, 3, 6, 12)))})
 
 
-class Forecaster(nn.Module):
+class Forecaster(nn.Module, abc.ABC):
     """Base class: state specs for the card, initial states, and the step signature."""
 
     config: ModelConfig
 
+    @abc.abstractmethod
     def state_specs(self) -> list[StateSpec]:
-        raise NotImplementedError
+        """The card's state tensors, in the step signature's order."""
 
     def init_states(self, batch: int) -> tuple[Tensor, ...]:
         """Initial states for `batch` streams (zeros: the scaled mean for the lag buffer)."""
