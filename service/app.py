@@ -338,7 +338,6 @@ class Service:
         then the source commits their offsets (3).
         """
         assert self._sink is not None and self._source is not None
-        assert self._changelog is not None
         if timeout is None:
             timeout = self.settings.kafka.checkpoint_timeout
         started = time.monotonic()
@@ -349,18 +348,13 @@ class Service:
             self._sink.flush(timeout)
             self._maybe_crash("after_flush", armed)
             # 2. write the changed states and the tombstones to the changelog, and flush it
-            sent = self._send_changelog(None, timeout, crash_midway=armed)
-            try:
-                self._changelog.flush(timeout)
-            except ChangelogError:
-                self._unsend(sent)
-                raise
+            self._write_changelog(None, timeout, crash_midway=armed)
         except (SinkError, ChangelogError):
             if pending is not None:
                 self._unsend(pending.sent)
             raise
-        for done in (pending.sent if pending is not None else None, sent):
-            self._acknowledged(done)
+        if pending is not None:
+            self._acknowledged(pending.sent)
         self._maybe_crash("after_changelog", armed)
         # 3. commit the input offsets
         self._source.commit(timeout_ms=int(timeout * 1000))
@@ -411,11 +405,13 @@ class Service:
         assert self._engine is not None
         return bool(self._tombstones) or bool(self._engine.store.dirty_ids())
 
-    def _write_changelog(self, partitions: set[int], timeout: float) -> None:
-        """Checkpoint step 2 for `partitions`, waiting for the changelog's acknowledgement
-        (of these records and of any sent before)."""
+    def _write_changelog(
+        self, partitions: set[int] | None, timeout: float, *, crash_midway: bool = False
+    ) -> None:
+        """Checkpoint step 2 for `partitions` (None: all), waiting for the changelog's
+        acknowledgement (of these records and of any sent before)."""
         assert self._changelog is not None
-        sent = self._send_changelog(partitions, timeout)
+        sent = self._send_changelog(partitions, timeout, crash_midway=crash_midway)
         try:
             self._changelog.flush(timeout)
         except ChangelogError:
