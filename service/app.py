@@ -71,6 +71,33 @@ class _Pending:
     sent: _Sent | None
 
 
+@dataclass(slots=True)
+class _Queued:
+    """Changelog records of a begun checkpoint not yet handed to the producer: the loop
+    sends them `step` at a time between micro-batches (`Service._send_queued`)."""
+
+    partitions: list[int]
+    keys: list[str]
+    values: list[bytes | None]
+    next: int  # index of the first record not sent
+    step: int
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget the records of `partitions` not sent yet."""
+        keep = [i for i in range(self.next, len(self.keys)) if self.partitions[i] not in partitions]
+        self.partitions = [self.partitions[i] for i in keep]
+        self.keys = [self.keys[i] for i in keep]
+        self.values = [self.values[i] for i in keep]
+        self.next = 0
+
+
+# A begun checkpoint hands its states to the changelog producer over this many loop
+# iterations (at least _MIN_SLICE a time), so that no micro-batch waits for all of them:
+# kafka-python takes ~17 us of the loop per record, 170 ms for 10,000 streams at once.
+_SLICES = 16
+_MIN_SLICE = 256
+
+
 class Service:
     """One member of the consumer group, serving one model."""
 
@@ -107,8 +134,10 @@ class Service:
         self._restore_backoff = _FIRST_BACKOFF
         # evicted or expired streams awaiting their tombstone: stream id -> partition
         self._tombstones: dict[str, int] = {}
-        # the periodic checkpoint whose states are on their way to the changelog
+        # the periodic checkpoint whose states are on their way to the changelog, and those
+        # of its records still to be sent
         self._pending: _Pending | None = None
+        self._queued: _Queued | None = None
         self._crash_at = settings.debug.crash_at
 
     # -- control ---------------------------------------------------------------------------
@@ -250,6 +279,8 @@ class Service:
             self._apply_moves()
             if records:
                 self._process(records)
+            if self._queued is not None:
+                self._send_queued_slice()
             if time.monotonic() >= self._next_checkpoint:
                 self._periodic_checkpoint()
 
@@ -351,7 +382,7 @@ class Service:
             self._write_changelog(None, timeout, crash_midway=armed)
         except (SinkError, ChangelogError):
             if pending is not None:
-                self._unsend(pending.sent)
+                self._abandon(pending)
             raise
         if pending is not None:
             self._acknowledged(pending.sent)
@@ -366,11 +397,14 @@ class Service:
         """The periodic checkpoint, pipelined so that the loop never waits for the
         changelog's acknowledgements of the states it has just sent:
 
-        - complete the checkpoint begun one interval ago: flush the forecast producer, flush
-          the changelog (its states, sent then, are acknowledged by now as a rule), commit
-          the input positions taken when they were sent;
-        - begin the next: take the source's positions, send the states changed since (and
-          the tombstones), and go on processing.
+        - complete the checkpoint begun one interval ago: send what the loop has not sent
+          of its states yet, flush the forecast producer, flush the changelog (its states
+          are acknowledged by now as a rule), commit the input positions taken when they
+          were encoded;
+        - begin the next: take the source's positions, encode the states changed since,
+          send the tombstones and the first of the states (1/16th), and go on processing;
+          the loop sends the rest a slice at a time between micro-batches, so that no batch
+          of readings waits for the whole checkpoint.
 
         The order of `checkpoint` holds for every committed offset: its forecasts and the
         states holding its readings were acknowledged first. The price is that offsets are
@@ -384,11 +418,12 @@ class Service:
         if pending is not None:
             armed = self._crash_at is not None and pending.sent is not None
             try:
+                self._send_queued()
                 self._sink.flush(timeout)
                 self._maybe_crash("after_flush", armed)
                 self._changelog.flush(timeout)
             except (SinkError, ChangelogError):
-                self._unsend(pending.sent)
+                self._abandon(pending)
                 raise
             self._acknowledged(pending.sent)
             self._maybe_crash("after_changelog", armed)
@@ -397,7 +432,7 @@ class Service:
             self.metrics.checkpoints.labels(outcome="ok").inc()
         armed = self._crash_at is not None and self._has_state_to_write()
         positions = self._source.positions()
-        sent = self._send_changelog(None, timeout, crash_midway=armed)
+        sent = self._send_changelog(None, timeout, crash_midway=armed, spread=True)
         self._pending = _Pending(positions, sent)
         self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
 
@@ -420,13 +455,23 @@ class Service:
         self._acknowledged(sent)
 
     def _send_changelog(
-        self, partitions: set[int] | None, timeout: float, *, crash_midway: bool = False
+        self,
+        partitions: set[int] | None,
+        timeout: float,
+        *,
+        crash_midway: bool = False,
+        spread: bool = False,
     ) -> _Sent | None:
         """Send the tombstones, then the changed streams' states, of `partitions` (None:
         all) to their changelog partitions, without waiting for acknowledgements. The
         streams are marked unchanged and the tombstones forgotten at once; `_unsend` undoes
-        that when the records turn out not acknowledged."""
+        that when the records turn out not acknowledged. With `spread`, only the tombstones
+        and the first slice of the states are sent now, the rest by `_send_queued_slice`.
+
+        Records queued by an earlier call are sent first, so that a stream's records reach
+        the changelog in the order its states were taken."""
         assert self._engine is not None and self._changelog is not None
+        self._send_queued()
         store = self._engine.store
         dirty = list(store.dirty_ids())
         owners = self._streams.partitions_of(dirty)
@@ -451,7 +496,13 @@ class Service:
             self._changelog.send(targets[:half], keys[:half], values[:half])
             self._changelog.flush(timeout)
             self._maybe_crash("mid_changelog", True)
-        size = self._changelog.send(targets, keys, values)
+        now = len(keys)
+        if spread:
+            step = max(_MIN_SLICE, -(-len(ids) // _SLICES))
+            now = min(now, len(tombs) + step)
+            if now < len(keys):
+                self._queued = _Queued(targets, keys, values, now, step)
+        size = self._changelog.send(targets[:now], keys[:now], values[:now])
         store.clear_dirty(ids)
         for sid in tombs:
             # a stream evicted and back again has its state written after its tombstone
@@ -459,6 +510,40 @@ class Service:
         self.metrics.checkpoint_streams.set(len(keys))
         self.metrics.checkpoint_bytes.set(size)
         return _Sent(ids, tombs)
+
+    def _send_queued(self, limit: int | None = None) -> None:
+        """Hand queued changelog records to the producer: `limit` of them, or all."""
+        queued = self._queued
+        if queued is None:
+            return
+        assert self._changelog is not None
+        start = queued.next
+        end = len(queued.keys) if limit is None else min(len(queued.keys), start + limit)
+        size = self._changelog.send(
+            queued.partitions[start:end], queued.keys[start:end], queued.values[start:end]
+        )
+        queued.next = end
+        self.metrics.checkpoint_bytes.inc(size)
+        if end >= len(queued.keys):
+            self._queued = None
+
+    def _send_queued_slice(self) -> None:
+        """The loop's share of a begun checkpoint: its next slice of records. A failure
+        abandons the checkpoint like a failed `_checkpoint_step`."""
+        assert self._queued is not None
+        try:
+            self._send_queued(self._queued.step)
+        except ChangelogError as exc:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._abandon(pending)
+            self._queued = None
+            self._checkpoint_failed(exc)
+
+    def _abandon(self, pending: _Pending) -> None:
+        """A begun checkpoint that will not complete: its states are due again."""
+        self._queued = None
+        self._unsend(pending.sent)
 
     def _acknowledged(self, sent: _Sent | None) -> None:
         if sent is not None:
@@ -500,14 +585,7 @@ class Service:
             self._next_checkpoint = time.monotonic() + k.commit_interval
             return
         except (SinkError, ChangelogError, TransportError) as exc:
-            self.metrics.checkpoints.labels(outcome="failed").inc()
-            self._set_reachable(False)
-            self._pause(True)
-            log.warning(
-                "checkpoint failed error=%r retry_in=%.1fs consumption=paused", exc, self._backoff
-            )
-            self._next_checkpoint = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, k.reconnect_backoff_max)
+            self._checkpoint_failed(exc)
             return
         self._backoff = _FIRST_BACKOFF
         self._set_reachable(True)
@@ -515,6 +593,17 @@ class Service:
         self._expire_idle()
         self._update_gauges()
         self._next_checkpoint = time.monotonic() + k.commit_interval
+
+    def _checkpoint_failed(self, exc: Exception) -> None:
+        """The broker did not take a checkpoint: pause consumption, retry with backoff."""
+        self.metrics.checkpoints.labels(outcome="failed").inc()
+        self._set_reachable(False)
+        self._pause(True)
+        log.warning(
+            "checkpoint failed error=%r retry_in=%.1fs consumption=paused", exc, self._backoff
+        )
+        self._next_checkpoint = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self.settings.kafka.reconnect_backoff_max)
 
     def _expire_idle(self) -> None:
         """Let idle streams expire even while no readings arrive (the engine expires them
@@ -613,6 +702,10 @@ class Service:
             # committed by the revoke itself, or now another member's to commit
             for p in partitions:
                 self._pending.offsets.pop(p, None)
+        if self._queued is not None:
+            # sent by the revoke checkpoint; if that failed (or the partitions are lost),
+            # they must not reach the changelog after the next owner's records
+            self._queued.drop(partitions)
         if lost:
             # another member may already own them: their streams go without being written
             self._streams.lost(partitions)

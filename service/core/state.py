@@ -123,6 +123,7 @@ class StateStore:
         self._active = np.empty(0, np.bool_)
         self._last_values = np.empty((0, n_last_values), np.float32)
         self._index: dict[str, int] = {}
+        self._records: statecodec.RecordBuffer | None = None  # what dump_many encodes in
         # stream id per slot (None when free); an object array, unlike a list, is not
         # traversed by the garbage collector, which matters with a million streams
         self._ids = np.empty(0, object)
@@ -592,19 +593,25 @@ class StateStore:
         if (slots < 0).any():
             missing = [s for s, k in zip(stream_ids, slots.tolist(), strict=True) if k < 0]
             raise StateError(f"no state for streams {missing[:5]}")
-        n = len(slots)
-        batch = statecodec.RecordBatch(
-            self.dtype,
-            self._last_ts[slots],
-            self._steps[slots],
-            self._applied[slots],
-            [
-                np.take(v, slots, axis=1).transpose(1, 0, 2).reshape(n, v.shape[0] * v.shape[2])
-                for v in self._views
-            ],
-            self._last_values[slots] if self.n_last_values else None,
-        )
-        return statecodec.encode(batch)
+        buffer = self._records
+        if buffer is None:
+            rows = [(v.shape[0], v.shape[2] * v.itemsize) for v in self._views]
+            buffer = self._records = statecodec.RecordBuffer(self.dtype, rows, self.n_last_values)
+        records: list[bytes] = []
+        for start in range(0, len(slots), buffer.CHUNK):
+            chunk = slots[start : start + buffer.CHUNK]
+            n = len(chunk)
+            header = buffer.header[:n]
+            header["last_ts"] = self._last_ts[chunk]
+            header["steps"] = self._steps[chunk]
+            header["applied"] = self._applied[chunk]
+            for held, out in zip(self._rows, buffer.tensors, strict=True):
+                for i in range(held.shape[0]):
+                    np.take(held[i], chunk, out=out[:n, i], mode="clip")
+            if buffer.values is not None:
+                buffer.values[:n] = self._last_values[chunk]
+            records += buffer.records(n)
+        return records
 
     def load_many(self, records: Sequence[tuple[str, bytes]], *, now: float = 0.0) -> None:
         """Restore many streams at once (vectorised; what a restore reads).

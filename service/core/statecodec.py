@@ -21,7 +21,15 @@ import numpy as np
 
 from service.errors import StateError
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "RecordBatch", "RecordLayout", "decode", "encode"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "RecordBatch",
+    "RecordBuffer",
+    "RecordLayout",
+    "decode",
+    "encode",
+]
 
 MAGIC = b"SCST"
 FORMAT_VERSION = 1
@@ -82,6 +90,50 @@ def encode(batch: RecordBatch) -> list[bytes]:
     if batch.last_values is not None:
         parts.append(np.ascontiguousarray(batch.last_values, np.float32).view(np.uint8))
     return [row.tobytes() for row in np.concatenate(parts, axis=1)]
+
+
+class RecordBuffer:
+    """Records written in place, `CHUNK` streams at a time, into a buffer kept from call to
+    call: what a checkpoint encodes with (`StateStore.dump_many`).
+
+    The caller fills `header`'s ``last_ts``, ``steps`` and ``applied``, each tensor's rows
+    in `tensors` and `values`, then takes the records with `records`. Fresh arrays the size
+    of a checkpoint cost page faults on every call (10,000 records of 1,058 bytes: 11-63 ms
+    through `encode` and temporaries, 8.5 ms in place); the buffer stays at one chunk however
+    many streams a checkpoint writes.
+    """
+
+    CHUNK = 8192
+
+    def __init__(
+        self, dtype: np.dtype[np.floating], rows: Sequence[tuple[int, int]], n_values: int
+    ) -> None:
+        """`rows`: each state tensor's (rows per stream, bytes per row), in card order."""
+        self.size = _HEADER.size + sum(n * width for n, width in rows) + 4 * n_values
+        self._buf = np.zeros((self.CHUNK, self.size), np.uint8)
+        buf, stride = self._buf, (self.size,)
+        self.header = np.ndarray((self.CHUNK,), _HEADER_DTYPE, buf, 0, stride)
+        self.header["magic"] = MAGIC
+        self.header["version"] = FORMAT_VERSION
+        self.header["dtype"] = _DTYPE_CODES[dtype.name]
+        self.header["n_tensors"] = len(rows)
+        self.header["n_values"] = n_values
+        self.tensors: list[np.ndarray] = []  # [CHUNK, rows] of whole rows (void items)
+        pos = _HEADER.size
+        for n, width in rows:
+            row = np.dtype((np.void, width))
+            self.tensors.append(np.ndarray((self.CHUNK, n), row, buf, pos, (self.size, width)))
+            pos += n * width
+        self.values = (
+            np.ndarray((self.CHUNK, n_values), np.float32, buf, pos, (self.size, 4))
+            if n_values
+            else None
+        )
+
+    def records(self, n: int) -> list[bytes]:
+        """The first `n` records, each as its own bytes."""
+        records: list[bytes] = np.ndarray((n,), np.dtype((np.void, self.size)), self._buf).tolist()
+        return records
 
 
 def _check(stream_id: str, data: bytes, layout: RecordLayout) -> np.dtype[np.floating]:

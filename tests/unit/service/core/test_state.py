@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.core import statecodec
 from service.core.state import StateStore
 from service.errors import StateError
 from service.modelcard import StateSpec
@@ -283,6 +284,33 @@ def test_dump_many_and_load_many_match_one_by_one(dtype: str) -> None:
     assert dst.dump("s7") == stale
     assert dst.dirty_ids() == set()
     assert len(dst) == 51
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_dump_many_writes_what_the_codec_encodes_across_chunks(
+    dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statecodec.RecordBuffer, "CHUNK", 16)  # 50 streams: 4 chunks
+    rng = np.random.default_rng(5)
+    store = _store(dtype=dtype, n_last_values=2)
+    ids = [f"s{i}" for i in range(50)]
+    slots = store.ensure(ids)
+    store.scatter(slots, [rng.normal(size=s.batched_shape(50)).astype(np.float32) for s in SPECS])
+    store.advance(slots, np.arange(50.0), np.arange(50), now=1.0, values=rng.normal(size=(50, 2)))
+    order = ids[::-1]  # not in slot order
+    infos = [store.info(sid) for sid in order]
+    states = [store.states_of(sid) or [] for sid in order]
+    reference = statecodec.encode(
+        statecodec.RecordBatch(
+            np.dtype(dtype),
+            np.array([i.last_ts for i in infos if i is not None]),
+            np.array([i.steps for i in infos if i is not None]),
+            np.array([i.applied_offset for i in infos if i is not None]),
+            [np.stack([s[k].reshape(-1) for s in states]) for k in range(len(SPECS))],
+            store.last_values_at(store.slots_of(order)),
+        )
+    )
+    assert store.dump_many(order) == reference
 
 
 def test_load_many_validates_records() -> None:

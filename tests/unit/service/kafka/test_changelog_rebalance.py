@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kafka.errors import KafkaTimeoutError
 
 from service.app import Service
 from service.config import load_settings
@@ -71,8 +72,11 @@ class RecordingProducer(FakeProducer):
     def __init__(self, calls: Calls) -> None:
         super().__init__()
         self.calls = calls
+        self.refuse = False  # raise from send, as kafka-python does when its buffer stays full
 
     def send(self, topic: str, *, key: bytes, value: bytes | None, partition: int) -> Any:
+        if self.refuse:
+            raise KafkaTimeoutError("buffer full")
         if not self.calls or self.calls[-1] != "send states":
             self.calls.append("send states")
         return super().send(topic, key=key, value=value, partition=partition)
@@ -82,7 +86,7 @@ class RecordingProducer(FakeProducer):
         super().flush(timeout)
 
 
-def _service(logs: dict[int, list[_Record]]) -> tuple[Service, Calls, FakeProducer]:
+def _service(logs: dict[int, list[_Record]]) -> tuple[Service, Calls, RecordingProducer]:
     settings = load_settings(None, {"http.enabled": False, "kafka.input_topic": TOPIC})
     svc = Service(settings)
     card, proto, _ = build_onnx_lstm(hidden=4, features=("temp", "load"))
@@ -310,3 +314,96 @@ def test_lost_partitions_are_dropped_without_writing() -> None:
     assert svc.engine.store.ids() == ["b"]  # type: ignore[union-attr]
     svc.checkpoint()
     assert [(key, part) for _, key, _, part in producer.sent] == [(b"b", 1)]
+
+
+def _many(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i:04d}" for i in range(n)]
+
+
+def test_a_begun_checkpoint_sends_its_states_a_slice_at_a_time_and_commits_after_all() -> None:
+    svc, calls, producer = _service({0: [], 1: []})
+    _assign(svc, {0, 1})
+    svc._apply_moves()
+    ids = _many("s", 600)
+    _touch(svc, ids[:300], 0)
+    _touch(svc, ids[300:], 1)
+    _processed(svc, {0: 300, 1: 300})
+    svc._checkpoint_step(1.0)
+    # the first slice now; all 600 states were taken (and marked unchanged) at once
+    assert len(producer.sent) == 256
+    assert svc.engine.store.dirty_ids() == set()  # type: ignore[union-attr]
+    # a stream changed meanwhile is the next checkpoint's
+    _touch(svc, ["late"], 0)
+    svc._send_queued_slice()  # the loop, between micro-batches
+    assert len(producer.sent) == 512
+    calls.clear()
+    svc._checkpoint_step(1.0)
+    # the rest is sent before the flushes, and the commit comes after all of it
+    assert calls[:4] == [
+        "send states",
+        "flush forecasts",
+        "flush changelog",
+        "commit {0: 300, 1: 300}",
+    ]
+    sent_keys = [key.decode() for _, key, _, _ in producer.sent]
+    assert sorted(sent_keys[:600]) == sorted(ids)
+    assert sent_keys[600:] == ["late"]
+    assert svc._queued is None
+
+
+def test_any_other_changelog_write_sends_the_queued_states_first() -> None:
+    svc, _calls, producer = _service({0: [], 1: []})
+    _assign(svc, {0, 1})
+    svc._apply_moves()
+    ids = _many("s", 600)
+    _touch(svc, ids, 0)
+    svc._checkpoint_step(1.0)
+    assert len(producer.sent) == 256
+    # the stream changes again before its queued state was sent: the revoke's newer state
+    # must come after the queued older one
+    assert svc._queued is not None
+    last = svc._queued.keys[-1]
+    _touch(svc, [last], 0)
+    assert svc.flush_before_revoke({0})
+    keys = [key.decode() for _, key, _, _ in producer.sent]
+    assert keys.count(last) == 2 and keys[-1] == last
+    assert len(keys) == 601
+    assert svc._queued is None
+
+
+def test_a_failed_slice_abandons_the_checkpoint_and_marks_its_states_changed() -> None:
+    svc, calls, producer = _service({0: []})
+    _assign(svc, {0})
+    svc._apply_moves()
+    ids = _many("s", 600)
+    _touch(svc, ids, 0)
+    _processed(svc, {0: 600})
+    svc._checkpoint_step(1.0)
+    producer.refuse = True
+    svc._send_queued_slice()
+    assert svc._pending is None and svc._queued is None
+    assert svc.engine.store.dirty_ids() == set(ids)  # type: ignore[union-attr]
+    assert not any(c.startswith("commit") for c in calls)
+    failed = svc.metrics.registry.get_sample_value(
+        "sensorcast_checkpoints_total", {"outcome": "failed"}
+    )
+    assert failed == 1
+
+
+def test_a_revoke_drops_queued_states_of_its_partitions_when_its_checkpoint_failed() -> None:
+    svc, _calls, producer = _service({0: [], 1: []})
+    _assign(svc, {0, 1})
+    svc._apply_moves()
+    _touch(svc, _many("a", 300), 0)
+    _touch(svc, _many("b", 300), 1)
+    svc._checkpoint_step(1.0)
+    producer.refuse = True
+    assert not svc.flush_before_revoke({1})
+    producer.refuse = False
+    svc.partitions_revoked({1}, lost=False)
+    sent_before = len(producer.sent)
+    while svc._queued is not None:
+        svc._send_queued_slice()
+    later = [part for _, _, _, part in producer.sent[sent_before:]]
+    assert later and set(later) == {0}  # nothing more of partition 1 after it left
+    assert svc._queued is None
