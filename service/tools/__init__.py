@@ -95,6 +95,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
+    from service.tools.interrupt import stop_on_signals
     from service.tools.tail import ForecastView, follow, format_line, format_table
 
     _quiet_kafka(args)
@@ -132,16 +133,17 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     try:
-        follow(
-            args.bootstrap_servers,
-            args.topic,
-            on_forecast,
-            from_beginning=args.from_beginning,
-            streams=args.stream,
-            stop=stop,
-            idle_timeout=args.idle_timeout,
-            on_idle=redraw,
-        )
+        with stop_on_signals(stop):
+            follow(
+                args.bootstrap_servers,
+                args.topic,
+                on_forecast,
+                from_beginning=args.from_beginning,
+                streams=args.stream,
+                stop=stop,
+                idle_timeout=args.idle_timeout,
+                on_idle=redraw,
+            )
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # piped into `head`

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -29,13 +28,13 @@ from datetime import UTC, datetime
 from functools import partial
 from itertools import count
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
 from service.embedded import BOOTSTRAP_ENV, EmbeddedBroker
 from service.errors import SensorcastError
 from service.modelcard import ModelCard
 from service.simulate import SimulatedSensors
+from service.tools.interrupt import stop_on_signals
 from service.tools.processes import ServeProcess, ServiceExited, pick_http_port
 from service.tools.screen import Screen
 
@@ -175,23 +174,6 @@ def _logs_to(path: Path) -> Iterator[None]:
             root.addHandler(h)
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `stop`; a second one raises KeyboardInterrupt to hurry up."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def _thread(
     name: str, target: Callable[[], object], stop: threading.Event, errors: list[BaseException]
 ) -> threading.Thread:
@@ -223,7 +205,7 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
     errors: list[BaseException] = []
     service: ServeProcess | None = None
     status = 0
-    with _logs_to(workdir / "demo.log"), _stop_on_signals(stop):
+    with _logs_to(workdir / "demo.log"), stop_on_signals(stop):
         try:
             with contextlib.ExitStack() as stack:
                 # 1. the broker
