@@ -17,9 +17,9 @@ topic from the start and writing its own forecast topic:
 4. ``transport-confluent``: the transport pipeline on the service's confluent-kafka transport;
 5. ``naive``: `bench.pipelines` naive, on a time-bounded sample of the backlog;
 
-and, for throughput only, ``sensorcast-commit5s``, the service (kafka-python) with
-checkpoints every 5 s instead of every second, to show what the state changelog's writes
-cost. Each Sensorcast pipeline is compared with the transport of its own client.
+and, for throughput only, ``sensorcast-commit1s``, the service (kafka-python) with
+checkpoints every second instead of every 5 s (the default), to show what the state
+changelog's writes cost. Each Sensorcast pipeline is compared with the transport of its own client.
 
 Throughput: readings/s over the backlog from 10% to 90% of the pre-loaded readings'
 forecasts, read from the forecast topic's end offsets every 50 ms (naive: from its first
@@ -68,17 +68,17 @@ __all__ = ["main"]
 
 PARTITIONS = 4
 PIPELINES = ("sensorcast", "transport", "naive")
-#: Sensorcast again with checkpoints every 5 s instead of every second: what the state
-#: changelog's per-checkpoint writes cost (throughput only).
-SLOW_CHECKPOINTS = "sensorcast-commit5s"
+#: Sensorcast again with checkpoints every second instead of every 5 s (the default): what
+#: the state changelog's per-checkpoint writes cost (throughput only).
+FREQUENT_CHECKPOINTS = "sensorcast-commit1s"
 #: The service and the transport pipeline with ``kafka.client=confluent`` (librdkafka).
 SENSORCAST_CONFLUENT = "sensorcast-confluent"
 CONFLUENT = "transport-confluent"
-_THROUGHPUT_ONLY = (SLOW_CHECKPOINTS, CONFLUENT)
+_THROUGHPUT_ONLY = (FREQUENT_CHECKPOINTS, CONFLUENT)
 #: The transport-only pipeline each pipeline's rate is compared with: its own client's.
 TRANSPORT_OF = {
     "sensorcast": "transport",
-    SLOW_CHECKPOINTS: "transport",
+    FREQUENT_CHECKPOINTS: "transport",
     "transport": "transport",
     SENSORCAST_CONFLUENT: CONFLUENT,
     CONFLUENT: CONFLUENT,
@@ -204,7 +204,11 @@ def _start(
                 "SENSORCAST_LOG__LEVEL": "WARNING",
                 "SENSORCAST_MODEL__REGISTRY": str(_ROOT / "models"),
                 "SENSORCAST_MODEL__NAME": "sensors-demo",
-                "SENSORCAST_KAFKA__COMMIT_INTERVAL": "5" if name == SLOW_CHECKPOINTS else "1",
+                **(
+                    {"SENSORCAST_KAFKA__COMMIT_INTERVAL": "1"}
+                    if name == FREQUENT_CHECKPOINTS
+                    else {}
+                ),
                 "SENSORCAST_KAFKA__CLIENT": (
                     "confluent" if name == SENSORCAST_CONFLUENT else "kafka-python"
                 ),
@@ -580,7 +584,7 @@ def _run_scale(
         kept.latency = dict(best_latency.get(name, {}))
     order = (
         PIPELINES[0],
-        SLOW_CHECKPOINTS,
+        FREQUENT_CHECKPOINTS,
         PIPELINES[1],
         SENSORCAST_CONFLUENT,
         CONFLUENT,

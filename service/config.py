@@ -112,7 +112,7 @@ class KafkaSettings(_Section):
         description="Longest a poll waits for records before a smaller micro-batch is processed.",
     )
     commit_interval: float = Field(
-        default=1.0,
+        default=5.0,
         gt=0,
         description="Seconds between checkpoints (flush forecasts, write changed states, commit offsets).",
     )

@@ -32,7 +32,7 @@ def test_defaults() -> None:
         "sensor-readings.dlq",
     )
     assert s.kafka.group_id == "sensorcast"
-    assert s.kafka.commit_interval == 1.0 and s.kafka.create_topics is True
+    assert s.kafka.commit_interval == 5.0 and s.kafka.create_topics is True
     assert s.http.port == 8000
     assert s.model.registry == Path("models") and s.model.name == "sensors-demo"
     assert s.engine.gap_policy == "reset" and s.engine.ttl_seconds is None
