@@ -7,8 +7,9 @@
 - ``transport``: the service's consumer and producer path without a model. The same
   `connect` (topics, `KafkaSource`, `KafkaSink`), settings, columnar decoding
   (`ReadingDecoder.decode_columns`), encoding (`ForecastEncoder.encode_batch`), send loop and
-  checkpoint (flush, commit) as `Service`; every reading gets one fixed forecast instead of
-  a model's. What it sustains is the ceiling the transport puts on the service.
+  checkpoint (flush, commit) as `Service`; every reading gets one of a fixed table of
+  forecasts (values on the targets' scale, so the messages are as long as real ones)
+  instead of a model's. What it sustains is the ceiling the transport puts on the service.
 - ``transport-confluent``: the same pipeline with ``kafka.client=confluent``: the service's
   confluent-kafka transport (`service.kafka.confluent`: source, sink, topics) instead of
   kafka-python's; the ceiling of Sensorcast on that client.
@@ -89,7 +90,15 @@ def run_transport(
         max_future_seconds=settings.max_future_seconds,
     )
     features = FeatureValues(card.features)
-    fixed = np.zeros((settings.max_batch, card.horizon, len(card.targets)), np.float32)
+    # Fixed forecasts with the values a model gives, not zeros: float32 values of the
+    # targets' scale format to the same text as real forecasts (705-byte messages of
+    # sensors-demo, ~4.7 us each to encode, against 492 bytes and ~3.6 us for zeros), so
+    # the transport moves and encodes what the service does.
+    rng = np.random.default_rng(0)
+    scale = card.scaler.targets
+    shape = (settings.max_batch, card.horizon, len(card.targets))
+    mean, std = np.asarray(scale.mean, np.float32), np.asarray(scale.std, np.float32)
+    fixed = (mean + std * rng.standard_normal(shape)).astype(np.float32)
     handler = _Handler()
     transport = connect(settings, handler)
     source, sink = transport.source, transport.sink
