@@ -138,6 +138,8 @@ class Service:
         # of its records still to be sent
         self._pending: _Pending | None = None
         self._queued: _Queued | None = None
+        # a checkpoint failed: the next one first waits for what the producers still hold
+        self._unsettled = False
         self._crash_at = settings.debug.crash_at
 
     # -- control ---------------------------------------------------------------------------
@@ -414,6 +416,13 @@ class Service:
         assert self._sink is not None and self._source is not None
         assert self._changelog is not None
         started = time.monotonic()
+        if self._unsettled:
+            # After a failure, the producers may still hold that checkpoint's records (for
+            # as long as their delivery timeout): send nothing new until the broker has
+            # taken them, or every retry would queue all the changed states once more.
+            self._sink.flush(timeout)
+            self._changelog.flush(timeout)
+            self._unsettled = False
         pending, self._pending = self._pending, None
         if pending is not None:
             armed = self._crash_at is not None and pending.sent is not None
@@ -596,6 +605,7 @@ class Service:
 
     def _checkpoint_failed(self, exc: Exception) -> None:
         """The broker did not take a checkpoint: pause consumption, retry with backoff."""
+        self._unsettled = True
         self.metrics.checkpoints.labels(outcome="failed").inc()
         self._set_reachable(False)
         self._pause(True)

@@ -407,3 +407,32 @@ def test_a_revoke_drops_queued_states_of_its_partitions_when_its_checkpoint_fail
     later = [part for _, _, _, part in producer.sent[sent_before:]]
     assert later and set(later) == {0}  # nothing more of partition 1 after it left
     assert svc._queued is None
+
+
+def test_retries_of_a_failed_checkpoint_send_no_states_until_the_broker_takes_the_last_ones() -> (
+    None
+):
+    svc, calls, producer = _service({0: []})
+    _assign(svc, {0})
+    svc._apply_moves()
+    ids = _many("s", 300)
+    _touch(svc, ids, 0)
+    svc._periodic_checkpoint()  # begun: the states are with the producer
+    while svc._queued is not None:
+        svc._send_queued_slice()
+    producer.flush_times_out = True  # the broker is gone
+    for _ in range(4):
+        svc._periodic_checkpoint()
+        while svc._queued is not None:
+            svc._send_queued_slice()
+    # each retry waited for the producer instead of queueing the 300 states again
+    assert len(producer.sent) == 300
+    assert svc.engine.store.dirty_ids() == set(ids)  # type: ignore[union-attr]
+    producer.flush_times_out = False  # back
+    svc._periodic_checkpoint()
+    while svc._queued is not None:
+        svc._send_queued_slice()
+    svc._periodic_checkpoint()
+    assert len(producer.sent) == 600
+    assert calls[-1] == "commit {}"
+    assert svc.engine.store.dirty_ids() == set()  # type: ignore[union-attr]
