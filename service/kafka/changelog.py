@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 
 from service.config import KafkaSettings
 from service.errors import ChangelogError
+from service.kafka.sink import MAX_BLOCK_MS
 from service.kafka.transport import PartitionRestore
 
 __all__ = ["ChangelogReader", "ChangelogWriter", "PartitionRestore", "changelog_topic"]
@@ -60,6 +61,10 @@ class ChangelogWriter:
                 batch_size=1024 * 1024,
                 max_request_size=8 * 1024 * 1024,
                 reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
+                # as the sink: a send waits at most 5 s for metadata or buffer space, not
+                # kafka-python's 60 s, so an outage fails the checkpoint instead of holding
+                # the poll loop (and a SIGTERM) for a minute
+                max_block_ms=MAX_BLOCK_MS,
             )
         )
         self._errors: list[BaseException] = []

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 _Headers = list[tuple[str, bytes]]
 _RESEND_PAUSE = 0.1  # seconds between rounds of re-sending failed records
-_MAX_BLOCK_MS = 5000  # longest a send waits for buffer space or metadata
+MAX_BLOCK_MS = 5000  # longest a send waits for buffer space or metadata
 
 
 def _make_producer(settings: KafkaSettings) -> KafkaProducer:
@@ -37,7 +37,7 @@ def _make_producer(settings: KafkaSettings) -> KafkaProducer:
         batch_size=256 * 1024,
         max_request_size=max(1024 * 1024, 2 * settings.max_message_bytes),
         reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
-        max_block_ms=_MAX_BLOCK_MS,
+        max_block_ms=MAX_BLOCK_MS,
     )
 
 
