@@ -505,13 +505,13 @@ class Service:
             self._changelog.send(targets[:half], keys[:half], values[:half])
             self._changelog.flush(timeout)
             self._maybe_crash("mid_changelog", True)
-        now = len(keys)
+        now, step = len(keys), 0
         if spread:
             step = max(_MIN_SLICE, -(-len(ids) // _SLICES))
             now = min(now, len(tombs) + step)
-            if now < len(keys):
-                self._queued = _Queued(targets, keys, values, now, step)
         size = self._changelog.send(targets[:now], keys[:now], values[:now])
+        if now < len(keys):
+            self._queued = _Queued(targets, keys, values, now, step)
         store.clear_dirty(ids)
         for sid in tombs:
             # a stream evicted and back again has its state written after its tombstone

@@ -436,3 +436,19 @@ def test_retries_of_a_failed_checkpoint_send_no_states_until_the_broker_takes_th
     assert len(producer.sent) == 600
     assert calls[-1] == "commit {}"
     assert svc.engine.store.dirty_ids() == set()  # type: ignore[union-attr]
+
+
+def test_a_checkpoint_whose_first_send_is_refused_queues_nothing() -> None:
+    svc, _calls, producer = _service({0: []})
+    _assign(svc, {0})
+    svc._apply_moves()
+    ids = _many("s", 600)
+    _touch(svc, ids, 0)
+    producer.refuse = True
+    svc._periodic_checkpoint()
+    assert svc._queued is None and svc._pending is None
+    assert svc.engine.store.dirty_ids() == set(ids)  # type: ignore[union-attr]
+    failed = svc.metrics.registry.get_sample_value(
+        "sensorcast_checkpoints_total", {"outcome": "failed"}
+    )
+    assert failed == 1
