@@ -259,14 +259,20 @@ def test_state_bytes_stay_near_the_raw_floor_for_large_states() -> None:
     assert store.allocated_bytes / n >= 1024 * store.capacity / n
 
 
+def _filled(dtype: str, seed: int, n: int = 50) -> tuple[StateStore, list[str]]:
+    """A store of `n` streams with random states, bookkeeping and two last values each."""
+    rng = np.random.default_rng(seed)
+    store = _store(dtype=dtype, n_last_values=2)
+    ids = [f"s{i}" for i in range(n)]
+    slots = store.ensure(ids)
+    store.scatter(slots, [rng.normal(size=s.batched_shape(n)).astype(np.float32) for s in SPECS])
+    store.advance(slots, np.arange(float(n)), np.arange(n), now=1.0, values=rng.normal(size=(n, 2)))
+    return store, ids
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_dump_many_and_load_many_match_one_by_one(dtype: str) -> None:
-    rng = np.random.default_rng(3)
-    src = _store(dtype=dtype, n_last_values=2)
-    ids = [f"s{i}" for i in range(50)]
-    slots = src.ensure(ids)
-    src.scatter(slots, [rng.normal(size=s.batched_shape(50)).astype(np.float32) for s in SPECS])
-    src.advance(slots, np.arange(50.0), np.arange(50), now=1.0, values=rng.normal(size=(50, 2)))
+    src, ids = _filled(dtype, seed=3)
     many = src.dump_many(ids)
     assert many == [src.dump(sid) for sid in ids]
 
@@ -291,12 +297,7 @@ def test_dump_many_writes_what_the_codec_encodes_across_chunks(
     dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(statecodec.RecordBuffer, "CHUNK", 16)  # 50 streams: 4 chunks
-    rng = np.random.default_rng(5)
-    store = _store(dtype=dtype, n_last_values=2)
-    ids = [f"s{i}" for i in range(50)]
-    slots = store.ensure(ids)
-    store.scatter(slots, [rng.normal(size=s.batched_shape(50)).astype(np.float32) for s in SPECS])
-    store.advance(slots, np.arange(50.0), np.arange(50), now=1.0, values=rng.normal(size=(50, 2)))
+    store, ids = _filled(dtype, seed=5)
     order = ids[::-1]  # not in slot order
     infos = [store.info(sid) for sid in order]
     states = [store.states_of(sid) or [] for sid in order]
