@@ -600,16 +600,15 @@ class StateStore:
         records: list[bytes] = []
         for start in range(0, len(slots), buffer.CHUNK):
             chunk = slots[start : start + buffer.CHUNK]
-            n = len(chunk)
-            header = buffer.header[:n]
-            header["last_ts"] = self._last_ts[chunk]
-            header["steps"] = self._steps[chunk]
-            header["applied"] = self._applied[chunk]
+            n = buffer.fill(
+                self._last_ts[chunk],
+                self._steps[chunk],
+                self._applied[chunk],
+                self._last_values[chunk] if self.n_last_values else None,
+            )
             for held, out in zip(self._rows, buffer.tensors, strict=True):
                 for i in range(held.shape[0]):
                     np.take(held[i], chunk, out=out[:n, i], mode="clip")
-            if buffer.values is not None:
-                buffer.values[:n] = self._last_values[chunk]
             records += buffer.records(n)
         return records
 
