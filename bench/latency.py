@@ -39,7 +39,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from bench.e2e import ForecastCollector, OffsetWatch, _create_topics
+from bench.e2e import ForecastCollector, _create_topics
 from bench.loadgen import (
     LatencySummary,
     ReadingPlan,
@@ -81,10 +81,7 @@ def measure(
         plan = ReadingPlan(streams, 4)
         preloaded = preload(bootstrap, topic, plan, range(2))
         if pipeline == "hop":
-            collector = ForecastCollector(bootstrap, topic)
-            sent = run_at_rate(bootstrap, topic, plan, rate=rate, seconds=seconds, start_step=2)
-            time.sleep(1.0)
-            lat = summarize(latencies(collector.close(), sent, plan, 2))
+            lat = _load(bootstrap, topic, topic, plan, rate, seconds)
             return _line("hop", "-", streams, rate, lat)
         if pipeline == "transport":
             return _transport(
@@ -128,13 +125,8 @@ def measure(
                     return f"sensorcast {client:12} did not catch up (exit {proc.poll()})"
                 time.sleep(0.2)
             before = _metrics(port)
-            collector = ForecastCollector(bootstrap, output)
-            sent = run_at_rate(bootstrap, topic, plan, rate=rate, seconds=seconds, start_step=2)
-            watch = OffsetWatch(bootstrap, output)
-            time.sleep(2.0)
-            watch.close()
+            lat = _load(bootstrap, topic, output, plan, rate, seconds)
             after = _metrics(port)
-            lat = summarize(latencies(collector.close(), sent, plan, 2))
         finally:
             proc.terminate()
             proc.wait(30)
@@ -182,15 +174,23 @@ def _transport(
             if time.monotonic() > deadline or proc.poll() is not None:
                 return f"transport  {client:12} did not catch up (exit {proc.poll()})"
             time.sleep(0.2)
-        collector = ForecastCollector(bootstrap, output)
-        sent = run_at_rate(bootstrap, topic, plan, rate=rate, seconds=seconds, start_step=2)
-        time.sleep(2.0)
-        lat = summarize(latencies(collector.close(), sent, plan, 2))
+        lat = _load(bootstrap, topic, output, plan, rate, seconds)
     finally:
         offsets.close()
         proc.terminate()
         proc.wait(30)
     return _line("transport", client, streams=plan.n_streams, rate=rate, lat=lat)
+
+
+def _load(
+    bootstrap: str, topic: str, output: str, plan: ReadingPlan, rate: float, seconds: float
+) -> LatencySummary:
+    """Send readings to `topic` at `rate` for `seconds` (steps 2 on, after the pre-loaded
+    two) while a consumer of `output` notes each arrival; then wait 2 s for stragglers."""
+    collector = ForecastCollector(bootstrap, output)
+    sent = run_at_rate(bootstrap, topic, plan, rate=rate, seconds=seconds, start_step=2)
+    time.sleep(2.0)
+    return summarize(latencies(collector.close(), sent, plan, 2))
 
 
 def _line(pipeline: str, client: str, streams: int, rate: float, lat: LatencySummary) -> str:
