@@ -117,6 +117,20 @@ def _assign(svc: Service, owned: set[int]) -> None:
     svc.partitions_assigned(owned)
 
 
+def _serving(*partitions: int) -> tuple[Service, Calls, RecordingProducer]:
+    """A service holding `partitions` (empty changelogs), restored and running."""
+    svc, calls, producer = _service({p: [] for p in partitions})
+    _assign(svc, set(partitions))
+    svc._apply_moves()
+    return svc, calls, producer
+
+
+def _send_all_slices(svc: Service) -> None:
+    """The loop's iterations until the begun checkpoint's records are all sent."""
+    while svc._queued is not None:
+        svc._send_queued_slice()
+
+
 def _paused(svc: Service) -> set[int]:
     source: Any = svc._source
     return set(source.paused_set)
@@ -156,9 +170,7 @@ def test_assigned_partitions_are_paused_until_restored_then_resumed() -> None:
 
 
 def test_checkpoint_runs_flush_then_changelog_then_commit() -> None:
-    svc, calls, producer = _service({0: [], 1: []})
-    _assign(svc, {0, 1})
-    svc._apply_moves()
+    svc, calls, producer = _serving(0, 1)
     _touch(svc, ["a"], 0)
     _touch(svc, ["b"], 1)
     svc._tombstones["gone"] = 1
@@ -172,9 +184,7 @@ def test_checkpoint_runs_flush_then_changelog_then_commit() -> None:
 
 
 def test_a_failed_changelog_write_skips_the_commit_and_keeps_streams_changed() -> None:
-    svc, calls, producer = _service({0: []})
-    _assign(svc, {0})
-    svc._apply_moves()
+    svc, calls, producer = _serving(0)
     _touch(svc, ["a", "b"], 0)
     producer.fail_every = 1
     with pytest.raises(ChangelogError):
@@ -194,9 +204,7 @@ def _processed(svc: Service, positions: dict[int, int]) -> None:
 
 
 def test_the_periodic_checkpoint_commits_what_the_changelog_acknowledged_one_step_later() -> None:
-    svc, calls, producer = _service({0: [], 1: []})
-    _assign(svc, {0, 1})
-    svc._apply_moves()
+    svc, calls, producer = _serving(0, 1)
     _touch(svc, ["a"], 0)
     _processed(svc, {0: 10})
     svc._checkpoint_step(1.0)
@@ -218,9 +226,7 @@ def test_the_periodic_checkpoint_commits_what_the_changelog_acknowledged_one_ste
 
 
 def test_a_pipelined_checkpoint_that_fails_commits_nothing_and_writes_its_states_again() -> None:
-    svc, calls, producer = _service({0: []})
-    _assign(svc, {0})
-    svc._apply_moves()
+    svc, calls, producer = _serving(0)
     _touch(svc, ["a", "b"], 0)
     svc._tombstones["gone"] = 0
     _processed(svc, {0: 7})
@@ -239,9 +245,7 @@ def test_a_pipelined_checkpoint_that_fails_commits_nothing_and_writes_its_states
 
 
 def test_a_revoke_takes_its_partitions_out_of_the_pending_checkpoint() -> None:
-    svc, calls, _ = _service({0: [], 1: []})
-    _assign(svc, {0, 1})
-    svc._apply_moves()
+    svc, calls, _ = _serving(0, 1)
     _touch(svc, ["a"], 0)
     _touch(svc, ["b"], 1)
     _processed(svc, {0: 3, 1: 5})
@@ -254,9 +258,7 @@ def test_a_revoke_takes_its_partitions_out_of_the_pending_checkpoint() -> None:
 
 
 def test_the_shutdown_checkpoint_completes_a_pending_one() -> None:
-    svc, calls, producer = _service({0: []})
-    _assign(svc, {0})
-    svc._apply_moves()
+    svc, calls, producer = _serving(0)
     _touch(svc, ["a"], 0)
     svc._checkpoint_step(1.0)
     _touch(svc, ["b"], 0)
@@ -272,9 +274,7 @@ def test_the_shutdown_checkpoint_completes_a_pending_one() -> None:
 
 
 def test_eager_rebalance_keeps_retained_partitions_and_writes_only_revoked_ones() -> None:
-    svc, _calls, producer = _service({0: [], 1: []})
-    _assign(svc, {0, 1})
-    svc._apply_moves()
+    svc, _calls, producer = _serving(0, 1)
     _touch(svc, ["a"], 0)
     _touch(svc, ["b"], 1)
     # a revoke checkpoint for partition 0 only writes partition 0's streams
@@ -303,9 +303,7 @@ def test_a_partition_revoked_before_its_restore_is_restored_when_it_returns() ->
 
 
 def test_lost_partitions_are_dropped_without_writing() -> None:
-    svc, _calls, producer = _service({0: [], 1: []})
-    _assign(svc, {0, 1})
-    svc._apply_moves()
+    svc, _calls, producer = _serving(0, 1)
     _touch(svc, ["a"], 0)
     _touch(svc, ["b"], 1)
     svc._tombstones["old"] = 0
@@ -321,9 +319,7 @@ def _many(prefix: str, n: int) -> list[str]:
 
 
 def test_a_begun_checkpoint_sends_its_states_a_slice_at_a_time_and_commits_after_all() -> None:
-    svc, calls, producer = _service({0: [], 1: []})
-    _assign(svc, {0, 1})
-    svc._apply_moves()
+    svc, calls, producer = _serving(0, 1)
     ids = _many("s", 600)
     _touch(svc, ids[:300], 0)
     _touch(svc, ids[300:], 1)
@@ -352,9 +348,7 @@ def test_a_begun_checkpoint_sends_its_states_a_slice_at_a_time_and_commits_after
 
 
 def test_any_other_changelog_write_sends_the_queued_states_first() -> None:
-    svc, _calls, producer = _service({0: [], 1: []})
-    _assign(svc, {0, 1})
-    svc._apply_moves()
+    svc, _calls, producer = _serving(0, 1)
     ids = _many("s", 600)
     _touch(svc, ids, 0)
     svc._checkpoint_step(1.0)
@@ -372,9 +366,7 @@ def test_any_other_changelog_write_sends_the_queued_states_first() -> None:
 
 
 def test_a_failed_slice_abandons_the_checkpoint_and_marks_its_states_changed() -> None:
-    svc, calls, producer = _service({0: []})
-    _assign(svc, {0})
-    svc._apply_moves()
+    svc, calls, producer = _serving(0)
     ids = _many("s", 600)
     _touch(svc, ids, 0)
     _processed(svc, {0: 600})
@@ -391,9 +383,7 @@ def test_a_failed_slice_abandons_the_checkpoint_and_marks_its_states_changed() -
 
 
 def test_a_revoke_drops_queued_states_of_its_partitions_when_its_checkpoint_failed() -> None:
-    svc, _calls, producer = _service({0: [], 1: []})
-    _assign(svc, {0, 1})
-    svc._apply_moves()
+    svc, _calls, producer = _serving(0, 1)
     _touch(svc, _many("a", 300), 0)
     _touch(svc, _many("b", 300), 1)
     svc._checkpoint_step(1.0)
@@ -402,8 +392,7 @@ def test_a_revoke_drops_queued_states_of_its_partitions_when_its_checkpoint_fail
     producer.refuse = False
     svc.partitions_revoked({1}, lost=False)
     sent_before = len(producer.sent)
-    while svc._queued is not None:
-        svc._send_queued_slice()
+    _send_all_slices(svc)
     later = [part for _, _, _, part in producer.sent[sent_before:]]
     assert later and set(later) == {0}  # nothing more of partition 1 after it left
     assert svc._queued is None
@@ -412,26 +401,21 @@ def test_a_revoke_drops_queued_states_of_its_partitions_when_its_checkpoint_fail
 def test_retries_of_a_failed_checkpoint_send_no_states_until_the_broker_takes_the_last_ones() -> (
     None
 ):
-    svc, calls, producer = _service({0: []})
-    _assign(svc, {0})
-    svc._apply_moves()
+    svc, calls, producer = _serving(0)
     ids = _many("s", 300)
     _touch(svc, ids, 0)
     svc._periodic_checkpoint()  # begun: the states are with the producer
-    while svc._queued is not None:
-        svc._send_queued_slice()
+    _send_all_slices(svc)
     producer.flush_times_out = True  # the broker is gone
     for _ in range(4):
         svc._periodic_checkpoint()
-        while svc._queued is not None:
-            svc._send_queued_slice()
+        _send_all_slices(svc)
     # each retry waited for the producer instead of queueing the 300 states again
     assert len(producer.sent) == 300
     assert svc.engine.store.dirty_ids() == set(ids)  # type: ignore[union-attr]
     producer.flush_times_out = False  # back
     svc._periodic_checkpoint()
-    while svc._queued is not None:
-        svc._send_queued_slice()
+    _send_all_slices(svc)
     svc._periodic_checkpoint()
     assert len(producer.sent) == 600
     assert calls[-1] == "commit {}"
@@ -439,9 +423,7 @@ def test_retries_of_a_failed_checkpoint_send_no_states_until_the_broker_takes_th
 
 
 def test_a_checkpoint_whose_first_send_is_refused_queues_nothing() -> None:
-    svc, _calls, producer = _service({0: []})
-    _assign(svc, {0})
-    svc._apply_moves()
+    svc, _calls, producer = _serving(0)
     ids = _many("s", 600)
     _touch(svc, ids, 0)
     producer.refuse = True
