@@ -172,6 +172,7 @@ def _consume_rate(
             "kafka.dead_letter_topic": f"bench-dlq-{tag}",
             "kafka.group_id": f"bench-g-{tag}",
             "kafka.commit_interval": interval,
+            "kafka.commit_interval_max": interval,  # the interval measured, never stretched
             "kafka.session_timeout_ms": 6000,
             "kafka.heartbeat_interval_ms": 1000,
             "model.registry": str(registry),

@@ -140,6 +140,9 @@ class Service:
         self._queued: _Queued | None = None
         # a checkpoint failed: the next one first waits for what the producers still hold
         self._unsettled = False
+        # what encoding and sending all of the last begun periodic checkpoint's records
+        # costs the loop, in seconds (see `_checkpoint_interval`)
+        self._write_cost = 0.0
         self._crash_at = settings.debug.crash_at
 
     # -- control ---------------------------------------------------------------------------
@@ -267,8 +270,7 @@ class Service:
     def _loop(self) -> None:
         assert self._source is not None
         source = self._source
-        interval = self.settings.kafka.commit_interval
-        self._next_checkpoint = time.monotonic() + interval
+        self._next_checkpoint = time.monotonic() + self._checkpoint_interval()
         while not self._stop.is_set():
             self.metrics.poll_iterations.inc()
             try:
@@ -441,6 +443,7 @@ class Service:
             self.metrics.checkpoints.labels(outcome="ok").inc()
         armed = self._crash_at is not None and self._has_state_to_write()
         positions = self._source.positions()
+        self._write_cost = 0.0
         sent = self._send_changelog(None, timeout, crash_midway=armed, spread=True)
         self._pending = _Pending(positions, sent)
         self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
@@ -475,7 +478,9 @@ class Service:
         all) to their changelog partitions, without waiting for acknowledgements. The
         streams are marked unchanged and the tombstones forgotten at once; `_unsend` undoes
         that when the records turn out not acknowledged. With `spread`, only the tombstones
-        and the first slice of the states are sent now, the rest by `_send_queued_slice`.
+        and the first slice of the states are sent now, the rest by `_send_queued_slice`,
+        and `_write_cost` is what all of them will have cost the loop, the rest sent at the
+        first slice's pace.
 
         Records queued by an earlier call are sent first, so that a stream's records reach
         the changelog in the order its states were taken."""
@@ -499,7 +504,9 @@ class Service:
         keys = list(tombs) + ids
         targets = list(tombs.values()) + parts
         values: list[bytes | None] = [None] * len(tombs)
+        began = time.monotonic()
         values += store.dump_many(ids)
+        encoded = time.monotonic()
         if crash_midway and self._crash_at == "mid_changelog":
             half = max(1, len(keys) // 2)
             self._changelog.send(targets[:half], keys[:half], values[:half])
@@ -510,6 +517,10 @@ class Service:
             step = max(_MIN_SLICE, -(-len(ids) // _SLICES))
             now = min(now, len(tombs) + step)
         size = self._changelog.send(targets[:now], keys[:now], values[:now])
+        sending = time.monotonic() - encoded
+        self.metrics.changelog_write_seconds.inc(sending + (encoded - began))
+        if spread:
+            self._write_cost = (encoded - began) + sending * len(keys) / now
         if now < len(keys):
             self._queued = _Queued(targets, keys, values, now, step)
         store.clear_dirty(ids)
@@ -526,11 +537,13 @@ class Service:
         if queued is None:
             return
         assert self._changelog is not None
+        began = time.monotonic()
         start = queued.next
         end = len(queued.keys) if limit is None else min(len(queued.keys), start + limit)
         size = self._changelog.send(
             queued.partitions[start:end], queued.keys[start:end], queued.values[start:end]
         )
+        self.metrics.changelog_write_seconds.inc(time.monotonic() - began)
         queued.next = end
         self.metrics.checkpoint_bytes.inc(size)
         if end >= len(queued.keys):
@@ -591,7 +604,7 @@ class Service:
             # callback commits; until then the commit waits.
             self.metrics.checkpoints.labels(outcome="failed").inc()
             log.info("commit deferred while the group rebalances error=%s", exc)
-            self._next_checkpoint = time.monotonic() + k.commit_interval
+            self._next_checkpoint = time.monotonic() + self._checkpoint_interval()
             return
         except (SinkError, ChangelogError, TransportError) as exc:
             self._checkpoint_failed(exc)
@@ -601,7 +614,27 @@ class Service:
         self._pause(False)
         self._expire_idle()
         self._update_gauges()
-        self._next_checkpoint = time.monotonic() + k.commit_interval
+        self._next_checkpoint = time.monotonic() + self._checkpoint_interval()
+
+    def _checkpoint_interval(self) -> float:
+        """Seconds until the next periodic checkpoint: ``kafka.commit_interval``, or, when
+        the checkpoint just begun will take the loop more than ``kafka.changelog_budget`` of
+        that to encode and send its states, long enough for it to take no more (at most
+        ``kafka.commit_interval_max``).
+
+        A checkpoint writes each changed stream once, so its cost grows with the streams
+        changed since the last one and stops growing once all have changed: with many
+        streams (100,000 on kafka-python, ~20 us a state, take ~2 s) a longer interval buys
+        throughput where a shorter one would write the same streams more often. The price
+        is that of any longer interval: more readings replayed after a crash.
+        """
+        k = self.settings.kafka
+        interval = min(
+            max(k.commit_interval, self._write_cost / k.changelog_budget),
+            max(k.commit_interval, k.commit_interval_max),
+        )
+        self.metrics.checkpoint_interval.set(interval)
+        return interval
 
     def _checkpoint_failed(self, exc: Exception) -> None:
         """The broker did not take a checkpoint: pause consumption, retry with backoff."""

@@ -116,6 +116,22 @@ class KafkaSettings(_Section):
         gt=0,
         description="Seconds between checkpoints (flush forecasts, write changed states, commit offsets).",
     )
+    changelog_budget: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Largest share of the time between checkpoints that encoding and sending "
+        "changed states to the changelog may take; when a checkpoint's took longer, the next "
+        "begins that much later (up to `kafka.commit_interval_max`), so that each changed "
+        "stream is written once per longer interval. 1: always every `kafka.commit_interval`.",
+    )
+    commit_interval_max: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest time, in seconds, between checkpoints when "
+        "`kafka.changelog_budget` stretches the interval (never less than "
+        "`kafka.commit_interval`).",
+    )
     create_topics: bool = Field(
         default=True,
         description="Create missing topics at start; when false a missing topic is an error.",

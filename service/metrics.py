@@ -52,6 +52,8 @@ METRIC_NAMES = (
     "sensorcast_checkpoint_streams",
     "sensorcast_checkpoint_bytes",
     "sensorcast_changelog_records",
+    "sensorcast_changelog_write_seconds",
+    "sensorcast_checkpoint_interval_seconds",
     "sensorcast_restore_seconds",
     "sensorcast_restored_streams",
     "sensorcast_broker_reachable",
@@ -239,6 +241,18 @@ class ServiceMetrics:
         self.checkpoint_bytes = Gauge(
             "sensorcast_checkpoint_bytes",
             "Bytes (keys and values) the last checkpoint wrote to the changelog.",
+            registry=r,
+        )
+        self.changelog_write_seconds = Counter(
+            "sensorcast_changelog_write_seconds",
+            "Time the poll loop spent encoding changed states and handing them to the "
+            "changelog producer.",
+            registry=r,
+        )
+        self.checkpoint_interval = Gauge(
+            "sensorcast_checkpoint_interval_seconds",
+            "Seconds from the last periodic checkpoint to the next: kafka.commit_interval, or "
+            "longer when its state writes take more than kafka.changelog_budget of that.",
             registry=r,
         )
         self.changelog_records = Counter(

@@ -5,6 +5,7 @@ eager rebalance, a revoke before the restore ran, and lost partitions."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -73,10 +74,13 @@ class RecordingProducer(FakeProducer):
         super().__init__()
         self.calls = calls
         self.refuse = False  # raise from send, as kafka-python does when its buffer stays full
+        self.delay = 0.0  # seconds each send takes
 
     def send(self, topic: str, *, key: bytes, value: bytes | None, partition: int) -> Any:
         if self.refuse:
             raise KafkaTimeoutError("buffer full")
+        if self.delay:
+            time.sleep(self.delay)
         if not self.calls or self.calls[-1] != "send states":
             self.calls.append("send states")
         return super().send(topic, key=key, value=value, partition=partition)
@@ -86,8 +90,12 @@ class RecordingProducer(FakeProducer):
         super().flush(timeout)
 
 
-def _service(logs: dict[int, list[_Record]]) -> tuple[Service, Calls, RecordingProducer]:
-    settings = load_settings(None, {"http.enabled": False, "kafka.input_topic": TOPIC})
+def _service(
+    logs: dict[int, list[_Record]], **overrides: object
+) -> tuple[Service, Calls, RecordingProducer]:
+    settings = load_settings(
+        None, {"http.enabled": False, "kafka.input_topic": TOPIC, **overrides}
+    )
     svc = Service(settings)
     card, proto, _ = build_onnx_lstm(hidden=4, features=("temp", "load"))
     svc._engine = StreamEngine(OnnxStepModel(card, proto.SerializeToString()))
@@ -117,9 +125,10 @@ def _assign(svc: Service, owned: set[int]) -> None:
     svc.partitions_assigned(owned)
 
 
-def _serving(*partitions: int) -> tuple[Service, Calls, RecordingProducer]:
-    """A service holding `partitions` (empty changelogs), restored and running."""
-    svc, calls, producer = _service({p: [] for p in partitions})
+def _serving(*partitions: int, **overrides: object) -> tuple[Service, Calls, RecordingProducer]:
+    """A service holding `partitions` (empty changelogs), restored and running, with
+    settings `overrides` (dotted names)."""
+    svc, calls, producer = _service({p: [] for p in partitions}, **overrides)
     _assign(svc, set(partitions))
     svc._apply_moves()
     return svc, calls, producer
@@ -434,3 +443,43 @@ def test_a_checkpoint_whose_first_send_is_refused_queues_nothing() -> None:
         "sensorcast_checkpoints_total", {"outcome": "failed"}
     )
     assert failed == 1
+
+
+def _interval(svc: Service) -> float | None:
+    return svc.metrics.registry.get_sample_value("sensorcast_checkpoint_interval_seconds")
+
+
+def test_a_checkpoint_whose_state_writes_would_overrun_the_budget_puts_the_next_one_off() -> None:
+    settings = {"kafka.commit_interval": 0.05, "kafka.changelog_budget": 0.5}
+    svc, _calls, producer = _serving(0, **settings)
+    _touch(svc, _many("s", 600), 0)
+    producer.delay = 0.0005  # 600 sends take the loop at least 0.3 s
+    svc._periodic_checkpoint()
+    # begun with its first slice of 256: the other 344 will take as long each, so the next
+    # checkpoint waits twice what all of them take
+    assert len(producer.sent) == 256
+    cost = svc._write_cost
+    assert cost >= 0.3
+    assert _interval(svc) == pytest.approx(cost / 0.5)
+    assert svc._next_checkpoint - time.monotonic() > cost / 0.5 - 0.05
+    _send_all_slices(svc)
+    total = svc.metrics.registry.get_sample_value("sensorcast_changelog_write_seconds_total")
+    assert total is not None and total >= 0.3
+    # a cheap checkpoint brings the interval back
+    producer.delay = 0.0
+    _touch(svc, ["a"], 0)
+    svc._periodic_checkpoint()
+    assert _interval(svc) == 0.05
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(0.2, 0.2), (0.01, 0.05)])
+def test_the_stretched_interval_stops_at_its_cap_and_never_falls_below_the_interval(
+    cap: float, expected: float
+) -> None:
+    settings = {"kafka.commit_interval": 0.05, "kafka.commit_interval_max": cap}
+    svc, _calls, producer = _serving(0, **settings)
+    _touch(svc, _many("s", 300), 0)
+    producer.delay = 0.0005
+    svc._periodic_checkpoint()
+    assert svc._write_cost >= 0.15  # 1.5 s at the default budget of 10%
+    assert _interval(svc) == expected
