@@ -450,22 +450,28 @@ def _interval(svc: Service) -> float | None:
 
 
 def test_a_checkpoint_whose_state_writes_would_overrun_the_budget_puts_the_next_one_off() -> None:
-    settings = {"kafka.commit_interval": 0.05, "kafka.changelog_budget": 0.5}
+    settings = {"kafka.commit_interval": 0.05, "kafka.changelog_budget": 0.05}
     svc, _calls, producer = _serving(0, **settings)
-    _touch(svc, _many("s", 600), 0)
     producer.delay = 0.0005  # 600 sends take the loop at least 0.3 s
-    svc._periodic_checkpoint()
-    # begun with its first slice of 256: the other 344 will take as long each, so the next
-    # checkpoint waits twice what all of them take
-    assert len(producer.sent) == 256
-    cost = svc._write_cost
-    assert cost >= 0.3
-    assert _interval(svc) == pytest.approx(cost / 0.5)
-    assert svc._next_checkpoint - time.monotonic() > cost / 0.5 - 0.05
-    _send_all_slices(svc)
+    intervals = []
+    for _ in range(4):
+        _touch(svc, _many("s", 600), 0)
+        sent = len(producer.sent)
+        svc._periodic_checkpoint()
+        # begun with its first slice of 256: the other 344 will take as long each, so the
+        # next checkpoint should wait 20 times what all of them take (at least 6 s), and
+        # waits at most four times the last interval
+        assert len(producer.sent) - sent == 256
+        cost = svc._write_cost
+        assert cost >= 0.3
+        intervals.append(_interval(svc))
+        assert svc._next_checkpoint - time.monotonic() > intervals[-1] - 0.05
+        _send_all_slices(svc)
+    assert intervals[:3] == [0.2, 0.8, 3.2]
+    assert intervals[3] == pytest.approx(min(12.8, cost / 0.05))
     total = svc.metrics.registry.get_sample_value("sensorcast_changelog_write_seconds_total")
-    assert total is not None and total >= 0.3
-    # a cheap checkpoint brings the interval back
+    assert total is not None and total >= 4 * 0.3
+    # a cheap checkpoint brings the interval back at once
     producer.delay = 0.0
     _touch(svc, ["a"], 0)
     svc._periodic_checkpoint()
@@ -478,8 +484,10 @@ def test_the_stretched_interval_stops_at_its_cap_and_never_falls_below_the_inter
 ) -> None:
     settings = {"kafka.commit_interval": 0.05, "kafka.commit_interval_max": cap}
     svc, _calls, producer = _serving(0, **settings)
-    _touch(svc, _many("s", 300), 0)
     producer.delay = 0.0005
-    svc._periodic_checkpoint()
+    for _ in range(2):  # growing fourfold from 0.05, past both caps
+        _touch(svc, _many("s", 300), 0)
+        svc._periodic_checkpoint()
+        _send_all_slices(svc)
     assert svc._write_cost >= 0.15  # 1.5 s at the default budget of 10%
     assert _interval(svc) == expected
