@@ -1,6 +1,6 @@
 """End-to-end benchmark: Sensorcast against transport-only and naive pipelines, in one run.
 
-    python -m bench.e2e            # 1k, 10k and 100k streams, about 30 minutes
+    python -m bench.e2e            # 1k, 10k and 100k streams, about 35 minutes
     python -m bench.e2e --quick    # 1k and 10k streams, one trial, short phases, ~3 minutes
 
 For each stream count, a fresh embedded broker (or ``$KAFKA_BOOTSTRAP_SERVERS``) gets one
