@@ -19,7 +19,8 @@ topic from the start and writing its own forecast topic:
 
 and, for throughput only, ``sensorcast-fixed``, the service (kafka-python) with
 ``kafka.changelog_budget`` 1: a checkpoint every 5 s whatever its state writes cost, to show
-what stretching the interval when they overrun their budget (the default) buys. Each Sensorcast pipeline is compared with the transport of its own client.
+what stretching the interval when they overrun their budget (the default) buys. Each
+Sensorcast pipeline is compared with the transport of its own client.
 
 Throughput: readings/s over the backlog from 10% to 90% of the pre-loaded readings'
 forecasts, read from the forecast topic's end offsets every 50 ms (naive: from its first
@@ -204,11 +205,7 @@ def _start(
                 "SENSORCAST_LOG__LEVEL": "WARNING",
                 "SENSORCAST_MODEL__REGISTRY": str(_ROOT / "models"),
                 "SENSORCAST_MODEL__NAME": "sensors-demo",
-                **(
-                    {"SENSORCAST_KAFKA__CHANGELOG_BUDGET": "1"}
-                    if name == FIXED_INTERVAL
-                    else {}
-                ),
+                **({"SENSORCAST_KAFKA__CHANGELOG_BUDGET": "1"} if name == FIXED_INTERVAL else {}),
                 "SENSORCAST_KAFKA__CLIENT": (
                     "confluent" if name == SENSORCAST_CONFLUENT else "kafka-python"
                 ),

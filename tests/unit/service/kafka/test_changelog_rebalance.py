@@ -93,9 +93,7 @@ class RecordingProducer(FakeProducer):
 def _service(
     logs: dict[int, list[_Record]], **overrides: object
 ) -> tuple[Service, Calls, RecordingProducer]:
-    settings = load_settings(
-        None, {"http.enabled": False, "kafka.input_topic": TOPIC, **overrides}
-    )
+    settings = load_settings(None, {"http.enabled": False, "kafka.input_topic": TOPIC, **overrides})
     svc = Service(settings)
     card, proto, _ = build_onnx_lstm(hidden=4, features=("temp", "load"))
     svc._engine = StreamEngine(OnnxStepModel(card, proto.SerializeToString()))
