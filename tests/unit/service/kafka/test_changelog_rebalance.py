@@ -322,7 +322,7 @@ def test_lost_partitions_are_dropped_without_writing() -> None:
 
 
 def _many(prefix: str, n: int) -> list[str]:
-    return [f"{prefix}{i:04d}" for i in range(n)]
+    return [f"{prefix}{i:05d}" for i in range(n)]
 
 
 def test_a_begun_checkpoint_sends_its_states_a_slice_at_a_time_and_commits_after_all() -> None:
@@ -489,3 +489,14 @@ def test_the_stretched_interval_stops_at_its_cap_and_never_falls_below_the_inter
         _send_all_slices(svc)
     assert svc._write_cost >= 0.15  # 1.5 s at the default budget of 10%
     assert _interval(svc) == expected
+
+
+def test_a_large_checkpoint_is_sent_in_slices_of_at_most_1024_states() -> None:
+    svc, _calls, producer = _serving(0)
+    _touch(svc, _many("s", 20_000), 0)  # a sixteenth would be 1,250
+    svc._periodic_checkpoint()
+    assert len(producer.sent) == 1024
+    svc._send_queued_slice()
+    assert len(producer.sent) == 2048
+    _send_all_slices(svc)
+    assert len(producer.sent) == 20_000
