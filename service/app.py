@@ -448,7 +448,6 @@ class Service:
             self.metrics.checkpoints.labels(outcome="ok").inc()
         armed = self._crash_at is not None and self._has_state_to_write()
         positions = self._source.positions()
-        self._write_cost = 0.0
         sent = self._send_changelog(None, timeout, crash_midway=armed, spread=True)
         self._pending = _Pending(positions, sent)
         self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
@@ -505,6 +504,8 @@ class Service:
         if not ids and not tombs:
             self.metrics.checkpoint_streams.set(0)
             self.metrics.checkpoint_bytes.set(0)
+            if spread:
+                self._write_cost = 0.0
             return None
         keys = list(tombs) + ids
         targets = list(tombs.values()) + parts
