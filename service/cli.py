@@ -25,23 +25,34 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from service.registry import Registry, load_model_dir
+    from service.registry import Registry
 
     registry = Registry(args.registry)
-    names = registry.names()
-    if not names:
+    entries = registry.survey()
+    if not entries:
         print(f"no models in {registry.root}")
         return 0
-    for name in names:
-        for version in registry.versions(name):
-            card = load_model_dir(registry.resolve(name, version)).card
-            # Headline test scores over all horizon steps; the card holds the breakdown.
-            keys = ("test.arv", "test.mae", "test.skill_persistence")
-            test = "  ".join(f"{k}={card.metrics[k]:.4g}" for k in keys if k in card.metrics)
-            print(
-                f"{card.ref:28} {card.kind:5} features={len(card.features):<3} "
-                f"horizon={card.horizon:<3} warmup={card.warmup_steps:<4} {test}"
-            )
+    broken = 0
+    for entry in entries:
+        if entry.loaded is None:
+            broken += 1
+            print(f"{entry.ref!s:28} BROKEN {entry.problem}")
+            continue
+        card = entry.loaded.card
+        # Headline test scores over all horizon steps; the card holds the breakdown.
+        keys = ("test.arv", "test.mae", "test.skill_persistence")
+        test = "  ".join(f"{k}={card.metrics[k]:.4g}" for k in keys if k in card.metrics)
+        unchecked = "  (no golden vectors: unchecked)" if entry.loaded.golden_error is None else ""
+        print(
+            f"{card.ref:28} {card.kind:5} features={len(card.features):<3} "
+            f"horizon={card.horizon:<3} warmup={card.warmup_steps:<4} {test}{unchecked}"
+        )
+    if broken:
+        print(
+            f"sensorcast: {broken} of {len(entries)} models in {registry.root} are broken",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

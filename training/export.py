@@ -2,15 +2,18 @@
 
 The order is fixed: export the graph, check every GRU node computes the reset gate the way
 torch does (``linear_before_reset=1``), step both torch and onnxruntime one reading at a
-time at batch 1 and at batch N and compare (max abs error <= 1e-5), then build the card with
-the measured parity error, and write ``model.onnx`` + ``card.json`` through the registry,
-with ``checkpoint.pt``, the report and the plots beside them.
+time at batch 1 and at batch N and compare (max abs error <= 1e-5), record golden test
+vectors (training inputs and what torch computes for them) and each feature's training
+range, then build the card with the measured parity error, and write ``model.onnx`` +
+``card.json`` and ``checkpoint.pt`` into the registry's staging folder, where the report
+and the plots join them before the folder is renamed into place.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,24 +24,44 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, Provenance
-from service.registry import ModelRef, Registry
+from service.modelcard import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    GoldenTensor,
+    GoldenVectors,
+    ModelCard,
+    Provenance,
+    ScalerSet,
+    StateSpec,
+    StepFunction,
+)
+from service.registry import write_model
+from training.data import Dataset, Series, Splits
 from training.errors import ExportError
 from training.models import Forecaster
 from training.predict import CHECKPOINT_FILE
 
 __all__ = [
+    "GOLDEN_FLOOR",
     "OPSET",
     "PARITY_TOLERANCE",
     "build_card",
     "check_gru_nodes",
     "export_onnx",
+    "feature_ranges",
+    "golden_vectors",
     "parity_error",
     "save_model",
 ]
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-5
+# A graph must reproduce its golden vectors to max(GOLDEN_FLOOR, GOLDEN_MARGIN x the error
+# onnxruntime makes on them at export), in scaled units. The floor is far above float32
+# round-off over a few recurrent steps, whatever the onnxruntime version or CPU (~1e-6),
+# and far below any change worth catching (forecasts are scored in tenths of a std).
+GOLDEN_FLOOR = 1e-4
+GOLDEN_MARGIN = 10.0
 _PACKAGES = ("torch", "onnx", "onnxruntime", "numpy", "pandas", "statsmodels", "sensorcast")
 
 
@@ -128,6 +151,87 @@ def parity_error(
     return worst
 
 
+def golden_vectors(
+    model: Forecaster,
+    graph: onnx.ModelProto,
+    scaler: ScalerSet,
+    series: list[Series],
+    splits: Splits,
+    *,
+    rows: int = 3,
+    steps: int = 16,
+) -> GoldenVectors:
+    """Golden test vectors for the card: `rows` windows of `steps` readings of the training
+    part, with the forecasts and final states torch computes for them.
+
+    Row 0 is the first readings of the first stream, from the initial state (the service's
+    cold start); the others are windows further into the training part of the next streams
+    (the last ends where the training part ends), each starting from the state torch
+    reached over the stream's earlier readings. The tolerance is max(GOLDEN_FLOOR,
+    GOLDEN_MARGIN x onnxruntime's error on the same vectors, stepping as the service does);
+    raises `ExportError` when that error is above GOLDEN_FLOOR.
+    """
+    model.eval()
+    parts = [s.values[splits.part(s.ts, "train")] for s in series]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        raise ExportError("no training readings to take the golden vectors from")
+    steps = min(steps, max(len(p) for p in parts))
+    parts = [p for p in parts if len(p) >= steps]
+    specs = model.state_specs()
+    x_rows, state_rows = [], []
+    with torch.no_grad():
+        for i in range(rows):
+            part = parts[i % len(parts)]
+            start = 0 if i == 0 else round(i / max(rows - 1, 1) * (len(part) - steps))
+            states = model.init_states(1)
+            if start:
+                prefix = _scaled(scaler, part[:start])
+                _, *states = model(torch.from_numpy(prefix[None]), *states)
+            x_rows.append(part[start : start + steps])
+            state_rows.append([s.numpy() for s in states])
+        x = np.stack(x_rows).astype(np.float32)
+        states_in = [
+            np.concatenate([r[k] for r in state_rows], axis=spec.batch_axis)
+            for k, spec in enumerate(specs)
+        ]
+        y, *states_out = model(
+            torch.from_numpy(_scaled(scaler, x)), *(torch.from_numpy(s) for s in states_in)
+        )
+    mean = np.asarray(scaler.targets.mean, np.float64)
+    std = np.asarray(scaler.targets.std, np.float64)
+    golden = GoldenVectors(
+        x=GoldenTensor.of(x),
+        states=[GoldenTensor.of(s) for s in states_in],
+        y=GoldenTensor.of(y.numpy().astype(np.float64) * std + mean),
+        states_out=[GoldenTensor.of(s.numpy()) for s in states_out],
+        tolerance=GOLDEN_FLOOR,
+        reference=f"torch {torch.__version__}",
+    )
+    # Real readings reach further than the parity check's random ones (a fault spike is
+    # many stds out); onnxruntime must still agree to the floor every graph is held to.
+    error = golden.max_error(scaler, _onnx_step(graph, specs))
+    if not error <= GOLDEN_FLOOR:
+        raise ExportError(
+            f"onnxruntime differs from torch by {error:.3g} on readings of the training data "
+            f"(tolerance {GOLDEN_FLOOR})"
+        )
+    return golden.model_copy(update={"tolerance": max(GOLDEN_FLOOR, GOLDEN_MARGIN * error)})
+
+
+def feature_ranges(dataset: Dataset, splits: Splits) -> list[tuple[float, float]]:
+    """Each feature's observed (min, max) over the training part, in card order."""
+    table = dataset.table
+    rows = table[splits.part(table["ts"].to_numpy(), "train")]
+    if rows.empty:
+        raise ExportError("no training readings to take the feature ranges from")
+    values = rows[dataset.features].to_numpy(np.float64)
+    return [
+        (float(lo), float(hi))
+        for lo, hi in zip(np.nanmin(values, axis=0), np.nanmax(values, axis=0), strict=True)
+    ]
+
+
 def build_card(
     *,
     model: Forecaster,
@@ -146,6 +250,8 @@ def build_card(
     seed: int,
     metrics: dict[str, float],
     parity: float,
+    golden: GoldenVectors | None = None,
+    ranges: list[tuple[float, float]] | None = None,
 ) -> ModelCard:
     return ModelCard(
         name=name,
@@ -170,28 +276,41 @@ def build_card(
         ),
         metrics=metrics,
         parity_error=parity,
+        golden=golden,
+        feature_ranges=ranges,
     )
 
 
-def save_model(
-    card: ModelCard,
-    graph: onnx.ModelProto,
-    model: Forecaster,
-    registry_root: Path,
-    *,
-    overwrite: bool = False,
-) -> ModelRef:
-    """Add the graph and card to the registry and save the torch checkpoint beside them."""
-    ref = Registry(registry_root).add(card, graph, overwrite=overwrite)
+def save_model(card: ModelCard, graph: onnx.ModelProto, model: Forecaster, directory: Path) -> None:
+    """Write the graph (card embedded), ``card.json`` and the torch checkpoint into
+    `directory`, a folder from `Registry.stage`."""
+    write_model(card, graph, directory)
     torch.save(
         {
             "model_config": model.config.to_dict(),
             "state_dict": model.state_dict(),
             "train_config": card.provenance.config,
         },
-        ref.directory / CHECKPOINT_FILE,
+        Path(directory) / CHECKPOINT_FILE,
     )
-    return ref
+
+
+def _scaled(scaler: ScalerSet, raw: np.ndarray) -> np.ndarray:
+    """Raw readings scaled as the service scales them (float32)."""
+    return np.asarray(scaler.features.transform(np.asarray(raw, np.float32)), np.float32)
+
+
+def _onnx_step(graph: onnx.ModelProto, specs: list[StateSpec]) -> StepFunction:
+    """The graph's step signature, run by onnxruntime."""
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [OUTPUT_NAME, *(s.output_name for s in specs)]
+
+    def step(x: np.ndarray, states: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        feeds = {INPUT_NAME: x, **{s.name: v for s, v in zip(specs, states, strict=True)}}
+        y, *out = session.run(names, feeds)
+        return y, out
+
+    return step
 
 
 def _package_versions() -> dict[str, str]:

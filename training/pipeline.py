@@ -5,19 +5,29 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.modelcard import ModelCard
-from service.registry import ModelRef
+from service.registry import ModelRef, Registry, write_model
 from training.config import TrainConfig, load_config
 from training.data import load_dataset
 from training.evaluate import card_metrics, evaluate, plot_forecasts, plot_losses, write_report
-from training.export import build_card, check_gru_nodes, export_onnx, parity_error, save_model
+from training.export import (
+    build_card,
+    check_gru_nodes,
+    export_onnx,
+    feature_ranges,
+    golden_vectors,
+    parity_error,
+    save_model,
+)
 from training.models import Forecaster
-from training.predict import load_checkpoint, run_streams
+from training.predict import CHECKPOINT_FILE, load_checkpoint, run_streams
 from training.train import TrainResult, prepare_streams, resolve_splits, train
 
 __all__ = ["REPORT_FILE", "evaluate_model", "export_model", "train_and_export"]
@@ -25,12 +35,15 @@ __all__ = ["REPORT_FILE", "evaluate_model", "export_model", "train_and_export"]
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
+# What a model folder holds beside model.onnx and card.json, made by the training run.
+_RUN_FILES = (CHECKPOINT_FILE, REPORT_FILE, "loss.png", "forecast.png")
 
 
 def train_and_export(
     config: TrainConfig, registry_root: Path, *, overwrite: bool = False, progress: bool = True
 ) -> ModelRef:
-    """Train, score on the held-out parts, export with checks, and write the model folder."""
+    """Train, score on the held-out parts, export with checks, and write the model folder
+    (whole or not at all: it is assembled in the registry's staging folder)."""
     result = train(config, progress=progress)
     report = _report(result.model, result, config)
     if result.early_stopped is not None:
@@ -53,6 +66,9 @@ def train_and_export(
     graph = export_onnx(result.model)
     check_gru_nodes(graph)
     parity = parity_error(result.model, graph)
+    golden = golden_vectors(
+        result.model, graph, result.scaler, result.dataset.series(), result.splits
+    )
     card = build_card(
         model=result.model,
         name=config.name,
@@ -70,9 +86,14 @@ def train_and_export(
         seed=config.seed,
         metrics=card_metrics(report),
         parity=parity,
+        golden=golden,
+        ranges=feature_ranges(result.dataset, result.splits),
     )
-    ref = save_model(card, graph, result.model, registry_root, overwrite=overwrite)
-    _write_artifacts(ref.directory, report, result, result.model, result.history)
+    registry = Registry(registry_root)
+    with registry.stage(card.name, card.version, overwrite=overwrite) as folder:
+        save_model(card, graph, result.model, folder)
+        _write_artifacts(folder, report, result, result.model, result.history)
+    ref = registry.resolve(card.name, card.version)
     log.info("wrote %s to %s (parity error %.2g)", card.ref, ref.directory, parity)
     return ref
 
@@ -80,7 +101,8 @@ def train_and_export(
 def evaluate_model(model_dir: Path) -> dict[str, Any]:
     """Re-score a saved model on the data and split recorded in its card; rewrite the report
     and the forecast plot. The report's ``training`` section (loss history, best epoch) and
-    the loss plot are the training run's and are kept."""
+    the loss plot are the training run's and are kept. The new files are written beside the
+    folder first and each then replaces its old one, so a failure changes nothing."""
     card = ModelCard.read(model_dir)
     model, checkpoint = load_checkpoint(model_dir)
     config = load_config(checkpoint["train_config"])
@@ -92,23 +114,49 @@ def evaluate_model(model_dir: Path) -> dict[str, Any]:
             training = json.loads(previous.read_text()).get("training")
             if training is not None:
                 report["training"] = training
-    _write_artifacts(model_dir, report, result, model, None)
+    staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.evaluate-", dir=model_dir.parent))
+    try:
+        _write_artifacts(staging, report, result, model, None)
+        for written in staging.iterdir():
+            written.replace(model_dir / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return report
 
 
 def export_model(
     model_dir: Path, registry_root: Path, *, name: str | None, version: str, overwrite: bool = False
 ) -> ModelRef:
-    """Re-export a saved checkpoint (for example under a new name or version), with all checks."""
+    """Re-export a saved checkpoint (under a new name or version, or in place with
+    `overwrite`), with all checks. The golden vectors and feature ranges are taken from the
+    data recorded in the card; the checkpoint, report and plots are copied unchanged."""
     card = ModelCard.read(model_dir)
-    model, _ = load_checkpoint(model_dir)
+    model, checkpoint = load_checkpoint(model_dir)
+    result = _rebuild(load_config(checkpoint["train_config"]), card, model)
     graph = export_onnx(model)
     check_gru_nodes(graph)
     parity = parity_error(model, graph)
+    golden = golden_vectors(model, graph, card.scaler, result.dataset.series(), result.splits)
+    same_data = result.dataset.fingerprint == card.provenance.data_fingerprint
     fields = card.model_dump()
-    fields.update(name=name or card.name, version=version, parity_error=parity)
+    fields.update(
+        name=name or card.name,
+        version=version,
+        parity_error=parity,
+        golden=golden.model_dump(),
+        # Ranges from other data than the model was trained on would mislead: keep the card's.
+        feature_ranges=feature_ranges(result.dataset, result.splits)
+        if same_data
+        else card.feature_ranges,
+    )
     new_card = ModelCard.model_validate(fields)
-    return save_model(new_card, graph, model, registry_root, overwrite=overwrite)
+    registry = Registry(registry_root)
+    with registry.stage(new_card.name, new_card.version, overwrite=overwrite) as folder:
+        write_model(new_card, graph, folder)
+        for file in _RUN_FILES:
+            if (model_dir / file).is_file():
+                shutil.copy2(model_dir / file, folder / file)
+    return registry.resolve(new_card.name, new_card.version)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -136,6 +184,7 @@ def _rebuild(config: TrainConfig, card: ModelCard, model: Forecaster) -> TrainRe
         sort=config.sort,
         dedupe=config.dedupe,
         fill=config.fill,
+        ts_unit=config.ts_unit,
         n_streams=config.n_streams,
         n_steps=config.n_steps,
         seed=config.data_seed,
