@@ -28,7 +28,8 @@ examples:
   sensorcast train --data readings.parquet --features temp,vibration --targets temp --sort --dedupe last
   sensorcast train --config run.yaml --seed 3     (flags override the file)
 
-A table has columns stream_id, ts (epoch seconds or ISO-8601) and one column per feature.
+A table has columns stream_id, ts (epoch seconds or ISO-8601; --ts-unit for ms, us or ns)
+and one column per feature.
 Split boundaries are epoch seconds or ISO-8601; a forecast belongs to the part its target
 time falls in: train < --val-start <= validation < --test-start <= test < --test-end.
 """
@@ -99,6 +100,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--fill", choices=["ffill"], help="fill missing values from the previous reading"
+    )
+    g.add_argument(
+        "--ts-unit",
+        choices=["s", "ms", "us", "ns", "auto"],
+        help="unit of a numeric ts column, converted to seconds (auto: detect it; default s, "
+        "which refuses ms, us or ns); split boundaries stay in seconds",
     )
     g.add_argument(
         "--streams", dest="n_streams", type=int, help="synthetic: number of streams (default 200)"
@@ -195,7 +202,8 @@ _NOT_CONFIG = {"config", "registry", "overwrite", "no_progress", "handler", "ver
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.config import load_config
-    from training.pipeline import train_and_export
+    from training.evaluate import headline
+    from training.pipeline import REPORT_FILE, train_and_export
 
     values: dict[str, Any] = _read_config_file(args.config) if args.config else {}
     for key, value in vars(args).items():
@@ -207,28 +215,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ref = train_and_export(
         config, args.registry, overwrite=args.overwrite, progress=not args.no_progress
     )
-    card_metrics = json.loads(ref.card_path.read_text())["metrics"]
-    headline = ", ".join(f"{k}={v:.4g}" for k, v in card_metrics.items() if k.count(".") == 1)
-    print(f"{ref} -> {ref.directory}  {headline}")
+    scores = headline(json.loads((ref.directory / REPORT_FILE).read_text()))
+    print(f"{ref} -> {ref.directory}  {scores}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import summary_lines
     from training.pipeline import evaluate_model
 
     report = evaluate_model(_model_dir(args.model_dir))
-    ar = f"skill_ar{report['ar_order']}"
-    for period, scores in report["periods"].items():
-        model = scores["model"]
-        print(
-            f"{period:8} arv={model['arv']:.4f} mae={model['mae']:.4g} rmse={model['rmse']:.4g} "
-            f"skill_persistence={model['skill_persistence']:.3f} {ar}={model[ar]:.3f}"
-        )
-        next_step = model["next_step_mae_skill_persistence"]
-        print(
-            f"{'':8} next-step MAE skill vs persistence: "
-            + " ".join(f"{t}={v:+.3f}" for t, v in next_step.items())
-        )
+    for line in summary_lines(report):
+        print(line)
     return 0
 
 

@@ -32,6 +32,10 @@ class TrainConfig(BaseModel):
     sort: bool = False
     dedupe: str | None = None
     fill: str | None = None
+    ts_unit: Literal["s", "ms", "us", "ns", "auto"] = Field(
+        default="s",
+        description="unit of a numeric ts column (auto: detect it); the model works in seconds",
+    )
     n_streams: int = Field(default=200, ge=1)
     n_steps: int = Field(default=2000, ge=2)
     data_seed: int = 0

@@ -7,7 +7,15 @@ each year) or ``synthetic`` (the seeded simulator in `service.simulate`).
 Bad input fails with one `TrainingDataError` line, unless a repair option says what to do:
 ``sort`` (unsorted timestamps within a stream), ``dedupe="first"|"last"`` (duplicate
 timestamps within a stream), ``fill="ffill"`` (NaNs: carry the last value forward, then the
-first value backward).
+first value backward), ``ts_unit`` (numeric ``ts`` in another unit than epoch seconds).
+
+Timestamps are epoch seconds throughout (the card's period, the split boundaries, the
+service's readings). A numeric ``ts`` is read in ``ts_unit``: ``s`` (the default), ``ms``,
+``us``, ``ns``, or ``auto`` for the coarsest of these in which every value falls between the
+years 1 and 2500. Values that only make sense in a finer unit than the one given (epoch
+milliseconds read as seconds reach the year 55840) are refused with one line naming the unit
+they look like and the option that converts them. ISO-8601 strings and datetime columns are
+read as they are, whatever ``ts_unit`` says.
 
 The split is chronological with explicit boundaries, applied to the *target* time: a
 forecast belongs to the part its target timestamp falls in. ``train`` is ``ts < val_start``,
@@ -18,6 +26,7 @@ The scaler is fitted on the train part only.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,16 +42,34 @@ from training.errors import TrainingDataError
 
 __all__ = [
     "BUILTINS",
+    "NEAR_CONSTANT",
+    "TS_UNITS",
     "Dataset",
     "Series",
     "Splits",
     "fit_scaler",
     "load_dataset",
+    "near_constant",
+    "near_constant_columns",
     "parse_time",
 ]
 
 BUILTINS = ("sunspots", "synthetic")
 _YEAR = 365.2425 * 86_400.0
+
+TS_UNITS = ("s", "ms", "us", "ns", "auto")
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+# Plausible epoch seconds: 0001-01-01 to 2500-01-01. Epoch milliseconds read as seconds
+# land tens of thousands of years ahead, so the two ranges barely overlap (only
+# milliseconds within the first half of 1970 look like seconds).
+_EARLIEST, _LATEST = -62_135_596_800.0, 16_725_225_600.0
+
+NEAR_CONSTANT = 1e-6
+"""A column is near-constant when its std is at most this fraction of its mean's magnitude.
+
+The model and the service compute in float32 (about 7 significant digits), so a spread
+below a millionth of the values' magnitude is rounding, not signal."""
 
 
 @dataclass(frozen=True)
@@ -117,13 +144,25 @@ class Splits:
 
 
 def parse_time(text: str | float) -> float:
-    """Epoch seconds from a number or an ISO-8601 date/time (UTC unless it says otherwise)."""
-    if isinstance(text, int | float):
-        return float(text)
+    """Epoch seconds from a number or an ISO-8601 date/time (UTC unless it says otherwise).
+
+    A number must be epoch seconds between the years 1 and 2500 (whatever the data's
+    ``ts_unit``); anything else raises `TrainingDataError`.
+    """
+    number: float | None
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
-        pass
+        number = None
+    if number is not None:
+        if not _EARLIEST <= number <= _LATEST:  # also NaN and infinities
+            seen = _plausible_unit(np.array([number]))
+            hint = f" (it looks like epoch {_UNIT_NAMES[seen]})" if seen else ""
+            raise TrainingDataError(
+                f"time {text!r} is not epoch seconds between the years 1 and 2500{hint}; "
+                "split boundaries are epoch seconds or ISO-8601"
+            )
+        return number
     try:
         stamp = pd.Timestamp(text)
     except (ValueError, TypeError) as exc:
@@ -146,15 +185,20 @@ def load_dataset(
     n_streams: int = 200,
     n_steps: int = 2000,
     seed: int = 0,
+    ts_unit: str = "s",
 ) -> Dataset:
     """Read `source` (a built-in name or a file), check it and return the clean table."""
+    if ts_unit not in TS_UNITS:
+        raise TrainingDataError(f"ts_unit must be one of {', '.join(TS_UNITS)}, got {ts_unit!r}")
     if source == "sunspots":
         table, period = _sunspots(), _YEAR
     elif source == "synthetic":
         table, period = _synthetic(n_streams, n_steps, seed), DEFAULT_PERIOD
     else:
         table, period = _read_file(Path(source)), 0.0
-    table = _check(table, source, features, sort=sort, dedupe=dedupe, fill=fill)
+    if source in BUILTINS and ts_unit not in ("s", "auto"):
+        raise TrainingDataError(f"{source}: a built-in is stamped in seconds; drop --ts-unit")
+    table = _check(table, source, features, sort=sort, dedupe=dedupe, fill=fill, ts_unit=ts_unit)
     feats = (
         list(features) if features else [c for c in table.columns if c not in ("stream_id", "ts")]
     )
@@ -169,7 +213,11 @@ def load_dataset(
 
 
 def fit_scaler(dataset: Dataset, splits: Splits) -> ScalerSet:
-    """Mean and std of each feature over the train part only (no later value leaks in)."""
+    """Mean and std of each feature over the train part only (no later value leaks in).
+
+    A near-constant column (see `near_constant`) gets std 1: its scaled values are the raw
+    departures from the training mean, zero while it stays constant.
+    """
     rows = dataset.table[dataset.table["ts"] < splits.val_start]
     if len(rows) < 2:
         raise TrainingDataError(
@@ -178,12 +226,34 @@ def fit_scaler(dataset: Dataset, splits: Splits) -> ScalerSet:
     values = rows[dataset.features].to_numpy(np.float64)
     mean = values.mean(axis=0)
     std = values.std(axis=0)
-    std = np.where(std > 1e-8, std, 1.0)
+    std = np.where(near_constant(mean, std), 1.0, std)
     idx = dataset.target_index
     return ScalerSet(
         features=Scaler(mean=mean.tolist(), std=std.tolist()),
         targets=Scaler(mean=mean[idx].tolist(), std=std[idx].tolist()),
     )
+
+
+def near_constant(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Per column, whether ``std <= NEAR_CONSTANT * |mean|`` (always so for a zero std)."""
+    flat: np.ndarray = np.asarray(std) <= NEAR_CONSTANT * np.abs(np.asarray(mean))
+    return flat
+
+
+def near_constant_columns(dataset: Dataset, splits: Splits) -> dict[str, str]:
+    """The near-constant feature columns on the train part, each with a short description
+    of its values (``14.62 in every row`` or ``14.62 +- 3e-09``)."""
+    rows = dataset.table[dataset.table["ts"] < splits.val_start]
+    values = rows[dataset.features].to_numpy(np.float64)
+    if not len(values):
+        return {}
+    mean, std = values.mean(axis=0), values.std(axis=0)
+    out = {}
+    for col in np.nonzero(near_constant(mean, std))[0]:
+        same = bool((values[:, col] == values[0, col]).all())
+        spread = "in every row" if same else f"+- {std[col]:.1g}"
+        out[dataset.features[col]] = f"{mean[col]:.6g} {spread}"
+    return out
 
 
 # -- sources ----------------------------------------------------------------------------------
@@ -238,6 +308,7 @@ def _check(
     sort: bool,
     dedupe: str | None,
     fill: str | None,
+    ts_unit: str,
 ) -> pd.DataFrame:
     if dedupe not in (None, "first", "last"):
         raise TrainingDataError(f"dedupe must be 'first' or 'last', got {dedupe!r}")
@@ -251,7 +322,7 @@ def _check(
         )
     table = table.copy()
     table["stream_id"] = table["stream_id"].astype(str)
-    table["ts"] = _to_epoch(table["ts"], source)
+    table["ts"] = _to_epoch(table["ts"], source, ts_unit)
     cols = (
         list(features) if features else [c for c in table.columns if c not in ("stream_id", "ts")]
     )
@@ -299,11 +370,13 @@ def _check(
     return table.sort_values(["stream_id", "ts"], kind="stable")
 
 
-def _to_epoch(ts: pd.Series, source: str) -> pd.Series:
+def _to_epoch(ts: pd.Series, source: str, unit: str) -> pd.Series:
+    if pd.api.types.is_bool_dtype(ts):
+        raise TrainingDataError(f"{source}: column 'ts' holds true/false, not times")
     if pd.api.types.is_numeric_dtype(ts):
         if ts.isna().any():
             raise TrainingDataError(f"{source}: column 'ts' has missing timestamps")
-        return ts.astype(np.float64)
+        return _numeric_epoch(ts, source, unit)
     try:
         parsed = pd.to_datetime(ts, utc=True)
     except (ValueError, TypeError) as exc:
@@ -313,6 +386,62 @@ def _to_epoch(ts: pd.Series, source: str) -> pd.Series:
     if parsed.isna().any():
         raise TrainingDataError(f"{source}: column 'ts' has missing timestamps")
     return (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+
+
+def _numeric_epoch(ts: pd.Series, source: str, unit: str) -> pd.Series:
+    """Epoch seconds from numbers in `unit` (or the one `auto` detects), refusing values
+    that cannot be epoch times in that unit."""
+    raw = ts.to_numpy(np.int64 if pd.api.types.is_integer_dtype(ts) else np.float64)
+    if not raw.size:
+        return ts.astype(np.float64)
+    if not np.isfinite(raw.astype(np.float64)).all():
+        raise TrainingDataError(f"{source}: column 'ts' holds infinite timestamps")
+    seen = _plausible_unit(raw)
+    if unit == "auto":
+        if seen is None:
+            raise _not_epoch(raw, source)
+        unit = seen
+    per_second = _PER_SECOND[unit]
+    if raw.dtype.kind == "i":  # exact whole seconds first: int64 nanoseconds exceed 2**53
+        seconds = (raw // per_second).astype(np.float64) + (raw % per_second) / per_second
+    else:
+        seconds = raw.astype(np.float64) / per_second
+    if seconds.min() >= _EARLIEST and seconds.max() <= _LATEST:
+        return pd.Series(seconds, index=ts.index, name=ts.name)
+    if seen is None:
+        raise _not_epoch(raw, source)
+    example = raw[np.argmax(np.abs(seconds))]
+    shown = seconds[np.argmax(np.abs(seconds))]
+    raise TrainingDataError(
+        f"{source}: column 'ts' looks like epoch {_UNIT_NAMES[seen]}, not {_UNIT_NAMES[unit]} "
+        f"(e.g. {example} is {_iso(float(example) / _PER_SECOND[seen])} in {_UNIT_NAMES[seen]} "
+        f"but the year {_year(shown)} in {_UNIT_NAMES[unit]}); pass --ts-unit {seen} to convert"
+    )
+
+
+def _plausible_unit(raw: np.ndarray) -> str | None:
+    """The coarsest unit in which every value is an epoch time between the years 1 and 2500."""
+    lo, hi = float(np.min(raw)), float(np.max(raw))
+    for unit, per_second in _PER_SECOND.items():
+        if _EARLIEST * per_second <= lo and hi <= _LATEST * per_second:
+            return unit
+    return None
+
+
+def _not_epoch(raw: np.ndarray, source: str) -> TrainingDataError:
+    example = raw[np.argmax(np.abs(raw.astype(np.float64)))]
+    return TrainingDataError(
+        f"{source}: column 'ts' is not an epoch time in s, ms, us or ns (e.g. {example} lies "
+        "outside the years 1 to 2500 in each); use epoch seconds or ISO-8601"
+    )
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _year(seconds: float) -> int:
+    return math.floor(1970 + seconds / _YEAR)
 
 
 def _median_period(table: pd.DataFrame, source: str) -> float:

@@ -15,6 +15,16 @@ Baselines, scored on the same (step, horizon) cells as the model:
 Skill is ``1 - ARV_model / ARV_baseline`` (positive: the model is better). The next-step
 skill per target, ``1 - MAE_model / MAE_baseline`` at horizon step 1, is what the live demo
 shows beside persistence; the report states it for each baseline.
+
+A ratio whose denominator is rounding noise is undefined, never a huge number: ARV when a
+target is near-constant over the variance rows (`training.data.near_constant`), a skill
+when the baseline's ARV or next-step MAE is no bigger than the error a millionth of the
+target's magnitude (the larger of its mean's magnitude and its std) would make. An
+undefined score is ``null`` in the report and its reason sits in the sibling ``undefined``
+map under the score's name (``next_step_mae_skill_<baseline>.<target>`` for per-target
+skills); the reason starts with its cause (``constant target: ...``, ``exact baseline:
+...``), which the console prints as ``undefined (<cause>)``. The card's metrics leave
+undefined scores out.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from training.data import Dataset, Splits, parse_time
+from training.data import NEAR_CONSTANT, Dataset, Splits, near_constant, parse_time
 from training.models import Forecaster
 from training.predict import run_streams
 
@@ -38,12 +48,18 @@ __all__ = [
     "card_metrics",
     "evaluate",
     "fit_ar",
+    "format_score",
+    "headline",
     "persistence_forecast",
     "plot_forecasts",
     "plot_losses",
     "predict_ar",
+    "summary_lines",
     "write_report",
 ]
+
+# The card's headline scores per period, besides the AR(p) skill.
+_HEADLINE = ("arv", "mae", "rmse", "skill_persistence")
 
 
 def arv(pred: np.ndarray, actual: np.ndarray, variance: float) -> float:
@@ -113,8 +129,14 @@ def evaluate(
     horizon = streams[0].y.shape[1]
     until = parse_time(variance_until) if variance_until is not None else splits.test_end
     table = dataset.table if until is None else dataset.table[dataset.table["ts"] < until]
-    variance = table[dataset.targets].to_numpy(np.float64).var(axis=0)
-    variance = np.where(variance > 0, variance, 1.0)
+    rows = f"every row with ts < {until}" if until is not None else "every row"
+    values = table[dataset.targets].to_numpy(np.float64)
+    mean, variance = values.mean(axis=0), values.var(axis=0)
+    flat = near_constant(mean, np.sqrt(variance))
+    constant = _constant_reason(dataset.targets, mean, flat, rows) if flat.any() else None
+    # Errors up to this size are rounding; a baseline this good leaves nothing to divide by.
+    rounding = NEAR_CONSTANT * np.maximum(np.abs(mean), np.sqrt(variance))
+    arv_floor = float(np.mean(rounding**2 / variance)) if constant is None else 0.0
 
     preds = run_streams(model, [s.x for s in streams])
     # The AR baseline sees the same data as the model: the train part, plus the validation
@@ -140,7 +162,7 @@ def evaluate(
         "variance": {
             "targets": dataset.targets,
             "value": variance.tolist(),
-            "rows": f"every row with ts < {until}" if until is not None else "every row",
+            "rows": rows,
         },
         "ar_order": ar_order,
         "ar_fitted_on": "train+val" if ar_with_val else "train",
@@ -154,14 +176,16 @@ def evaluate(
         scores = {}
         for label, fc in forecasts.items():
             raw = [scaler.targets.inverse(p) for p in fc]
-            scores[label] = _scores(raw, actual, masks, variance)
+            scores[label] = _scores(raw, actual, masks, variance, constant)
+        ours = scores["model"]
         for base in ("persistence", f"ar{ar_order}"):
-            scores["model"][f"skill_{base}"] = 1.0 - scores["model"]["arv"] / max(
-                scores[base]["arv"], 1e-12
+            ours[f"skill_{base}"] = _skill(ours, scores[base], base, arv_floor)
+            ours[f"next_step_mae_skill_{base}"] = _next_step_skill(
+                ours, scores[base], base, dataset.targets, rounding
             )
-            scores["model"][f"next_step_mae_skill_{base}"] = _next_step_skill(
-                scores["model"], scores[base], dataset.targets
-            )
+        for part in scores.values():  # the reasons after the scores they explain
+            if "undefined" in part:
+                part["undefined"] = part.pop("undefined")
         report["periods"][name] = {"from": lo, "to": hi if np.isfinite(hi) else None, **scores}
     return report
 
@@ -171,56 +195,148 @@ def _scores(
     actuals: list[np.ndarray],
     masks: list[np.ndarray],
     variance: np.ndarray,
+    constant: str | None,
 ) -> dict[str, Any]:
-    """ARV, MAE, RMSE overall and per horizon step over the masked cells of every stream."""
+    """ARV, MAE, RMSE overall and per horizon step over the masked cells of every stream;
+    ARV is undefined for the reason `constant` when that is given."""
     horizon = preds[0].shape[1]
-    per_h: list[dict[str, float]] = []
+    per_h: list[dict[str, Any]] = []
     errs_all = []
     for h in range(horizon):
         errs = np.concatenate(
             [(p[m[:, h], h] - a[m[:, h], h]) for p, a, m in zip(preds, actuals, masks, strict=True)]
         )
         errs_all.append(errs)
-        per_h.append(_summary(errs, variance))
-    out = _summary(np.concatenate(errs_all), variance)
+        per_h.append(_summary(errs, variance, constant))
+    out = _summary(np.concatenate(errs_all), variance, constant)
     out["count"] = int(sum(len(e) for e in errs_all))
     out["per_horizon"] = per_h
     return out
 
 
+def _constant_reason(targets: list[str], mean: np.ndarray, flat: np.ndarray, rows: str) -> str:
+    which = ", ".join(f"{t!r} is {m:.6g}" for t, m, f in zip(targets, mean, flat, strict=True) if f)
+    return f"constant target: {which} in {rows}; ARV divides by the variance"
+
+
+def _skill(model: dict[str, Any], base: dict[str, Any], name: str, floor: float) -> float | None:
+    """``1 - ARV_model / ARV_baseline``, or None (the reason in ``model["undefined"]``)."""
+    if model["arv"] is None:
+        _undefined(model, f"skill_{name}", model["undefined"]["arv"])
+        return None
+    if base["arv"] <= floor:
+        _undefined(
+            model,
+            f"skill_{name}",
+            f"exact baseline: {name}'s ARV on this period is {base['arv']:.2g}, at rounding level",
+        )
+        return None
+    return 1.0 - float(model["arv"]) / float(base["arv"])
+
+
 def _next_step_skill(
-    model: dict[str, Any], base: dict[str, Any], targets: list[str]
-) -> dict[str, float]:
-    """Per target, ``1 - MAE_model / MAE_baseline`` at horizon step 1."""
+    model: dict[str, Any],
+    base: dict[str, Any],
+    name: str,
+    targets: list[str],
+    rounding: np.ndarray,
+) -> dict[str, float | None]:
+    """Per target, ``1 - MAE_model / MAE_baseline`` at horizon step 1, or None where the
+    baseline's MAE is rounding (the reason in ``model["undefined"]``)."""
     ours, theirs = (
         model["per_horizon"][0]["mae_per_target"],
         base["per_horizon"][0]["mae_per_target"],
     )
-    return {t: 1.0 - m / max(b, 1e-12) for t, m, b in zip(targets, ours, theirs, strict=True)}
+    out: dict[str, float | None] = {}
+    for t, m, b, r in zip(targets, ours, theirs, rounding, strict=True):
+        if b <= r:
+            out[t] = None
+            _undefined(
+                model,
+                f"next_step_mae_skill_{name}.{t}",
+                f"exact baseline: {name}'s next-step MAE for {t!r} on this period is "
+                f"{b:.2g}, at rounding level",
+            )
+        else:
+            out[t] = 1.0 - m / b
+    return out
 
 
-def _summary(errs: np.ndarray, variance: np.ndarray) -> dict[str, Any]:
+def _summary(errs: np.ndarray, variance: np.ndarray, constant: str | None) -> dict[str, Any]:
     mse = np.mean(errs**2, axis=0)
     mae = np.mean(np.abs(errs), axis=0)
-    return {
-        "arv": float(np.mean(mse / variance)),
+    out: dict[str, Any] = {
+        "arv": None if constant else float(np.mean(mse / variance)),
         "mae": float(np.mean(mae)),
         "rmse": float(np.mean(np.sqrt(mse))),
         "mae_per_target": mae.tolist(),
         "rmse_per_target": np.sqrt(mse).tolist(),
     }
+    if constant:
+        _undefined(out, "arv", constant)
+    return out
+
+
+def _undefined(scores: dict[str, Any], key: str, reason: str) -> None:
+    scores.setdefault("undefined", {})[key] = reason
 
 
 def card_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers for the card: ``<period>.<metric>`` and ``<period>.h<k>.arv``."""
+    """The headline numbers for the card: ``<period>.<metric>`` and ``<period>.h<k>.arv``.
+
+    Undefined scores (null in the report) are left out.
+    """
     out: dict[str, float] = {}
     for period, scores in report["periods"].items():
         model = scores["model"]
-        for key in ("arv", "mae", "rmse", "skill_persistence", f"skill_ar{report['ar_order']}"):
-            out[f"{period}.{key}"] = float(model[key])
+        for key in (*_HEADLINE, f"skill_ar{report['ar_order']}"):
+            if model[key] is not None:
+                out[f"{period}.{key}"] = float(model[key])
         for h, step in enumerate(model["per_horizon"], start=1):
-            out[f"{period}.h{h}.arv"] = float(step["arv"])
+            if step["arv"] is not None:
+                out[f"{period}.h{h}.arv"] = float(step["arv"])
     return out
+
+
+def format_score(scores: dict[str, Any], key: str, spec: str) -> str:
+    """``scores[key]`` for the console (``key`` may be ``<name>.<target>``): the number in
+    format `spec`, or ``undefined (<cause>)``."""
+    name, _, target = key.partition(".")
+    value = scores[name][target] if target else scores[name]
+    if value is not None:
+        return format(value, spec)
+    reason = scores.get("undefined", {}).get(key, "")
+    return f"undefined ({reason.partition(':')[0]})" if reason else "undefined"
+
+
+def headline(report: dict[str, Any]) -> str:
+    """One line of the model's headline scores: ``<period>.<score>=<value>, ...``."""
+    keys = (*_HEADLINE, f"skill_ar{report['ar_order']}")
+    return ", ".join(
+        f"{period}.{key}={format_score(scores['model'], key, '.4g')}"
+        for period, scores in report["periods"].items()
+        for key in keys
+    )
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """Two console lines per period: the model's scores, then its next-step MAE skill."""
+    ar = f"skill_ar{report['ar_order']}"
+    lines = []
+    for period, scores in report["periods"].items():
+        model = scores["model"]
+        lines.append(
+            f"{period:8} arv={format_score(model, 'arv', '.4f')} "
+            f"mae={format_score(model, 'mae', '.4g')} rmse={format_score(model, 'rmse', '.4g')} "
+            f"skill_persistence={format_score(model, 'skill_persistence', '.3f')} "
+            f"{ar}={format_score(model, ar, '.3f')}"
+        )
+        skill = "next_step_mae_skill_persistence"
+        lines.append(
+            f"{'':8} next-step MAE skill vs persistence: "
+            + " ".join(f"{t}={format_score(model, f'{skill}.{t}', '+.3f')}" for t in model[skill])
+        )
+    return lines
 
 
 def write_report(report: dict[str, Any], path: Path) -> Path:

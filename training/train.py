@@ -33,7 +33,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from training.config import TrainConfig
-from training.data import Dataset, Series, Splits, fit_scaler, load_dataset, parse_time
+from training.data import (
+    Dataset,
+    Series,
+    Splits,
+    fit_scaler,
+    load_dataset,
+    near_constant_columns,
+    parse_time,
+)
 from training.errors import TrainingDataError
 from training.models import Forecaster, build_model
 from training.predict import run_streams
@@ -99,6 +107,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         sort=config.sort,
         dedupe=config.dedupe,
         fill=config.fill,
+        ts_unit=config.ts_unit,
         n_streams=config.n_streams,
         n_steps=config.n_steps,
         seed=config.data_seed,
@@ -106,6 +115,22 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     splits = resolve_splits(config, dataset)
     # The scaler sees the train part only, so no later value leaks into training.
     scaler = fit_scaler(dataset, splits)
+    # A constant column teaches nothing, and a constant target leaves the scores that divide
+    # by its variance undefined: say so now rather than in a puzzling report.
+    for column, values in near_constant_columns(dataset, splits).items():
+        if column in dataset.targets:
+            log.warning(
+                "target %r is constant on the training part (%s): nothing to learn, and "
+                "scores dividing by its variance may be undefined",
+                column,
+                values,
+            )
+        else:
+            log.warning(
+                "feature %r is constant on the training part (%s): it carries no information",
+                column,
+                values,
+            )
     streams = prepare_streams(dataset.series(), dataset, scaler, config.horizon)
     train_masks = [s.loss_mask(splits, "train", config.burn_in) for s in streams]
     val_masks = [s.loss_mask(splits, "val", config.burn_in) for s in streams]

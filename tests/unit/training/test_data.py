@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from service.simulate import simulate
-from training.data import Splits, fit_scaler, load_dataset, parse_time
+from training.data import (
+    Splits,
+    fit_scaler,
+    load_dataset,
+    near_constant_columns,
+    parse_time,
+)
 from training.errors import TrainingDataError
 
 
@@ -193,3 +199,107 @@ def test_scaler_sees_the_train_part_only(tmp_path: Path) -> None:
     table.loc[table["ts"] >= 100.0, ["temp", "load"]] = 1e6
     again = fit_scaler(load_dataset(str(_write(tmp_path, table, "wild.csv"))), splits)
     assert again == scaler
+
+
+# -- timestamp units ------------------------------------------------------------------------------
+
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _five_minute_readings(unit: str) -> pd.DataFrame:
+    """Two boiler streams every 5 minutes from 2023-11-14T22:13:20Z, stamped in `unit`."""
+    seconds = 1_700_000_000 + 300 * np.arange(48, dtype=np.int64)
+    temp = 60.0 + 4.0 * np.sin(np.arange(48) / 6.0)
+    return pd.DataFrame(
+        {
+            "stream_id": ["boiler-1"] * 48 + ["boiler-2"] * 48,
+            "ts": np.concatenate([seconds, seconds]) * _PER_SECOND[unit],
+            "temp": np.concatenate([temp, temp + 1.5]),
+        }
+    )
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_each_ts_unit_gives_the_same_seconds(tmp_path: Path, unit: str) -> None:
+    seconds = load_dataset(str(_write(tmp_path, _five_minute_readings("s"), "s.csv")))
+    path = str(_write(tmp_path, _five_minute_readings(unit), f"{unit}.parquet"))
+    for given in (unit, "auto"):
+        data = load_dataset(path, ts_unit=given)
+        pd.testing.assert_frame_equal(data.table, seconds.table)
+        assert data.period == 300.0
+
+
+@pytest.mark.parametrize(
+    ("unit", "name"), [("ms", "milliseconds"), ("us", "microseconds"), ("ns", "nanoseconds")]
+)
+def test_ts_in_a_finer_unit_is_refused_naming_it_and_the_flag(
+    tmp_path: Path, unit: str, name: str
+) -> None:
+    path = str(_write(tmp_path, _five_minute_readings(unit)))
+    with pytest.raises(TrainingDataError) as exc:
+        load_dataset(path)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert f"looks like epoch {name}, not seconds" in message
+    assert f"--ts-unit {unit}" in message
+    assert f"{1_700_014_100 * _PER_SECOND[unit]}" in message  # the latest reading, as written
+    assert "2023-11-15T02:08:20Z" in message
+    # Told the wrong finer unit, it names the right one.
+    if unit != "ms":
+        with pytest.raises(TrainingDataError, match=f"not milliseconds.*--ts-unit {unit}"):
+            load_dataset(path, ts_unit="ms")
+
+
+def test_ts_that_is_no_epoch_time_in_any_unit_is_refused(tmp_path: Path) -> None:
+    table = _five_minute_readings("ns")
+    table["ts"] = table["ts"].astype(np.float64) * 1e3  # picoseconds: past 2500 in every unit
+    path = str(_write(tmp_path, table))
+    for unit in ("s", "auto"):
+        with pytest.raises(TrainingDataError, match="not an epoch time in s, ms, us or ns"):
+            load_dataset(path, ts_unit=unit)
+
+
+def test_step_indices_and_years_before_1970_stay_seconds(tmp_path: Path) -> None:
+    steps = pd.DataFrame({"stream_id": "a", "ts": np.arange(40), "v": np.sin(np.arange(40.0))})
+    data = load_dataset(str(_write(tmp_path, steps, "steps.csv")), ts_unit="auto")
+    assert data.period == 1.0 and data.table["ts"].iloc[-1] == 39.0
+    sunspots = load_dataset("sunspots", ts_unit="auto")
+    assert sunspots.table["ts"].iloc[0] == pd.Timestamp("1700-01-01", tz="UTC").timestamp()
+    with pytest.raises(TrainingDataError, match="built-in is stamped in seconds"):
+        load_dataset("sunspots", ts_unit="ms")
+
+
+def test_split_boundaries_in_milliseconds_are_refused() -> None:
+    with pytest.raises(TrainingDataError, match="looks like epoch milliseconds"):
+        parse_time("1700000000000")
+    with pytest.raises(TrainingDataError, match="not epoch seconds"):
+        parse_time("nan")
+
+
+# -- constant columns -----------------------------------------------------------------------------
+
+
+def test_near_constant_columns_are_found_relative_to_their_magnitude(tmp_path: Path) -> None:
+    n = 40
+    table = pd.DataFrame(
+        {
+            "stream_id": "press-7",
+            "ts": 1_700_000_000.0 + 60 * np.arange(n),
+            "setpoint": 14.62,
+            # a counter stuck at 2.5e6 with float32 jitter: std 0.05, a 2e-8 fraction
+            "counter": 2.5e6 + 0.05 * (-1.0) ** np.arange(n),
+            # a strain gauge in small units: std 1e-8, but a 10% spread around 1e-7
+            "strain": 1e-7 + 1e-8 * np.sin(np.arange(n)),
+        }
+    )
+    data = load_dataset(str(_write(tmp_path, table)))
+    splits = Splits(val_start=1_700_000_000.0 + 60 * 30, test_start=1_700_000_000.0 + 60 * 35)
+    assert near_constant_columns(data, splits) == {
+        "setpoint": "14.62 in every row",
+        "counter": "2.5e+06 +- 0.05",
+    }
+    scaler = fit_scaler(data, splits)
+    # Near-constant columns are scaled by 1, not by their rounding noise; the rest as usual.
+    assert scaler.features.std[:2] == [1.0, 1.0]
+    assert scaler.features.std[2] == pytest.approx(table["strain"][:30].std(ddof=0))
+    assert np.isfinite(scaler.features.transform(table[data.features].to_numpy())).all()

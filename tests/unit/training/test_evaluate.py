@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from torch import Tensor
 
 from service.modelcard import StateSpec
@@ -14,12 +17,13 @@ from training.evaluate import (
     card_metrics,
     evaluate,
     fit_ar,
+    headline,
     persistence_forecast,
     plot_forecasts,
     plot_losses,
     predict_ar,
 )
-from training.models import Forecaster, ModelConfig
+from training.models import Forecaster, ModelConfig, build_model
 from training.train import prepare_streams
 
 
@@ -145,3 +149,101 @@ def test_plots_are_written(tmp_path: Path) -> None:
     )
     for path in (loss, fc):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- undefined scores -----------------------------------------------------------------------------
+
+
+def _untrained_lstm(n_features: int, horizon: int) -> Forecaster:
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(
+            kind="lstm", n_features=n_features, n_targets=1, horizon=horizon, hidden=4, layers=1
+        )
+    )
+    return model.eval()
+
+
+def _scores(tree: Any) -> Iterator[float]:
+    """Every number in a report's periods but their boundaries (epoch seconds)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key not in ("from", "to"):
+                yield from _scores(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _scores(value)
+    elif isinstance(tree, int | float) and not isinstance(tree, bool):
+        yield float(tree)
+
+
+def test_constant_target_leaves_arv_and_skills_undefined_with_the_reason(tmp_path: Path) -> None:
+    n = 60
+    path = tmp_path / "press.csv"
+    pd.DataFrame(
+        {
+            "stream_id": "press-7",
+            "ts": 1_700_000_000 + 60 * np.arange(n),
+            "temp": 60.0 + 4.0 * np.sin(np.arange(n) / 5.0),
+            "setpoint": 14.62,
+        }
+    ).to_csv(path, index=False)
+    data = load_dataset(str(path), targets=["setpoint"])
+    splits = Splits(val_start=1_700_000_000 + 60 * 36, test_start=1_700_000_000 + 60 * 48)
+    scaler = fit_scaler(data, splits)
+    streams = prepare_streams(data.series(), data, scaler, horizon=2)
+    report = evaluate(_untrained_lstm(2, 2), data, streams, splits, scaler, ar_order=1)
+
+    test = report["periods"]["test"]
+    model = test["model"]
+    constant = "constant target: 'setpoint' is 14.62 in every row; ARV divides by the variance"
+    for scores in (model, test["persistence"], test["ar1"], *model["per_horizon"]):
+        assert scores["arv"] is None
+        assert scores["undefined"]["arv"] == constant
+    assert model["skill_persistence"] is None and model["skill_ar1"] is None
+    assert model["undefined"]["skill_persistence"] == constant
+    assert model["next_step_mae_skill_persistence"] == {"setpoint": None}
+    assert model["undefined"]["next_step_mae_skill_persistence.setpoint"].startswith(
+        "exact baseline: persistence's next-step MAE for 'setpoint'"
+    )
+    assert model["mae"] > 0.0  # an untrained model misses: the MAE is defined all the same
+    assert max(abs(v) for v in _scores(report["periods"])) < 1e6
+
+    metrics = card_metrics(report)
+    assert {"test.mae", "test.rmse", "val.mae"} <= set(metrics)
+    assert not [k for k in metrics if "arv" in k or "skill" in k]
+    line = headline(report)
+    assert "test.arv=undefined (constant target)" in line
+    assert "test.skill_persistence=undefined (constant target)" in line
+    assert f"test.mae={model['mae']:.4g}" in line
+
+
+def test_skill_is_undefined_where_the_baseline_is_exact(tmp_path: Path) -> None:
+    # A valve that modulates, then stays shut through the test part: persistence is exact
+    # there, so nothing divides by its error; the AR(1) baseline still misses and is scored.
+    n = 60
+    position = np.where(np.arange(n) < 44, 40.0 + 30.0 * np.sin(np.arange(n) / 3.0), 5.0)
+    path = tmp_path / "valve.csv"
+    pd.DataFrame(
+        {"stream_id": "valve-3", "ts": 1_700_000_000 + 60 * np.arange(n), "position": position}
+    ).to_csv(path, index=False)
+    data = load_dataset(str(path))
+    splits = Splits(val_start=1_700_000_000 + 60 * 30, test_start=1_700_000_000 + 60 * 46)
+    scaler = fit_scaler(data, splits)
+    streams = prepare_streams(data.series(), data, scaler, horizon=1)
+    report = evaluate(_untrained_lstm(1, 1), data, streams, splits, scaler, ar_order=1)
+
+    test = report["periods"]["test"]
+    model = test["model"]
+    assert test["persistence"]["arv"] == 0.0
+    assert model["arv"] > 0.0
+    assert model["skill_persistence"] is None
+    assert model["undefined"]["skill_persistence"].startswith(
+        "exact baseline: persistence's ARV on this period is 0"
+    )
+    assert model["next_step_mae_skill_persistence"] == {"position": None}
+    assert model["skill_ar1"] == pytest.approx(1 - model["arv"] / test["ar1"]["arv"])
+    assert "skill_ar1" not in model["undefined"]
+    assert max(abs(v) for v in _scores(report["periods"])) < 1e6
+    assert "test.skill_persistence" not in card_metrics(report)
+    assert "test.skill_persistence=undefined (exact baseline)" in headline(report)
