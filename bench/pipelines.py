@@ -66,7 +66,7 @@ def run_transport(
     from service.config import KafkaSettings
     from service.core.readings import ForecastBatch
     from service.core.values import FeatureValues
-    from service.kafka.codec import ForecastEncoder, ReadingDecoder
+    from service.kafka.codec import ForecastEncoder, ReadingDecoder, max_future_seconds
     from service.kafka.connect import connect
     from service.registry import Registry
 
@@ -85,9 +85,12 @@ def run_transport(
     )
     card = Registry(args.registry).load(args.model).card
     encoder = ForecastEncoder(card)
+    # the service's decoder, checking each stream's partition against those seen so far
+    partition_of: dict[str, int] = {}
     decoder = ReadingDecoder(
         max_message_bytes=settings.max_message_bytes,
-        max_future_seconds=settings.max_future_seconds,
+        max_future_seconds=max_future_seconds(settings, card),
+        partition_of=partition_of,
     )
     features = FeatureValues(card.features)
     # Fixed forecasts with the values a model gives, not zeros: float32 values of the
@@ -112,6 +115,7 @@ def run_transport(
             # forecast per reading, encode, send.
             received = time.time()
             batch = decoder.decode_columns(records, received=received, values=features).batch
+            partition_of.update(zip(batch.stream_ids, batch.partitions.tolist(), strict=True))
             n = len(batch.stream_ids)
             forecasts = ForecastBatch(
                 batch.stream_ids,

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from service.config import ServiceSettings
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
-from service.core.readings import Reject
+from service.core.readings import DropReason, ReadingBatch, Reject
+from service.droplog import DropLog
 from service.errors import (
     ChangelogError,
     ConfigError,
@@ -39,7 +40,17 @@ from service.errors import (
     TransportError,
 )
 from service.http import HttpServer, Readiness
-from service.kafka.codec import ForecastEncoder, RawRecord, ReadingDecoder, dead_letter_headers
+from service.kafka.codec import (
+    HEADER_REASON,
+    HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
+    ForecastEncoder,
+    RawRecord,
+    ReadingDecoder,
+    dead_letter_headers,
+    fit_dead_letter,
+    max_future_seconds,
+)
 from service.kafka.connect import check_client, connect
 from service.kafka.transport import Sink, Source, StateReader, StateWriter
 from service.metrics import ServiceMetrics
@@ -116,11 +127,9 @@ class Service:
         self._sink: Sink | None = None
         self._engine: StreamEngine | None = None
         self._encoder: ForecastEncoder | None = None
-        self._decoder = ReadingDecoder(
-            max_message_bytes=settings.kafka.max_message_bytes,
-            max_future_seconds=settings.kafka.max_future_seconds,
-        )
+        self._decoder: ReadingDecoder | None = None
         self._streams = PartitionStreams()
+        self._drop_log = DropLog(settings.log.drop_interval)
         self._backoff = _FIRST_BACKOFF
         self._next_checkpoint = 0.0
         self._paused = False
@@ -216,10 +225,25 @@ class Service:
             ttl_seconds=e.ttl_seconds,
             max_streams=e.max_streams,
             state_dtype=e.state_dtype,
+            out_of_range=e.out_of_range,
+            out_of_range_margin=e.out_of_range_margin,
+            clock_recovery=e.clock_recovery,
         )
         self._engine = StreamEngine(model, config)
         card = loaded.card
         self._encoder = ForecastEncoder(card)
+        k = self.settings.kafka
+        self._decoder = ReadingDecoder(
+            max_message_bytes=k.max_message_bytes,
+            max_future_seconds=max_future_seconds(k, card),
+            partition_of=self._streams.partition_of,
+        )
+        if card.feature_ranges is None and e.out_of_range != "accept":
+            log.warning(
+                "model card has no feature_ranges: readings are not checked against the "
+                "training range (engine.out_of_range=%s has no effect); re-export the model",
+                e.out_of_range,
+            )
         self.metrics.set_model(card.name, card.version, card.kind)
         self.readiness.set("model_loaded", True)
         log.info(
@@ -288,6 +312,8 @@ class Service:
             self._apply_moves()
             if records:
                 self._process(records)
+            else:
+                self._dead_letter_events()
             if self._queued is not None:
                 self._send_queued_slice()
             if time.monotonic() >= self._next_checkpoint:
@@ -295,6 +321,7 @@ class Service:
 
     def _process(self, records: Sequence[RawRecord]) -> None:
         assert self._engine is not None and self._sink is not None and self._encoder is not None
+        assert self._decoder is not None
         received = time.time()
         decoded = self._decoder.decode_columns(
             records, received=received, values=self._engine.values
@@ -315,6 +342,8 @@ class Service:
         rejects = decoded.rejects + result.rejects
         if rejects:
             self._dead_letter(rejects, records)
+        if result.drops:
+            self._report_drops(batch, result.drops, records)
         handed = time.time()
         self.metrics.record_batch(
             len(records), result, handed - received, decoded.ages(forecasts, handed)
@@ -333,28 +362,91 @@ class Service:
         self._streams.forget(gone)
 
     def _dead_letter(self, rejects: list[Reject], records: Sequence[RawRecord]) -> None:
-        assert self._sink is not None
         by_position = {(r.partition, r.offset): r for r in records}
         for reject in rejects:
             record = by_position[(reject.partition, reject.offset)]
-            reason = str(reject.reason)
-            self._sink.send_dead_letter(
-                record.key,
-                record.value,
-                dead_letter_headers(
-                    reason, reject.detail, record.topic, record.partition, record.offset
-                ),
+            self.metrics.rejects.labels(reason=str(reject.reason)).inc()
+            self._send_dead_letter(record, str(reject.reason), reject.detail)
+
+    def _send_dead_letter(self, record: RawRecord, reason: str, detail: str) -> None:
+        """Copy `record` to the dead-letter topic (cut to ``kafka.dead_letter_max_bytes``
+        when it is larger), with a log line; the sink never raises for the record itself."""
+        assert self._sink is not None
+        letter = fit_dead_letter(
+            record.key,
+            record.value,
+            dead_letter_headers(reason, detail, record.topic, record.partition, record.offset),
+            self.settings.kafka.dead_letter_max_bytes,
+        )
+        self._sink.send_dead_letter(letter.key, letter.value, letter.headers)
+        self.metrics.dead_letters.inc()
+        if letter.truncated:
+            self.metrics.dead_letter_truncations.inc()
+        log.warning(
+            "dead letter reason=%s topic=%s partition=%d offset=%d bytes=%d%s detail=%s",
+            reason,
+            record.topic,
+            record.partition,
+            record.offset,
+            len(record.key or b"") + len(record.value or b""),
+            " truncated" if letter.truncated else "",
+            detail,
+        )
+        self._dead_letter_events()
+
+    def _dead_letter_events(self) -> None:
+        """Count and log the dead letters the broker refused for good (see
+        `service.kafka.deadletters`)."""
+        assert self._sink is not None
+        for event in self._sink.take_dead_letter_events():
+            where = {name: value.decode("utf-8", "replace") for name, value in event.headers}
+            if event.outcome == "shrunk":
+                counter, level = self.metrics.dead_letter_truncations, logging.WARNING
+                what = "dead letter refused, sending it truncated"
+            else:
+                counter, level = self.metrics.dead_letter_failures, logging.ERROR
+                what = "dead letter lost: refused even without its value"
+            counter.inc()
+            log.log(
+                level,
+                "%s reason=%s partition=%s offset=%s error=%s",
+                what,
+                where.get(HEADER_REASON, "?"),
+                where.get(HEADER_SOURCE_PARTITION, "?"),
+                where.get(HEADER_SOURCE_OFFSET, "?"),
+                event.error,
             )
-            self.metrics.rejects.labels(reason=reason).inc()
-            self.metrics.dead_letters.inc()
-            log.warning(
-                "dead letter reason=%s topic=%s partition=%d offset=%d detail=%s",
-                reason,
-                record.topic,
-                record.partition,
-                record.offset,
-                reject.detail,
+
+    def _report_drops(
+        self,
+        batch: ReadingBatch,
+        drops: list[tuple[int, DropReason]],
+        records: Sequence[RawRecord],
+    ) -> None:
+        """Log dropped readings (rate-limited, see `DropLog`) and, with
+        ``kafka.dead_letter_late``, copy the late and duplicate ones to the dead-letter topic."""
+        assert self._engine is not None
+        store = self._engine.store
+        to_dead_letter = self.settings.kafka.dead_letter_late
+        by_position = {(r.partition, r.offset): r for r in records} if to_dead_letter else {}
+        for row, reason in drops:
+            sid = batch.stream_ids[row]
+            partition, offset = int(batch.partitions[row]), int(batch.offsets[row])
+            ts = float(batch.ts[row])
+            copy = to_dead_letter and reason is not DropReason.ALREADY_APPLIED
+            if not copy and not self._drop_log.due(reason):
+                self._drop_log.count(reason)
+                continue
+            info = store.info(sid)
+            last_ts = info.last_ts if info is not None else float("nan")
+            detail = (
+                f"ts {ts:.3f} is not after the stream's last applied reading's {last_ts:.3f}"
+                if reason is not DropReason.ALREADY_APPLIED
+                else f"offset {offset} is already in the stream's state"
             )
+            if copy:
+                self._send_dead_letter(by_position[(partition, offset)], str(reason), detail)
+            self._drop_log.log(reason, sid, partition, offset, detail)
 
     # -- checkpoints -----------------------------------------------------------------------
 

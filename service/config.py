@@ -152,10 +152,25 @@ class KafkaSettings(_Section):
         ge=64,
         description="Largest accepted reading record; larger ones are dead-lettered as oversized.",
     )
-    max_future_seconds: float = Field(
-        default=86_400.0,
+    max_future_seconds: float | None = Field(
+        default=None,
         gt=0,
-        description="Readings stamped further than this ahead of the wall clock are dead-lettered.",
+        description="Readings stamped further than this many seconds ahead of the wall clock "
+        "are dead-lettered as `future_timestamp` (unset: 5 minutes or 3 model periods, "
+        "whichever is longer).",
+    )
+    dead_letter_max_bytes: int = Field(
+        default=262_144,
+        ge=1024,
+        description="Largest dead letter written, key and value together: a bigger record is "
+        "dead-lettered as its first bytes, with the headers `sensorcast.dead_letter.truncated` "
+        "and `sensorcast.source.bytes` (its original size). Keep it below the dead-letter "
+        "topic's `max.message.bytes` (1 MB by default on Kafka).",
+    )
+    dead_letter_late: bool = Field(
+        default=False,
+        description="Also copy late and duplicate readings to the dead-letter topic (reasons "
+        "`late`, `duplicate`); they are counted as drops and logged either way.",
     )
     reconnect_backoff_max: float = Field(
         default=30.0,
@@ -229,6 +244,26 @@ class EngineSettings(_Section):
     state_dtype: Literal["float32", "float16"] = Field(
         default="float32", description="Precision the per-stream state is stored in."
     )
+    out_of_range: Literal["reject", "clip", "accept"] = Field(
+        default="reject",
+        description="A feature value beyond the model card's training range by more than "
+        "`engine.out_of_range_margin` training standard deviations: `reject` it (dead letter "
+        "`out_of_range`), `clip` it to that bound, or `accept` it as it is.",
+    )
+    out_of_range_margin: float = Field(
+        default=10.0,
+        ge=0,
+        description="How far beyond the training range, in training standard deviations of "
+        "the feature, a value may lie before `engine.out_of_range` applies.",
+    )
+    clock_recovery: int = Field(
+        default=2,
+        ge=0,
+        description="After a reading moves a stream's clock ahead by more than "
+        "`engine.max_gap_periods`, this many consecutive readings that continue the clock "
+        "from before the jump mark the jump as a bad timestamp: the stream's state is reset "
+        "and they are applied instead of being dropped as late (0: never).",
+    )
 
 
 class HttpSettings(_Section):
@@ -243,6 +278,12 @@ class LogSettings(_Section):
     )
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
+    )
+    drop_interval: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between log lines about dropped readings (late, duplicate, "
+        "already applied), per reason; each line names one stream and counts the rest.",
     )
 
 

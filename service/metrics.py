@@ -35,7 +35,10 @@ METRIC_NAMES = (
     "sensorcast_rejects",
     "sensorcast_drops",
     "sensorcast_dead_letters",
+    "sensorcast_dead_letter_truncations",
+    "sensorcast_dead_letter_failures",
     "sensorcast_state_resets",
+    "sensorcast_clock_resets",
     "sensorcast_evictions",
     "sensorcast_active_streams",
     "sensorcast_state_bytes",
@@ -156,9 +159,27 @@ class ServiceMetrics:
             "Records written to the dead-letter topic.",
             registry=r,
         )
+        self.dead_letter_truncations = Counter(
+            "sensorcast_dead_letter_truncations",
+            "Dead letters written as their first bytes: the record was larger than "
+            "kafka.dead_letter_max_bytes, or the broker refused it whole.",
+            registry=r,
+        )
+        self.dead_letter_failures = Counter(
+            "sensorcast_dead_letter_failures",
+            "Dead letters the broker refused even without a value: given up, with a log line "
+            "naming the source partition and offset.",
+            registry=r,
+        )
         self.state_resets = Counter(
             "sensorcast_state_resets",
             "Stream states reset after a gap longer than the configured maximum.",
+            registry=r,
+        )
+        self.clock_resets = Counter(
+            "sensorcast_clock_resets",
+            "Streams whose clock was set back after readings continued from before a jump "
+            "ahead (a bad timestamp): their state was reset (engine.clock_recovery).",
             registry=r,
         )
         self.evictions = Counter(
@@ -319,6 +340,8 @@ class ServiceMetrics:
                 self.drops.labels(reason=str(reason)).inc(n)
         if result.resets:
             self.state_resets.inc(result.resets)
+        if result.clock_resets:
+            self.clock_resets.inc(result.clock_resets)
         if result.evicted:
             self.evictions.labels(cause="capacity").inc(len(result.evicted))
         if result.expired:

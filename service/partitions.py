@@ -13,8 +13,9 @@ it, as every partition does in an eager rebalance that leaves this member's shar
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from service.core.readings import Reading
 
@@ -38,6 +39,12 @@ class PartitionStreams:
 
     def __len__(self) -> int:
         return len(self._partition_of)
+
+    @property
+    def partition_of(self) -> Mapping[str, int]:
+        """Each noted stream's input partition (a live, read-only view for the decoder's
+        partition check)."""
+        return MappingProxyType(self._partition_of)
 
     # -- poll-loop side ------------------------------------------------------------------
 

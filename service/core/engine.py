@@ -86,6 +86,13 @@ class EngineConfig:
     the cap at a time, which amortises the search for them)."""
     state_dtype: StateDType = "float32"
     initial_capacity: int = 1024
+    out_of_range: Literal["reject", "clip", "accept"] = "reject"
+    """A value beyond the card's training range by more than `out_of_range_margin` training
+    standard deviations: reject the reading, clip the value to that bound, or accept it."""
+    out_of_range_margin: float = 10.0
+    clock_recovery: int = 2
+    """Consecutive readings continuing a stream's clock from before a jump ahead of more than
+    the gap limit that set the clock back (the jump was a bad timestamp); 0: never."""
 
     def __post_init__(self) -> None:
         if not self.max_gap_periods > 0:
@@ -102,6 +109,14 @@ class EngineConfig:
             raise ConfigError(f"state_dtype must be float32 or float16, got {self.state_dtype!r}")
         if self.initial_capacity < 1:
             raise ConfigError(f"initial_capacity must be >= 1, got {self.initial_capacity}")
+        if self.out_of_range not in ("reject", "clip", "accept"):
+            raise ConfigError(
+                f"out_of_range must be 'reject', 'clip' or 'accept', got {self.out_of_range!r}"
+            )
+        if not self.out_of_range_margin >= 0:
+            raise ConfigError(f"out_of_range_margin must be >= 0, got {self.out_of_range_margin}")
+        if self.clock_recovery < 0:
+            raise ConfigError(f"clock_recovery must be >= 0, got {self.clock_recovery}")
 
 
 @dataclass
@@ -116,6 +131,8 @@ class EngineResult:
     resets: int = 0
     gaps: int = 0
     """Readings that came after a gap longer than ``max_gap_periods`` (reset or not)."""
+    clock_resets: int = 0
+    """Streams whose clock was set back by `EngineConfig.clock_recovery` (state reset)."""
     evicted: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
 
@@ -136,6 +153,8 @@ class BatchResult:
     resets: int = 0
     gaps: int = 0
     """Readings that came after a gap longer than ``max_gap_periods`` (reset or not)."""
+    clock_resets: int = 0
+    """Streams whose clock was set back by `EngineConfig.clock_recovery` (state reset)."""
     evicted: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
 
@@ -150,6 +169,7 @@ class EngineStats:
     drops: dict[DropReason, int] = field(default_factory=dict)
     resets: int = 0
     gaps: int = 0
+    clock_resets: int = 0
     evicted: int = 0
     expired: int = 0
     rounds: int = 0
@@ -164,6 +184,7 @@ class EngineStats:
             self.drops[reason] = self.drops.get(reason, 0) + 1
         self.resets += result.resets
         self.gaps += result.gaps
+        self.clock_resets += result.clock_resets
         self.evicted += len(result.evicted)
         self.expired += len(result.expired)
         self.rounds += len(result.round_sizes)
@@ -208,6 +229,7 @@ class StreamEngine:
         self._x_flat = np.empty((0, card.n_features), np.float32)
         self._horizon_offsets = np.arange(1, card.horizon + 1, dtype=np.float64) * card.period
         self._max_gap = config.max_gap_periods * card.period
+        self._bounds = self._value_bounds()
         # a placeholder until a call's forecasts are known
         self._no_forecasts = ForecastBatch.empty(card.horizon, card.n_targets, card.period)
         self._y_shape = (card.horizon, card.n_targets)
@@ -234,6 +256,8 @@ class StreamEngine:
         now = time.time() if now is None else now
         store = self.store
         expired = store.expire(now)
+        if self._bounds is not None and len(batch.ts):
+            self._check_ranges(batch)
         ids = batch.stream_ids
         n, cap = len(ids), store.max_streams
         fits = n > 0 and (cap is None or n <= cap)
@@ -333,6 +357,7 @@ class StreamEngine:
             round_seconds=done.round_seconds,
             resets=done.resets,
             gaps=done.gaps,
+            clock_resets=done.clock_resets,
             evicted=done.evicted,
             expired=done.expired,
         )
@@ -491,6 +516,7 @@ class StreamEngine:
             rejected &= ~already
             duplicate = (ts == last_ts) & ~already & ~rejected
             late = (ts < last_ts) & ~already & ~rejected
+            recover = self._clock_recovery(slots, ts, late)
             self._report(batch, idx, already, rejected, duplicate, late, problems, rejects, drops)
             acc = np.flatnonzero(~(already | rejected | duplicate | late))
             if len(acc) == 0:
@@ -499,6 +525,12 @@ class StreamEngine:
             ts, offsets, x_raw = ts[acc], offsets[acc], x_raw[acc]
             last_ts, slots = last_ts[acc], slots[acc]
             rows = acc if idx is None else idx[acc]
+            if recover is not None:
+                # the jump ahead was a bad timestamp: start the stream over from here
+                recover = recover[acc]
+                store.reset(slots[recover])
+                last_ts[recover] = -np.inf
+                result.clock_resets += int(np.count_nonzero(recover))
 
         # 4. gaps (a stream without an applied reading has last_ts -inf: no gap)
         gap = ts - last_ts > self._max_gap
@@ -514,6 +546,10 @@ class StreamEngine:
 
         # 5. one model call over the wave
         values, warm, seconds = self._step(slots, ts, offsets, x_raw, now)
+        if n_gaps and self.config.clock_recovery:
+            # remember where the clock was: readings continuing from there may yet show
+            # that this jump was a bad timestamp
+            store.note_jumps(slots[gap], last_ts[gap])
         result.round_sizes.append(len(slots))
         result.round_seconds.append(seconds)
         return rows, values, warm
@@ -624,6 +660,70 @@ class StreamEngine:
             )
             partition, offset = int(batch.partitions[row]), int(batch.offsets[row])
             rejects.append((row, Reject(why, detail, None, partition=partition, offset=offset)))
+
+    # -- clock faults and impossible values ----------------------------------------------
+
+    def _clock_recovery(
+        self, slots: np.ndarray, ts: np.ndarray, late: np.ndarray
+    ) -> np.ndarray | None:
+        """Late readings that continue their stream's clock from before its last jump ahead
+        (`StateStore.note_jumps`): counted, and once `EngineConfig.clock_recovery` of them
+        came in a row, taken out of `late` (in place) and marked in the returned mask: the
+        jump was a bad timestamp, and they apply to a fresh state. None when no row is."""
+        if not self.config.clock_recovery or not late.any():
+            return None
+        rows = np.flatnonzero(late & (slots >= 0))
+        if len(rows) == 0:
+            return None
+        run = self.store.continue_jumped_clock(slots[rows], ts[rows])
+        due = run >= self.config.clock_recovery
+        if not due.any():
+            return None
+        recover = np.zeros(len(late), np.bool_)
+        recover[rows[due]] = True
+        late &= ~recover
+        return recover
+
+    def _value_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The lowest and highest value accepted per feature: the card's training range
+        widened by `out_of_range_margin` training standard deviations (None: no check)."""
+        ranges = self.card.feature_ranges
+        if ranges is None or self.config.out_of_range == "accept":
+            return None
+        span = np.asarray(ranges, np.float64)
+        margin = self.config.out_of_range_margin * np.asarray(
+            self.card.scaler.features.std, np.float64
+        )
+        return (span[:, 0] - margin).astype(np.float32), (span[:, 1] + margin).astype(np.float32)
+
+    def _check_ranges(self, batch: ReadingBatch) -> None:
+        """Values beyond the bounds: the row becomes a problem (``out_of_range``), or the
+        value is clipped in place. NaN (missing) values pass; they are imputed or rejected
+        on their own."""
+        assert self._bounds is not None
+        low, high = self._bounds
+        x = batch.values
+        outside = (x < low) | (x > high)
+        if not outside.any():
+            return
+        if self.config.out_of_range == "clip":
+            np.clip(x, low, high, out=x)
+            return
+        for row in np.flatnonzero(outside.any(axis=1)).tolist():
+            if row in batch.problems:
+                continue
+            bad = np.flatnonzero(outside[row]).tolist()
+            ranges = self.card.feature_ranges or []
+            batch.problems[row] = (
+                RejectReason.OUT_OF_RANGE,
+                "; ".join(
+                    f"{self._features[j]}={float(x[row, j]):.6g} is outside "
+                    f"[{float(low[j]):.6g}, {float(high[j]):.6g}] (training range "
+                    f"{ranges[j][0]:.6g}..{ranges[j][1]:.6g} widened by "
+                    f"{self.config.out_of_range_margin:g} std)"
+                    for j in bad
+                ),
+            )
 
     # -- missing values -----------------------------------------------------------------
 

@@ -25,7 +25,10 @@ class RejectReason(StrEnum):
     NOT_JSON = "not_json"
     NOT_OBJECT = "not_object"
     MISSING_STREAM_ID = "missing_stream_id"
+    MISSING_KEY = "missing_key"  # a stream's readings must share a partition: key = stream id
     KEY_MISMATCH = "key_mismatch"
+    PARTITION_MISMATCH = "partition_mismatch"  # the stream's readings arrive on another partition
+    OUT_OF_RANGE = "out_of_range"  # far outside the feature's training range
     UNKNOWN_FEATURE = "unknown_feature"
     MISSING_FEATURE = "missing_feature"
     NON_NUMERIC = "non_numeric"

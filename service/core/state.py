@@ -122,6 +122,11 @@ class StateStore:
         self._dirty = np.empty(0, np.bool_)
         self._active = np.empty(0, np.bool_)
         self._last_values = np.empty((0, n_last_values), np.float32)
+        # a stream's clock before its last jump ahead (NaN: none since its last reading), and
+        # how many late readings in a row continued from there (see `continue_jumped_clock`)
+        self._jump_from = np.empty(0, np.float64)
+        self._late_run = np.empty(0, np.int64)
+        self._jumps = False  # whether any jump was ever noted (else nothing to clear)
         self._index: dict[str, int] = {}
         self._records: statecodec.RecordBuffer | None = None  # what dump_many encodes in
         # stream id per slot (None when free); an object array, unlike a list, is not
@@ -186,6 +191,8 @@ class StateStore:
             self._dirty,
             self._active,
             self._last_values,
+            self._jump_from,
+            self._late_run,
             self._ids,
         ]
         return sum(a.nbytes for a in arrays)
@@ -240,6 +247,8 @@ class StateStore:
         self._dirty = grown(self._dirty, 0)
         self._active = grown(self._active, 0)
         self._last_values = grown(self._last_values, 0)
+        self._jump_from = grown(self._jump_from, 0)
+        self._late_run = grown(self._late_run, 0)
         ids = np.full(new, None, object)
         ids[:old] = self._ids
         self._ids = ids
@@ -343,6 +352,8 @@ class StateStore:
         self._dirty[out] = False
         self._active[out] = True
         self._last_values[out] = np.nan
+        self._jump_from[out] = np.nan
+        self._late_run[out] = 0
         self._last_used[out] = self._tick
         self._mark_seen(out, now)
         return out
@@ -524,8 +535,32 @@ class StateStore:
         self._dirty[slots] = True
         if values is not None and self.n_last_values:
             self._last_values[slots] = values
+        if self._jumps:
+            self._jump_from[slots] = np.nan
         self._mark_seen(slots, now)
         return steps
+
+    def note_jumps(self, slots: np.ndarray, before: np.ndarray) -> None:
+        """The readings just applied to `slots` moved their clocks ahead by more than the
+        gap limit, from `before`: remembered until their next applied reading, for
+        `continue_jumped_clock`. Kept in memory only, not in the changelog record."""
+        self._jumps = True
+        self._jump_from[slots] = before
+        self._late_run[slots] = 0
+
+    def continue_jumped_clock(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Late readings `ts` of `slots` (distinct): each that continues its stream's clock
+        from before its last jump (later than the clock, or than the last such reading)
+        extends the stream's run and becomes its clock's new mark. Returns each slot's run,
+        0 for a reading that does not continue it."""
+        mark = self._jump_from[slots]
+        continues = ts > mark  # NaN (no jump) fails
+        if not continues.any():
+            return np.zeros(len(slots), np.int64)
+        on = slots[continues]
+        self._late_run[on] += 1
+        self._jump_from[on] = ts[continues]
+        return np.where(continues, self._late_run[slots], 0)
 
     # -- per-stream metadata (vectorised reads for the engine) --------------------------
 
@@ -634,5 +669,7 @@ class StateStore:
         self._last_ts[slots] = batch.last_ts
         self._steps[slots] = batch.steps
         self._applied[slots] = batch.applied
+        self._jump_from[slots] = np.nan
+        self._late_run[slots] = 0
         self._dirty[slots] = False
         self._mark_seen(slots, now)

@@ -18,9 +18,10 @@ at a time a malformed record can neither fail nor, by splicing, corrupt its neig
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from operator import attrgetter
 from typing import Annotated, Any, NamedTuple, Protocol, overload
 
@@ -30,6 +31,7 @@ import pydantic_core
 from pydantic import Field, Strict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
+from service.config import KafkaSettings
 from service.core.readings import (
     Forecast,
     ForecastBatch,
@@ -44,9 +46,13 @@ from service.modelcard import ModelCard
 __all__ = [
     "HEADER_DETAIL",
     "HEADER_REASON",
+    "HEADER_SOURCE_BYTES",
     "HEADER_SOURCE_OFFSET",
     "HEADER_SOURCE_PARTITION",
     "HEADER_SOURCE_TOPIC",
+    "HEADER_TRUNCATED",
+    "MAX_STREAM_ID",
+    "DeadLetter",
     "DecodedBatch",
     "DecodedColumns",
     "ForecastEncoder",
@@ -54,7 +60,10 @@ __all__ = [
     "ReadingDecoder",
     "RecordColumns",
     "dead_letter_headers",
+    "fit_dead_letter",
+    "max_future_seconds",
     "parse_timestamp",
+    "shrink_dead_letter",
 ]
 
 HEADER_REASON = "sensorcast.error.reason"
@@ -62,8 +71,13 @@ HEADER_DETAIL = "sensorcast.error.detail"
 HEADER_SOURCE_TOPIC = "sensorcast.source.topic"
 HEADER_SOURCE_PARTITION = "sensorcast.source.partition"
 HEADER_SOURCE_OFFSET = "sensorcast.source.offset"
+HEADER_TRUNCATED = "sensorcast.dead_letter.truncated"
+HEADER_SOURCE_BYTES = "sensorcast.source.bytes"
 
 _MAX_DETAIL = 500
+#: Longest stream id accepted, in characters: it becomes the key of every forecast and
+#: state record of its stream.
+MAX_STREAM_ID = 1024
 
 
 class RawRecord(Protocol):
@@ -250,12 +264,38 @@ class _Columns:
     timestamps: list[int] = field(default_factory=list)
 
 
+#: The default bounds of ``kafka.max_future_seconds``: a reading stamped ahead of the
+#: wall clock by more than 5 minutes, or 3 model periods when that is longer, is refused.
+FUTURE_FLOOR_SECONDS = 300.0
+FUTURE_PERIODS = 3.0
+
+
+def max_future_seconds(settings: KafkaSettings, card: ModelCard) -> float:
+    """How far ahead of the wall clock a reading may be stamped: ``kafka.max_future_seconds``,
+    or by default 5 minutes or 3 of the model's periods, whichever is longer (a sensor's
+    clock may run a little fast; a reading from hours ahead is a clock fault, and applied
+    it would make every later reading of its stream look late)."""
+    if settings.max_future_seconds is not None:
+        return settings.max_future_seconds
+    return max(FUTURE_FLOOR_SECONDS, FUTURE_PERIODS * card.period)
+
+
 class ReadingDecoder:
     """Turns a poll batch of records into readings and rejects (structure only)."""
 
-    def __init__(self, *, max_message_bytes: int, max_future_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int,
+        max_future_seconds: float,
+        partition_of: Mapping[str, int] | None = None,
+    ) -> None:
+        """`partition_of` maps each stream seen so far to its input partition (the service's
+        `PartitionStreams.partition_of`, kept up to date by the service): a reading of a
+        known stream arriving on another partition is rejected as ``partition_mismatch``."""
         self.max_message_bytes = max_message_bytes
         self.max_future_seconds = max_future_seconds
+        self.partition_of: Mapping[str, int] = partition_of if partition_of is not None else {}
 
     def decode(self, records: Sequence[RawRecord], *, received: float) -> DecodedBatch:
         """Decode `records` into `Reading` objects; `received` is the wall-clock time the
@@ -337,7 +377,31 @@ class ReadingDecoder:
                 rejects.append(self._reject(records[at], reason, detail))
                 continue
             stream_id = doc["stream_id"]
-            if key is not None and key != stream_id.encode():
+            if key is None:
+                rejected.append(at)
+                rejects.append(
+                    self._reject(
+                        records[at],
+                        RejectReason.MISSING_KEY,
+                        _clip(
+                            f"the record of stream {stream_id!r} has no key: produce readings "
+                            "keyed by their stream id, so that a stream's readings share "
+                            "one partition and stay in order"
+                        ),
+                    )
+                )
+                continue
+            if len(stream_id) > MAX_STREAM_ID:
+                rejected.append(at)
+                rejects.append(
+                    self._reject(
+                        records[at],
+                        RejectReason.INVALID,
+                        f"stream_id is {len(stream_id)} characters; at most {MAX_STREAM_ID}",
+                    )
+                )
+                continue
+            if key != stream_id.encode():
                 shown = key.decode("utf-8", "replace")
                 rejected.append(at)
                 rejects.append(
@@ -393,7 +457,58 @@ class ReadingDecoder:
             offsets = [offsets[i] for i in keep]
             timestamps = [timestamps[i] for i in keep]
         out.partitions, out.offsets, out.timestamps = partitions, offsets, timestamps
+        if out.stream_ids:
+            self._check_partitions(records, out, rejects, keep if rejected else None)
         return out, rejects
+
+    def _check_partitions(
+        self,
+        records: Sequence[RawRecord],
+        out: _Columns,
+        rejects: list[Reject],
+        positions: list[int] | None,
+    ) -> None:
+        """Reject the readings of a stream that arrive on a partition other than the one
+        its readings came on so far (or, for a stream new in this batch, its first
+        reading's): a stream's state is only right when its readings share one partition,
+        whose offsets order them. `positions` maps rows of `out` to `records` (None: the
+        same)."""
+        ids, partitions = out.stream_ids, out.partitions
+        get = self.partition_of.get
+        known = list(map(get, ids, repeat(-1, len(ids))))
+        if -1 not in known and known == partitions:
+            return  # the common case: every stream known, each on its own partition
+        first: dict[str, int] = {}
+        bad: list[int] = []
+        for row, (sid, was, partition) in enumerate(zip(ids, known, partitions, strict=True)):
+            if was < 0:
+                was = first.setdefault(sid, partition)
+            if was != partition:
+                bad.append(row)
+                at = row if positions is None else positions[row]
+                rejects.append(
+                    self._reject(
+                        records[at],
+                        RejectReason.PARTITION_MISMATCH,
+                        _clip(
+                            f"stream {sid!r} is on partition {was}, this reading came on "
+                            f"partition {partition}: a stream's readings must share one "
+                            "partition (produce them keyed by stream id with one partitioner)"
+                        ),
+                    )
+                )
+        if bad:
+            gone = set(bad)
+            for column in (
+                "stream_ids",
+                "ts",
+                "values",
+                "partitions",
+                "offsets",
+                "timestamps",
+            ):
+                values = getattr(out, column)
+                setattr(out, column, [v for i, v in enumerate(values) if i not in gone])
 
     @staticmethod
     def _reject(record: RawRecord, reason: RejectReason, detail: str) -> Reject:
@@ -413,6 +528,90 @@ def dead_letter_headers(
         (HEADER_SOURCE_PARTITION, str(partition).encode()),
         (HEADER_SOURCE_OFFSET, str(offset).encode()),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-letter record as it is sent: the original key and value, or their first bytes
+    when the whole record does not fit (`truncated`)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    truncated: bool = False
+
+    @property
+    def size(self) -> int:
+        """Bytes of key, value and headers: what counts against a broker's message size."""
+        return (
+            len(self.key or b"")
+            + len(self.value or b"")
+            + sum(len(name) + len(value) for name, value in self.headers)
+        )
+
+
+# A dead letter's key keeps at most this many bytes once the record has to be cut.
+_CUT_KEY_BYTES = 1024
+# A dead letter the broker refused is sent again with 1/16 of its value, then with none.
+_SHRINK = 16
+_SHRINK_FLOOR = 1024
+
+
+def fit_dead_letter(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], max_bytes: int
+) -> DeadLetter:
+    """The dead letter of a record whose key and value take `key` and `value`: whole when it
+    fits in `max_bytes`, else cut to its first bytes, with the headers
+    ``sensorcast.dead_letter.truncated`` (``true``) and ``sensorcast.source.bytes`` (the
+    original key and value bytes) added."""
+    whole = DeadLetter(key, value, headers)
+    if whole.size <= max_bytes:
+        return whole
+    return _cut(key, value, headers, max_bytes)
+
+
+def shrink_dead_letter(letter: DeadLetter) -> DeadLetter | None:
+    """The next smaller form of a dead letter the broker refused as too large (or refused for
+    any reason that sending it again cannot mend): a sixteenth of its value, then no value
+    at all (the headers still say what it was and where it came from); None once there is
+    nothing left to cut."""
+    value = letter.value or b""
+    if len(value) > _SHRINK_FLOOR:
+        keep = len(value) // _SHRINK
+    elif value or len(letter.key or b"") > _CUT_KEY_BYTES:
+        keep = 0
+    else:
+        return None
+    original = _source_bytes(letter)
+    headers = [h for h in letter.headers if h[0] not in (HEADER_TRUNCATED, HEADER_SOURCE_BYTES)]
+    key = letter.key if letter.key is None else letter.key[:_CUT_KEY_BYTES]
+    return DeadLetter(
+        key,
+        value[:keep],
+        [*headers, (HEADER_TRUNCATED, b"true"), (HEADER_SOURCE_BYTES, str(original).encode())],
+        truncated=True,
+    )
+
+
+def _source_bytes(letter: DeadLetter) -> int:
+    for name, value in letter.headers:
+        if name == HEADER_SOURCE_BYTES:
+            return int(value)
+    return len(letter.key or b"") + len(letter.value or b"")
+
+
+def _cut(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], max_bytes: int
+) -> DeadLetter:
+    original = len(key or b"") + len(value or b"")
+    marks = [(HEADER_TRUNCATED, b"true"), (HEADER_SOURCE_BYTES, str(original).encode())]
+    headers = [*headers, *marks]
+    room = max_bytes - DeadLetter(None, None, headers).size
+    if key is not None and len(key) > min(_CUT_KEY_BYTES, room):
+        key = key[: max(0, min(_CUT_KEY_BYTES, room))]
+    room -= len(key or b"")
+    value = (value or b"")[: max(0, room)]
+    return DeadLetter(key, value, headers, truncated=True)
 
 
 class ForecastEncoder:

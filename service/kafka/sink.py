@@ -18,6 +18,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from service.config import KafkaSettings
 from service.errors import SinkError
+from service.kafka.deadletters import DeadLetterEvent, DeadLetterEvents, max_request_bytes
 
 __all__ = ["KafkaSink"]
 
@@ -35,7 +36,7 @@ def _make_producer(settings: KafkaSettings) -> KafkaProducer:
         acks="all",
         linger_ms=settings.linger_ms,
         batch_size=256 * 1024,
-        max_request_size=max(1024 * 1024, 2 * settings.max_message_bytes),
+        max_request_size=max_request_bytes(settings),
         reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
         max_block_ms=MAX_BLOCK_MS,
     )
@@ -53,6 +54,7 @@ class KafkaSink:
         self._failed: deque[
             tuple[str, bytes | None, bytes | None, _Headers | None, int | None, BaseException]
         ] = deque()
+        self._refusals = DeadLetterEvents()
 
     def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
         """Send a forecast keyed by its stream; `partition` skips the key hash when the
@@ -60,9 +62,22 @@ class KafkaSink:
         self._send(self.forecast_topic, stream_id.encode(), value, None, partition)
 
     def send_dead_letter(self, key: bytes | None, value: bytes | None, headers: _Headers) -> None:
+        """Send a dead letter; one the producer refuses for its size is sent smaller (see
+        `service.kafka.deadletters`), never raised."""
         if key is None and value is None:
             value = b""  # a record needs a key or a value
-        self._send(self.dead_letter_topic, key, value, headers, None)
+        while True:
+            try:
+                self._send(self.dead_letter_topic, key, value, headers, None)
+                return
+            except KafkaError as exc:
+                smaller = self._refusals.refused(key, value, headers, repr(exc))
+                if smaller is None:
+                    return
+                key, value, headers = smaller.key, smaller.value, smaller.headers
+
+    def take_dead_letter_events(self) -> list[DeadLetterEvent]:
+        return self._refusals.take()
 
     def _send(
         self,
@@ -120,7 +135,12 @@ class KafkaSink:
             log.warning("delivery failed, sending again records=%d error=%s", n, first)
             time.sleep(min(_RESEND_PAUSE, max(0.0, deadline - time.monotonic())))
             for _ in range(n):
-                topic, key, value, headers, partition, _exc = self._failed.popleft()
+                topic, key, value, headers, partition, why = self._failed.popleft()
+                if topic == self.dead_letter_topic and not getattr(why, "retriable", True):
+                    smaller = self._refusals.refused(key, value, headers, repr(why))
+                    if smaller is not None:
+                        self.send_dead_letter(smaller.key, smaller.value, smaller.headers)
+                    continue
                 try:
                     self._send(topic, key, value, headers, partition)
                 except KafkaError as exc:

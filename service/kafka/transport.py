@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.kafka.codec import RawRecord
+from service.kafka.deadletters import DeadLetterEvent
 
 __all__ = [
     "PartitionRestore",
@@ -94,7 +95,14 @@ class Sink(Protocol):
 
     def send_dead_letter(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None: ...
+    ) -> None:
+        """Send a dead letter. Never raises for the record itself: one the producer or the
+        broker refuses for good is sent again smaller, then given up, each step reported by
+        `take_dead_letter_events`."""
+
+    def take_dead_letter_events(self) -> list[DeadLetterEvent]:
+        """Dead letters refused for good since the last call (sent smaller, or lost)."""
+        ...
 
     def flush(self, timeout: float) -> None:
         """Raises `SinkError` when not everything is acknowledged within `timeout` seconds."""

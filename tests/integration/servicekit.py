@@ -24,6 +24,7 @@ from service.modelcard import ModelCard
 from service.registry import Registry
 from service.simulate import SENSOR_FEATURES
 from service.testing import NumpyLstmModel, build_onnx_lstm
+from tests.conftest import KafkaKit
 
 GROUP = {"kafka.session_timeout_ms": 6000, "kafka.heartbeat_interval_ms": 1000}
 
@@ -58,8 +59,13 @@ class TestModel:
         return np.asarray(card.scaler.targets.inverse(y[0].astype(np.float64)))
 
 
-def make_model(root: Path) -> TestModel:
-    """A 2-layer LSTM step model over the simulator's features, in a registry at `root`."""
+#: Training ranges of the simulator's features, for a card that records them.
+SENSOR_RANGES = [(5.0, 40.0), (95.0, 108.0), (0.0, 2.0)]
+
+
+def make_model(root: Path, *, ranges: list[tuple[float, float]] | None = None) -> TestModel:
+    """A 2-layer LSTM step model over the simulator's features, in a registry at `root`;
+    its card records `ranges` as the features' training ranges when given."""
     card, model, oracle = build_onnx_lstm(
         features=SENSOR_FEATURES,
         targets=("temp",),
@@ -68,6 +74,8 @@ def make_model(root: Path) -> TestModel:
         hidden=8,
         name="lstm-it",
     )
+    if ranges is not None:
+        card = card.model_copy(update={"feature_ranges": ranges})
     Registry(root).add(card, model)
     return TestModel(root, card, oracle)
 
@@ -179,3 +187,28 @@ def running(settings: ServiceSettings) -> Iterator[RunningService]:
 
 def reading(stream_id: str, ts: float | str, values: Any) -> bytes:
     return json.dumps({"stream_id": stream_id, "ts": ts, "values": values}).encode()
+
+
+@contextmanager
+def serving(
+    broker: str,
+    registry: Path,
+    prefix: str,
+    *,
+    ranges: list[tuple[float, float]] | None = None,
+    **overrides: Any,
+) -> Iterator[tuple[RunningService, KafkaKit]]:
+    """One ready service on fresh topics (names from `prefix`) serving `make_model` from
+    `registry`, with a `KafkaKit` for the test; stops it cleanly (exit 0) at the end. For a
+    module-scoped fixture shared by many cases: a group join costs seconds."""
+    kit = KafkaKit(broker, prefix)
+    model = make_model(registry, ranges=ranges)
+    settings = settings_for(broker, model.registry, model.card.name, kit.name, **overrides)
+    svc = RunningService(settings).start()
+    try:
+        svc.wait_ready()
+        yield svc, kit
+    finally:
+        code = svc.stop()
+        kit.close()
+    assert code == 0

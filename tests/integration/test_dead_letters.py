@@ -23,9 +23,8 @@ from tests.conftest import KafkaKit
 from tests.integration.servicekit import (
     CLIENTS,
     RunningService,
-    make_model,
     reading,
-    settings_for,
+    serving,
 )
 
 MAX_MESSAGE_BYTES = 2048
@@ -77,27 +76,17 @@ CASES = {
 def served(
     broker: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[RunningService, KafkaKit]]:
-    kit = KafkaKit(broker, f"dead-letters-{request.param}")
-    model = make_model(Path(tmp_path_factory.mktemp("models")))
-    settings = settings_for(
+    with serving(
         broker,
-        model.registry,
-        model.card.name,
-        kit.name,
+        Path(tmp_path_factory.mktemp("models")),
+        f"dead-letters-{request.param}",
         **{
             "kafka.max_message_bytes": MAX_MESSAGE_BYTES,
             "kafka.max_wait_ms": 20,
             "kafka.client": request.param,
         },
-    )
-    svc = RunningService(settings).start()
-    try:
-        svc.wait_ready()
-        yield svc, kit
-    finally:
-        code = svc.stop()
-        kit.close()
-    assert code == 0
+    ) as served:
+        yield served
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from service.config import KafkaSettings
 from service.errors import SinkError
 from service.kafka.confluent.config import base_config, describe
+from service.kafka.deadletters import DeadLetterEvent, DeadLetterEvents, max_request_bytes
 
 __all__ = ["ConfluentSink", "produce_when_room"]
 
@@ -59,13 +60,14 @@ class ConfluentSink:
         self.forecast_topic = settings.output_topic
         self.dead_letter_topic = settings.dead_letter_topic
         self._failed: deque[_Failed] = deque()
+        self._refusals = DeadLetterEvents()
         self._producer = producer(
             {
                 **base_config(settings, settings.client_id),
                 "acks": "all",
                 "linger.ms": settings.linger_ms,
                 "batch.size": 256 * 1024,
-                "message.max.bytes": max(1024 * 1024, 2 * settings.max_message_bytes),
+                "message.max.bytes": max_request_bytes(settings),
                 "queue.buffering.max.messages": 1_000_000,
                 "delivery.report.only.error": True,
                 "on_delivery": self._on_delivery,
@@ -86,9 +88,22 @@ class ConfluentSink:
             raise SinkError(f"cannot send to {self.forecast_topic}: {describe(exc)}") from exc
 
     def send_dead_letter(self, key: bytes | None, value: bytes | None, headers: _Headers) -> None:
+        """Send a dead letter; one the producer refuses for its size is sent smaller (see
+        `service.kafka.deadletters`), never raised."""
         if key is None and value is None:
             value = b""  # a record needs a key or a value
-        self._send(self.dead_letter_topic, key, value, headers, _ANY_PARTITION)
+        while True:
+            try:
+                self._send(self.dead_letter_topic, key, value, headers, _ANY_PARTITION)
+                return
+            except SinkError as exc:
+                smaller = self._refusals.refused(key, value, headers, str(exc.__cause__ or exc))
+                if smaller is None:
+                    return
+                key, value, headers = smaller.key, smaller.value, smaller.headers
+
+    def take_dead_letter_events(self) -> list[DeadLetterEvent]:
+        return self._refusals.take()
 
     def _send(
         self,
@@ -157,7 +172,16 @@ class ConfluentSink:
             log.warning("delivery failed, sending again records=%d error=%s", n, first)
             time.sleep(min(_RESEND_PAUSE, max(0.0, deadline - time.monotonic())))
             for _ in range(n):
-                topic, key, value, headers, partition, _err = self._failed.popleft()
+                topic, key, value, headers, partition, err = self._failed.popleft()
+                if (
+                    topic == self.dead_letter_topic
+                    and isinstance(err, KafkaError)
+                    and not err.retriable()
+                ):
+                    smaller = self._refusals.refused(key, value, headers, str(err))
+                    if smaller is not None:
+                        self.send_dead_letter(smaller.key, smaller.value, smaller.headers)
+                    continue
                 self._send(topic, key, value, headers, partition)
 
     def close(self, timeout: float = 5.0) -> None:

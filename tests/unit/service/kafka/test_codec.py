@@ -17,14 +17,21 @@ from service.core.values import FeatureValues
 from service.kafka.codec import (
     HEADER_DETAIL,
     HEADER_REASON,
+    HEADER_SOURCE_BYTES,
     HEADER_SOURCE_OFFSET,
     HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC,
+    HEADER_TRUNCATED,
+    MAX_STREAM_ID,
+    DeadLetter,
     ForecastEncoder,
     ReadingDecoder,
     RecordColumns,
     dead_letter_headers,
+    fit_dead_letter,
+    max_future_seconds,
     parse_timestamp,
+    shrink_dead_letter,
 )
 from service.testing import make_card
 
@@ -58,7 +65,7 @@ def _doc(**fields: object) -> bytes:
 def test_valid_records_become_readings_with_their_position() -> None:
     records = [
         Rec(b"pump-1", _doc(), offset=7),
-        Rec(None, _doc(stream_id="pump-2", values=[1.0, 2.0]), partition=0, offset=8),
+        Rec(b"pump-2", _doc(stream_id="pump-2", values=[1.0, 2.0]), partition=0, offset=8),
         Rec(b"pump-3", _doc(stream_id="pump-3", ts=1_700_000_000), offset=9),
     ]
     out = _decoder().decode(records, received=NOW)
@@ -72,7 +79,7 @@ def test_valid_records_become_readings_with_their_position() -> None:
         7,
         NOW,
     )
-    assert (b.stream_id, b.values, b.partition) == ("pump-2", [1.0, 2.0], 0)  # no key is fine
+    assert (b.stream_id, b.values, b.partition) == ("pump-2", [1.0, 2.0], 0)
     assert c.ts == 1_700_000_000.0 and isinstance(c.ts, float)
 
 
@@ -113,6 +120,7 @@ def test_parse_timestamp(text: float | str, expected: float | None) -> None:
         (b"pump-1", _doc(stream_id=""), RejectReason.MISSING_STREAM_ID),
         (b"pump-1", _doc(stream_id=17), RejectReason.MISSING_STREAM_ID),
         (b"pump-9", _doc(), RejectReason.KEY_MISMATCH),
+        (None, _doc(), RejectReason.MISSING_KEY),
         (b"pump-1", _doc(ts="soon"), RejectReason.BAD_TIMESTAMP),
         (b"pump-1", _doc(ts=None), RejectReason.BAD_TIMESTAMP),
         (b"pump-1", _doc(ts=True), RejectReason.BAD_TIMESTAMP),
@@ -190,7 +198,7 @@ def test_decode_columns_matches_decode_and_reads_values_in_card_order() -> None:
     features = FeatureValues(["temp", "load"])
     records = [
         Rec(b"pump-1", _doc(), offset=7),
-        Rec(None, _doc(stream_id="pump-2", values=[1.0, 2.0]), partition=0, offset=8),
+        Rec(b"pump-2", _doc(stream_id="pump-2", values=[1.0, 2.0]), partition=0, offset=8),
         Rec(b"pump-3", b"{not json", offset=9),
         Rec(b"pump-4", _doc(stream_id="pump-4", values={"temp": "hot", "load": 1}), offset=10),
         Rec(b"pump-5", _doc(stream_id="pump-5", values={"load": 4.0, "temp": 3}), offset=11),
@@ -332,3 +340,116 @@ def test_forecast_ages_count_from_each_record_timestamp() -> None:
     )
     assert decoded.ages(forecasts_of([3, 1, 0]), NOW) == pytest.approx([0.0, 0.04, 0.25])
     assert decoded.ages(forecasts_of([]), NOW).size == 0
+
+
+def test_a_stream_id_longer_than_the_limit_is_invalid() -> None:
+    sid = "p" * (MAX_STREAM_ID + 1)
+    out = _decoder(max_message_bytes=8192).decode(
+        [Rec(sid.encode(), _doc(stream_id=sid))], received=NOW
+    )
+    assert [r.reason for r in out.rejects] == [RejectReason.INVALID]
+    assert str(MAX_STREAM_ID) in out.rejects[0].detail
+
+
+# -- a stream's readings share one partition ------------------------------------------
+
+
+def test_a_known_stream_on_another_partition_is_rejected_and_the_rest_decode() -> None:
+    seen = {"pump-1": 2, "pump-2": 0}
+    decoder = ReadingDecoder(max_message_bytes=8192, max_future_seconds=86_400.0, partition_of=seen)
+    records = [
+        Rec(b"pump-1", _doc(), partition=2, offset=7),
+        Rec(b"pump-1", _doc(ts=NOW - 30), partition=3, offset=50),  # the producer moved it
+        Rec(b"pump-2", _doc(stream_id="pump-2"), partition=0, offset=8),
+    ]
+    out = decoder.decode_columns(records, received=NOW, values=FeatureValues(["temp", "load"]))
+    (reject,) = out.rejects
+    assert (reject.reason, reject.partition, reject.offset) == (
+        RejectReason.PARTITION_MISMATCH,
+        3,
+        50,
+    )
+    assert "partition 2" in reject.detail and "partition 3" in reject.detail
+    assert out.batch.stream_ids == ["pump-1", "pump-2"]
+    assert out.batch.offsets.tolist() == [7, 8]
+    assert len(out.written) == 2
+
+
+def test_a_new_stream_on_two_partitions_in_one_batch_keeps_its_first() -> None:
+    records = [
+        Rec(b"pump-7", _doc(stream_id="pump-7"), partition=1, offset=3),
+        Rec(b"pump-7", _doc(stream_id="pump-7", ts=NOW - 30), partition=2, offset=4),
+        Rec(b"pump-7", _doc(stream_id="pump-7", ts=NOW - 20), partition=1, offset=5),
+    ]
+    out = _decoder().decode(records, received=NOW)
+    assert [(r.reason, r.partition, r.offset) for r in out.rejects] == [
+        (RejectReason.PARTITION_MISMATCH, 2, 4)
+    ]
+    assert [(r.partition, r.offset) for r in out.readings] == [(1, 3), (1, 5)]
+
+
+def test_the_future_limit_defaults_to_minutes_scaled_by_the_period() -> None:
+    from service.config import KafkaSettings
+
+    card = make_card(period=300.0)
+    assert max_future_seconds(KafkaSettings(), card) == 900.0
+    assert max_future_seconds(KafkaSettings(), make_card(period=10.0)) == 300.0
+    assert max_future_seconds(KafkaSettings(max_future_seconds=60.0), card) == 60.0
+    # 20 hours ahead is a clock fault, not a reading to apply
+    decoder = ReadingDecoder(
+        max_message_bytes=8192, max_future_seconds=max_future_seconds(KafkaSettings(), card)
+    )
+    out = decoder.decode([Rec(b"pump-1", _doc(ts=NOW + 20 * 3600))], received=NOW)
+    assert [r.reason for r in out.rejects] == [RejectReason.FUTURE_TIMESTAMP]
+
+
+# -- dead letters that fit ---------------------------------------------------------------
+
+
+HEADERS = dead_letter_headers("oversized", "too big", "sensor-readings", 3, 81)
+
+
+def test_a_dead_letter_that_fits_is_the_record_itself() -> None:
+    letter = fit_dead_letter(b"pump-1", b"x" * 1000, HEADERS, 4096)
+    assert (letter.key, letter.value, letter.headers, letter.truncated) == (
+        b"pump-1",
+        b"x" * 1000,
+        HEADERS,
+        False,
+    )
+
+
+@pytest.mark.parametrize("size", [4097, 1_100_000, 5_000_000])
+def test_a_dead_letter_too_large_is_cut_to_its_first_bytes_and_says_so(size: int) -> None:
+    value = bytes(range(256)) * (size // 256 + 1)
+    letter = fit_dead_letter(b"pump-1", value[:size], HEADERS, 4096)
+    assert letter.truncated and letter.size <= 4096
+    assert letter.key == b"pump-1"
+    assert letter.value == value[: len(letter.value or b"")] and len(letter.value or b"") > 3000
+    headers = dict(letter.headers)
+    assert headers[HEADER_TRUNCATED] == b"true"
+    assert int(headers[HEADER_SOURCE_BYTES]) == size + len(b"pump-1")
+    assert headers[HEADER_REASON] == b"oversized"  # the original headers are all kept
+    assert headers[HEADER_SOURCE_OFFSET] == b"81"
+
+
+def test_a_huge_key_is_cut_too() -> None:
+    letter = fit_dead_letter(b"k" * 3_000_000, b"{}", HEADERS, 8192)
+    assert letter.truncated and letter.size <= 8192
+    assert letter.key is not None and len(letter.key) <= 1024
+
+
+def test_a_refused_dead_letter_shrinks_to_nothing_and_then_gives_up() -> None:
+    letter: DeadLetter | None = fit_dead_letter(b"pump-1", b"v" * 200_000, HEADERS, 262_144)
+    sizes = []
+    while letter is not None:
+        sizes.append(len(letter.value or b""))
+        letter = shrink_dead_letter(letter)
+    assert sizes[0] == 200_000 and sizes[-1] == 0
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    last = fit_dead_letter(b"pump-1", b"v" * 200_000, HEADERS, 262_144)
+    while (smaller := shrink_dead_letter(last)) is not None:
+        last = smaller
+    headers = dict(last.headers)
+    assert int(headers[HEADER_SOURCE_BYTES]) == 200_000 + 6  # the original size survives
+    assert headers[HEADER_REASON] == b"oversized"

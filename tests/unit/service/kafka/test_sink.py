@@ -6,7 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
+from kafka.errors import (
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    TopicAuthorizationFailedError,
+)
 from kafka.future import Future
 
 from service.config import KafkaSettings
@@ -111,3 +116,87 @@ def test_a_send_refused_for_a_full_buffer_is_kept_for_the_flush() -> None:
     sink.send_forecast("b", b"2", 1)
     sink.flush(5.0)
     assert sorted((r["key"], r["value"]) for r in producer.acked) == [(b"a", b"1"), (b"b", b"2")]
+
+
+class SizeLimitedProducer(FakeProducer):
+    """A producer whose own limit refuses large records at `send` (kafka-python raises
+    MessageSizeTooLargeError there) and a broker that refuses smaller ones on delivery."""
+
+    def __init__(self, producer_limit: int, broker_limit: int) -> None:
+        super().__init__()
+        self.producer_limit, self.broker_limit = producer_limit, broker_limit
+
+    def send(self, topic: str, **record: Any) -> Future:
+        size = len(record.get("value") or b"") + len(record.get("key") or b"")
+        if size > self.producer_limit:
+            raise MessageSizeTooLargeError(f"{size} bytes is larger than max_request_size")
+        return super().send(topic, **record)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pending, self._pending = self._pending, []
+        for future, entry in pending:
+            if len(entry.get("value") or b"") > self.broker_limit:
+                future.failure(MessageSizeTooLargeError("the broker refused it"))
+            else:
+                self.acked.append(entry)
+                future.success(None)
+
+
+HEADERS = [("sensorcast.error.reason", b"oversized"), ("sensorcast.source.offset", b"7")]
+
+
+@pytest.mark.parametrize(
+    ("producer_limit", "broker_limit", "kept"),
+    [
+        (1 << 20, 1 << 30, 5_000_000 // 16),  # refused at send whole, taken at 1/16
+        (1 << 30, 100_000, 5_000_000 // 16 // 16),  # refused on delivery, twice
+        (1 << 30, 10, 0),  # only the headers fit
+    ],
+)
+def test_a_refused_dead_letter_is_sent_smaller_and_never_raises(
+    producer_limit: int, broker_limit: int, kept: int
+) -> None:
+    producer = SizeLimitedProducer(producer_limit, broker_limit)
+    sink = _sink(producer)
+    sink.send_dead_letter(b"pump-1", b"v" * 5_000_000, HEADERS)
+    sink.send_forecast("pump-2", b"{}")
+    sink.flush(2.0)
+    letters = [r for r in producer.acked if r["topic"] == "dlq"]
+    assert len(letters) == 1 and len(letters[0]["value"]) == kept
+    headers = dict(letters[0]["headers"])
+    assert headers["sensorcast.dead_letter.truncated"] == b"true"
+    assert headers["sensorcast.source.bytes"] == str(5_000_006).encode()
+    assert headers["sensorcast.source.offset"] == b"7"
+    events = sink.take_dead_letter_events()
+    assert events and {e.outcome for e in events} == {"shrunk"}
+    assert [r["key"] for r in producer.acked if r["topic"] == "out"] == [b"pump-2"]
+
+
+def test_a_dead_letter_refused_even_empty_is_given_up_and_reported() -> None:
+    class Refusing(FakeProducer):
+        def flush(self, timeout: float | None = None) -> None:
+            pending, self._pending = self._pending, []
+            for future, entry in pending:
+                if entry["topic"] == "dlq":
+                    future.failure(TopicAuthorizationFailedError("no write access"))
+                else:
+                    self.acked.append(entry)
+                    future.success(None)
+
+    producer = Refusing()
+    sink = _sink(producer)
+    sink.send_dead_letter(b"pump-1", b"v" * 5000, HEADERS)
+    sink.send_forecast("pump-2", b"{}")
+    sink.flush(2.0)  # no SinkError: the forecasts are acknowledged, the letter given up
+    outcomes = [e.outcome for e in sink.take_dead_letter_events()]
+    assert outcomes == ["shrunk", "shrunk", "lost"]  # 5,000 bytes, then 312, then none
+    assert sink.take_dead_letter_events() == []
+
+
+def test_a_forecast_refused_is_still_sent_again() -> None:
+    producer = FakeProducer(fail_first=1)
+    sink = _sink(producer)
+    sink.send_forecast("pump-2", b"{}")
+    sink.flush(2.0)
+    assert [r["key"] for r in producer.acked] == [b"pump-2"]
+    assert sink.take_dead_letter_events() == []

@@ -10,7 +10,7 @@ import pytest
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 
-from confluent_kafka import KafkaError, Message  # noqa: E402
+from confluent_kafka import KafkaError, KafkaException, Message  # noqa: E402
 
 from service.config import KafkaSettings  # noqa: E402
 from service.errors import SinkError  # noqa: E402
@@ -141,3 +141,73 @@ def test_a_full_queue_is_waited_out() -> None:
     sink.send_forecast("b", b"2", 1)
     sink.flush(5.0)
     assert sorted((r["key"], r["value"]) for r in producer.acked) == [(b"a", b"1"), (b"b", b"2")]
+
+
+HEADERS = [("sensorcast.error.reason", b"oversized"), ("sensorcast.source.offset", b"7")]
+
+
+def _limited(producer_limit: int, broker_limit: int) -> tuple[ConfluentSink, FakeProducer]:
+    """librdkafka refuses a record above its ``message.max.bytes`` in `produce`
+    (MSG_SIZE_TOO_LARGE); the broker refuses smaller ones in the delivery report."""
+    made: list[FakeProducer] = []
+
+    class Limited(FakeProducer):
+        def produce(self, topic: str, value: bytes | None = None, *args: Any, **kw: Any) -> None:
+            if len(value or b"") > producer_limit:
+                raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+            super().produce(topic, value, *args, **kw)
+
+        def _deliver(self) -> None:
+            queue, self._queue = self._queue, []
+            for r in queue:
+                if len(r["value"] or b"") > broker_limit:
+                    message = Message(
+                        topic=r["topic"],
+                        partition=r["partition"],
+                        key=r["key"],
+                        value=r["value"],
+                        headers=r["headers"],
+                    )
+                    error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+                    self.config["on_delivery"](error, message)
+                else:
+                    self.acked.append(r)
+
+    def build(config: dict[str, Any]) -> FakeProducer:
+        made.append(Limited(config))
+        return made[0]
+
+    sink = ConfluentSink(KafkaSettings(output_topic="out", dead_letter_topic="dlq"), build)
+    return sink, made[0]
+
+
+@pytest.mark.parametrize(
+    ("producer_limit", "broker_limit", "kept"),
+    [
+        (1_100_000, 1 << 30, 5_000_000 // 16),  # refused in produce whole, taken at 1/16
+        (1 << 30, 100_000, 5_000_000 // 16 // 16),  # refused on delivery, twice
+        (1 << 30, 10, 0),  # only the headers fit
+    ],
+)
+def test_a_refused_dead_letter_is_sent_smaller_and_never_raises(
+    producer_limit: int, broker_limit: int, kept: int
+) -> None:
+    sink, producer = _limited(producer_limit, broker_limit)
+    sink.send_dead_letter(b"pump-1", b"v" * 5_000_000, HEADERS)
+    sink.send_forecast("pump-2", b"{}")
+    sink.flush(2.0)
+    letters = [r for r in producer.acked if r["topic"] == "dlq"]
+    assert len(letters) == 1 and len(letters[0]["value"]) == kept
+    headers = dict(letters[0]["headers"])
+    assert headers["sensorcast.dead_letter.truncated"] == b"true"
+    assert headers["sensorcast.source.bytes"] == str(5_000_006).encode()
+    assert {e.outcome for e in sink.take_dead_letter_events()} == {"shrunk"}
+    assert [r["key"] for r in producer.acked if r["topic"] == "out"] == [b"pump-2"]
+
+
+def test_a_dead_letter_refused_even_empty_is_given_up_and_reported() -> None:
+    sink, producer = _limited(1 << 30, -1)  # the broker refuses every dead letter
+    sink.send_dead_letter(b"pump-1", b"v" * 5000, HEADERS)
+    sink.flush(2.0)
+    assert [e.outcome for e in sink.take_dead_letter_events()] == ["shrunk", "shrunk", "lost"]
+    assert producer.acked == []
