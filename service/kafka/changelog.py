@@ -141,7 +141,7 @@ class ChangelogReader:
         deadline = started + timeout
         consumer = self._consumer
         tps = [TopicPartition(self.topic, p) for p in parts]
-        latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in parts}
+        latest: dict[int, dict[bytes | None, bytes | None]] = {p: {} for p in parts}
         counts = dict.fromkeys(parts, 0)
         done: dict[int, float] = {}
         try:
@@ -171,19 +171,7 @@ class ChangelogReader:
             raise ChangelogError(f"cannot read changelog {self.topic}: {exc!r}") from exc
         finally:
             consumer.assign([])
-        out = []
-        for p in parts:
-            restored = PartitionRestore(p, records=counts[p], seconds=done[p])
-            states = restored.states
-            for key, value in latest[p].items():
-                if key is None:
-                    continue  # not written by this service
-                if value is None:
-                    restored.tombstones += 1
-                else:
-                    states[key.decode()] = value
-            out.append(restored)
-        return out
+        return [PartitionRestore.fold(p, latest[p], counts[p], done[p]) for p in parts]
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from service.delivery import DeadLetterEvent
 from service.kafka.codec import RawRecord
-from service.kafka.deadletters import DeadLetterEvent
 
 __all__ = [
     "PartitionRestore",
@@ -136,6 +136,28 @@ class PartitionRestore:
     tombstones: int = 0
     records: int = 0
     seconds: float = 0.0
+
+    @classmethod
+    def fold(
+        cls,
+        partition: int,
+        latest: dict[bytes | None, bytes | None],
+        records: int,
+        seconds: float,
+    ) -> PartitionRestore:
+        """The restore of one partition from the last record read per key (`latest`, as a
+        reader collects them): keyless records are not the service's and are skipped, and a
+        key whose last record is a tombstone has no state."""
+        restored = cls(partition, records=records, seconds=seconds)
+        states = restored.states
+        for key, value in latest.items():
+            if key is None:
+                continue  # not written by this service
+            if value is None:
+                restored.tombstones += 1
+            else:
+                states[key.decode()] = value
+        return restored
 
 
 class StateReader(Protocol):

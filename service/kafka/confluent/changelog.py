@@ -178,19 +178,7 @@ class ConfluentChangelogReader:
                 consumer.unassign()
             except KafkaException as exc:
                 log.warning("changelog unassign failed error=%s", describe(exc))
-        out = []
-        for p in parts:
-            restored = PartitionRestore(p, records=counts[p], seconds=done[p])
-            states = restored.states
-            for key, value in latest[p].items():
-                if key is None:
-                    continue  # not written by this service
-                if value is None:
-                    restored.tombstones += 1
-                else:
-                    states[key.decode()] = value
-            out.append(restored)
-        return out
+        return [PartitionRestore.fold(p, latest[p], counts[p], done[p]) for p in parts]
 
     def close(self) -> None:
         try:

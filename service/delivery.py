@@ -1,0 +1,209 @@
+"""At-least-once delivery of forecasts and dead letters, above the Kafka clients.
+
+Each client library has its own way to queue a record and to learn that a delivery failed
+(kafka-python: futures and errbacks on its I/O thread; confluent-kafka: delivery reports
+served by ``poll``/``flush`` on the calling thread). `DeliveringSink` holds what is the same
+for both, written once: a record that could not be queued or whose delivery failed is kept
+and sent again by `flush`, which returns only when everything sent so far is acknowledged,
+so the checkpoint can commit input offsets after it without losing a forecast. A dead letter
+that the client or the broker refuses for good is sent smaller, then given up (see
+`DeadLetterEvents`); it never fails a checkpoint, so no single record can stop the
+service. The adapters (`service.kafka.sink.KafkaSink`,
+`service.kafka.confluent.sink.ConfluentSink`) implement `_produce`, `_deliver` and
+`_retriable` and report failed deliveries with `_delivery_failed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from service.config import KafkaSettings
+from service.errors import SinkError
+from service.kafka.codec import DeadLetter, shrink_dead_letter
+
+__all__ = [
+    "DeadLetterEvent",
+    "DeadLetterEvents",
+    "DeliveringSink",
+    "QueueFull",
+    "RecordRefused",
+    "max_request_bytes",
+]
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+# topic, key, value, headers, partition (None: by the key's hash), why its delivery failed
+_Failed = tuple[str, bytes | None, bytes | None, Headers | None, int | None, object]
+_RESEND_PAUSE = 0.1  # seconds between rounds of re-sending failed records
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterEvent:
+    """A dead letter the broker refused for good: sent again smaller (``shrunk``), or given
+    up (``lost``). `headers` are the dead letter's (reason and source position)."""
+
+    outcome: Literal["shrunk", "lost"]
+    headers: Headers
+    error: str
+
+
+class DeadLetterEvents:
+    """The refusals a sink met, kept until the service takes them (any thread may add)."""
+
+    def __init__(self) -> None:
+        self._events: deque[DeadLetterEvent] = deque()
+
+    def refused(
+        self, key: bytes | None, value: bytes | None, headers: Headers | None, error: str
+    ) -> DeadLetter | None:
+        """The form to send a refused dead letter in next, or None when it is given up."""
+        smaller = shrink_dead_letter(DeadLetter(key, value, list(headers or [])))
+        outcome: Literal["shrunk", "lost"] = "lost" if smaller is None else "shrunk"
+        self._events.append(DeadLetterEvent(outcome, list(headers or []), error))
+        return smaller
+
+    def take(self) -> list[DeadLetterEvent]:
+        """The events since the last call, oldest first."""
+        taken: list[DeadLetterEvent] = []
+        while self._events:
+            taken.append(self._events.popleft())
+        return taken
+
+
+def max_request_bytes(settings: KafkaSettings) -> int:
+    """The forecast and dead-letter producer's largest request: room for the largest dead
+    letter (``kafka.dead_letter_max_bytes``) and its headers, and never below 1 MiB."""
+    return max(1 << 20, 2 * settings.max_message_bytes, settings.dead_letter_max_bytes + (64 << 10))
+
+
+class QueueFull(Exception):
+    """The client found no room for the record within its wait: keep it for `flush`."""
+
+
+class RecordRefused(SinkError):
+    """The client refuses the record itself (too large for it): sending it again cannot help."""
+
+
+class DeliveringSink(ABC):
+    """Forecasts and dead letters, delivered at least once; see the module docstring."""
+
+    def __init__(self, forecast_topic: str, dead_letter_topic: str) -> None:
+        self.forecast_topic = forecast_topic
+        self.dead_letter_topic = dead_letter_topic
+        self._failed: deque[_Failed] = deque()
+        self._refusals = DeadLetterEvents()
+
+    # -- what an adapter implements --------------------------------------------------------
+
+    @abstractmethod
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        partition: int | None,
+    ) -> None:
+        """Queue one record; raise `QueueFull` or `RecordRefused`, or `SinkError` when the
+        client cannot send at all."""
+
+    @abstractmethod
+    def _deliver(self, timeout: float) -> int | None:
+        """Wait up to `timeout` seconds for every queued record's delivery (failures come
+        back through `_delivery_failed`); return how many are still unacknowledged (None:
+        some, the client does not say how many)."""
+
+    @abstractmethod
+    def _retriable(self, error: object) -> bool:
+        """Whether a failed delivery may succeed if sent again (a broker unreachable, a leader
+        moving) rather than being refused for good (too large, not authorised)."""
+
+    def _delivery_failed(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        partition: int | None,
+        error: object,
+    ) -> None:
+        """Keep a record whose delivery failed, for `flush` (safe from any thread)."""
+        self._failed.append((topic, key, value, headers, partition, error))
+
+    # -- the sink --------------------------------------------------------------------------
+
+    def send_dead_letter(self, key: bytes | None, value: bytes | None, headers: Headers) -> None:
+        """Send a dead letter; one the client refuses for its size is sent smaller (see
+        `DeadLetterEvents`), never raised."""
+        if key is None and value is None:
+            value = b""  # a record needs a key or a value
+        while True:
+            try:
+                self._send(self.dead_letter_topic, key, value, headers, None)
+                return
+            except RecordRefused as exc:
+                smaller = self._refusals.refused(key, value, headers, str(exc))
+                if smaller is None:
+                    return
+                key, value, headers = smaller.key, smaller.value, smaller.headers
+
+    def take_dead_letter_events(self) -> list[DeadLetterEvent]:
+        """Dead letters refused for good since the last call (sent smaller, or lost)."""
+        return self._refusals.take()
+
+    def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        partition: int | None,
+    ) -> None:
+        try:
+            self._produce(topic, key, value, headers, partition)
+        except QueueFull as exc:
+            # The buffer stayed full or the topic's metadata is unknown (broker unreachable):
+            # keep the record; `flush` sends it again, and fails the checkpoint meanwhile.
+            self._failed.append((topic, key, value, headers, partition, exc))
+
+    def flush(self, timeout: float) -> None:
+        """Block until every record sent so far is acknowledged, re-sending failed ones.
+
+        Raises `SinkError` when that takes longer than `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self._deliver(max(0.0, deadline - time.monotonic()))
+            if left != 0:
+                some = "" if left is None else f"{left} "
+                raise SinkError(
+                    f"{some}records not acknowledged within {timeout:g} s (broker unreachable?)"
+                )
+            if not self._failed:
+                return
+            n = len(self._failed)
+            first = self._failed[0][5]
+            if time.monotonic() >= deadline:
+                raise SinkError(
+                    f"{n} records failed delivery and time ran out; last error: {first}"
+                )
+            log.warning("delivery failed, sending again records=%d error=%s", n, first)
+            time.sleep(min(_RESEND_PAUSE, max(0.0, deadline - time.monotonic())))
+            for _ in range(n):
+                topic, key, value, headers, partition, error = self._failed.popleft()
+                if topic == self.dead_letter_topic and not self._retriable(error):
+                    smaller = self._refusals.refused(key, value, headers, str(error))
+                    if smaller is not None:
+                        self.send_dead_letter(smaller.key, smaller.value, smaller.headers)
+                    continue
+                try:
+                    self._send(topic, key, value, headers, partition)
+                except RecordRefused as exc:
+                    self._failed.append((topic, key, value, headers, partition, exc))
+                    raise SinkError(f"cannot send to {topic}: {exc}") from exc
