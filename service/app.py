@@ -396,7 +396,7 @@ class Service:
 
     def _dead_letter_events(self) -> None:
         """Count and log the dead letters the broker refused for good (see
-        `service.kafka.deadletters`)."""
+        `service.delivery`)."""
         assert self._sink is not None
         for event in self._sink.take_dead_letter_events():
             where = {name: value.decode("utf-8", "replace") for name, value in event.headers}

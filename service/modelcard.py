@@ -13,27 +13,26 @@ The card is written as ``card.json`` beside ``model.onnx`` and into the ONNX
 ``metadata_props`` under ``sensorcast.card``. The service learns everything about a model
 from its card, so any graph honouring the contract can be served.
 
-The card proves its graph: ``golden`` holds a few input sequences from the training data,
-the states they start from, and the forecasts and final states the reference model (torch,
-at export) computed for them. Loading runs the graph on them (`GoldenVectors.max_error`)
-and refuses a graph that computes something else. A card without them (an older export, a
-graph made by hand) is still valid: the registry loads it unchecked, with a warning.
+The card proves its graph: ``golden`` holds golden vectors (`service.golden`), a few input
+sequences from the training data, the states they start from, and the forecasts and final
+states the reference model (torch, at export) computed for them. Loading runs the graph on
+them and refuses a graph that computes something else. A card without them (an older
+export, a graph made by hand) is still valid: the registry loads it unchecked, with a warning.
 ``feature_ranges`` records each feature's observed (min, max) on the training part.
 """
 
 from __future__ import annotations
 
-import base64
 import math
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.errors import ModelCardError, ModelContractError
+from service.golden import GoldenVectors
 
 __all__ = [
     "CARD_FILE",
@@ -42,14 +41,11 @@ __all__ = [
     "MODEL_FILE",
     "OUTPUT_NAME",
     "SCHEMA_VERSION",
-    "GoldenTensor",
-    "GoldenVectors",
     "ModelCard",
     "Provenance",
     "Scaler",
     "ScalerSet",
     "StateSpec",
-    "StepFunction",
     "validate_onnx",
 ]
 
@@ -95,120 +91,6 @@ class Scaler(_Frozen):
 class ScalerSet(_Frozen):
     features: Scaler
     targets: Scaler
-
-
-class GoldenTensor(_Frozen):
-    """An array kept compact and exact in JSON: its shape, its dtype, and its values
-    (little-endian, C order) in base64. Readings and states are float32; forecasts in
-    original units are float64, so they keep their precision whatever the scale."""
-
-    shape: tuple[int, ...] = Field(min_length=1)
-    dtype: Literal["float32", "float64"] = "float64"
-    data: str
-
-    @model_validator(mode="after")
-    def _check(self) -> GoldenTensor:
-        if any(d < 1 for d in self.shape):
-            raise ValueError(f"every dimension must be >= 1, got {self.shape}")
-        try:
-            raw = base64.b64decode(self.data, validate=True)
-        except ValueError as exc:
-            raise ValueError(f"data is not base64 ({exc})") from exc
-        dtype = np.dtype(self.dtype).newbyteorder("<")
-        want = dtype.itemsize * math.prod(self.shape)
-        if len(raw) != want:
-            raise ValueError(f"data holds {len(raw)} bytes, shape {self.shape} needs {want}")
-        if not np.isfinite(np.frombuffer(raw, dtype)).all():
-            raise ValueError("values must be finite")
-        return self
-
-    @classmethod
-    def of(cls, array: np.ndarray) -> GoldenTensor:
-        """Float32 arrays stay float32; anything else is stored as float64."""
-        dtype: Literal["float32", "float64"] = (
-            "float32" if np.asarray(array).dtype == np.float32 else "float64"
-        )
-        values = np.ascontiguousarray(array, np.dtype(dtype).newbyteorder("<"))
-        return cls(
-            shape=values.shape,
-            dtype=dtype,
-            data=base64.b64encode(values.tobytes()).decode("ascii"),
-        )
-
-    def array(self) -> np.ndarray:
-        """A fresh array in native byte order (writeable, the caller's to keep)."""
-        raw = base64.b64decode(self.data)
-        dtype = np.dtype(self.dtype)
-        return np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype).reshape(self.shape)
-
-
-StepFunction = Callable[[np.ndarray, Sequence[np.ndarray]], tuple[np.ndarray, Sequence[np.ndarray]]]
-
-
-class GoldenVectors(_Frozen):
-    """Test vectors written at export: what the graph must compute, as the service runs it.
-
-    ``x`` holds raw readings ``[batch, time, n_features]`` from the training data, in
-    original units; ``states`` the state each row starts from (card order, batched on each
-    state's batch axis: the card's initial state, or the state reached over the earlier
-    readings of the row's stream); ``y`` the forecasts ``[batch, time, horizon, n_targets]``
-    in original units and ``states_out`` the states after the last step, both computed by
-    the ``reference`` model (the torch model that was trained). ``tolerance`` is the largest
-    error `max_error` accepts: forecasts in scaled units (divided by each target's std),
-    states as they are.
-    """
-
-    x: GoldenTensor
-    states: list[GoldenTensor]
-    y: GoldenTensor
-    states_out: list[GoldenTensor]
-    tolerance: float = Field(gt=0, allow_inf_nan=False)
-    reference: str = Field(default="", description="what computed the expected values")
-
-    @property
-    def batch(self) -> int:
-        return self.x.shape[0]
-
-    def max_error(self, scaler: ScalerSet, step: StepFunction) -> float:
-        """Run `step` on the vectors twice, the whole sequence in one call and one reading at
-        a time (as the service calls it), and return the largest absolute difference from
-        the expected forecasts (scaled units) and states.
-
-        Inputs are scaled with `scaler` and forecasts de-normalised with it, the card's
-        scaler: a scaler that is not the one the model was trained with shows as an error.
-        """
-        x = scaler.features.transform(self.x.array().astype(np.float32)).astype(np.float32)
-        mean = np.asarray(scaler.targets.mean, np.float64)
-        std = np.asarray(scaler.targets.std, np.float64)
-        want_y = self.y.array().astype(np.float64)
-        want_states = [s.array() for s in self.states_out]
-
-        def error(y: np.ndarray, states: Sequence[np.ndarray]) -> float:
-            got = np.asarray(y, np.float64) * std + mean  # de-normalised in float64: exact
-            if got.shape != want_y.shape or len(states) != len(want_states):
-                return math.inf
-            diffs = [np.abs(got - want_y) / std]
-            for a, b in zip(states, want_states, strict=True):
-                if np.shape(a) != b.shape:
-                    return math.inf
-                diffs.append(np.abs(np.asarray(a, np.float64) - b))
-            if not all(np.isfinite(d).all() for d in diffs):
-                return math.inf  # a NaN or infinite output is as wrong as can be
-            return max(float(d.max()) for d in diffs)
-
-        def initial() -> list[np.ndarray]:
-            return [s.array().astype(np.float32) for s in self.states]
-
-        whole_y, whole_states = step(x, initial())
-        worst = error(whole_y, whole_states)
-        states: Sequence[np.ndarray] = initial()
-        steps_y = []
-        for t in range(x.shape[1]):
-            y_t, states = step(np.ascontiguousarray(x[:, t : t + 1]), states)
-            if np.shape(y_t) != (*want_y.shape[:1], 1, *want_y.shape[2:]):
-                return math.inf
-            steps_y.append(y_t)
-        return max(worst, error(np.concatenate(steps_y, axis=1), states))
 
 
 class StateSpec(_Frozen):

@@ -6,7 +6,7 @@
   (an Elman ``h`` as ``[1, batch, hidden]`` and a lag buffer as ``[batch, lags, features]``).
 - `build_onnx_lstm` builds a stacked LSTM step model with `onnx.helper` (no torch) honouring
   the step-model contract, together with `NumpyLstmModel`, a numpy oracle with the same
-  weights.
+  weights; its card carries golden vectors computed by the oracle, as an export's would.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.core.engine import EngineResult, StreamEngine
 from service.core.readings import DropReason, Forecast, Reading, Reject
+from service.golden import GoldenTensor, GoldenVectors, StepFunction
 from service.modelcard import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -223,7 +224,9 @@ def build_onnx_lstm(
 ) -> tuple[ModelCard, onnx.ModelProto, NumpyLstmModel]:
     """A stacked-LSTM step model (card embedded) and its numpy oracle.
 
-    States ``h`` and ``c`` are ``[layers, batch, hidden]``; batch and time are dynamic.
+    States ``h`` and ``c`` are ``[layers, batch, hidden]``; batch and time are dynamic. The
+    card carries golden vectors computed by the oracle (``reference="numpy oracle"``) where
+    an exported card carries those computed by torch.
     """
     nf, nt = len(features), len(targets)
     card = make_card(
@@ -315,8 +318,39 @@ def build_onnx_lstm(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
+    golden = _oracle_golden(card, NumpyLstmModel(card, weights).step)
+    card = ModelCard.model_validate(card.model_dump() | {"golden": golden.model_dump()})
     card.embed(model)
     return card, model, NumpyLstmModel(card, weights)
+
+
+def _oracle_golden(
+    card: ModelCard, step: StepFunction, *, batch: int = 2, steps: int = 6
+) -> GoldenVectors:
+    """Golden vectors with `step` as the reference: raw readings around the scaler's mean;
+    row 0 starts from the card's initial state, the others from a random one (as a stream
+    that has seen readings before)."""
+    rng = np.random.default_rng(0)
+    scaled = rng.standard_normal((batch, steps, card.n_features)).astype(np.float32)
+    x = np.asarray(card.scaler.features.inverse(scaled), np.float32)
+    states = []
+    for spec in card.states:
+        state = np.full(spec.batched_shape(batch), spec.init, np.float32)
+        rows = [slice(None)] * state.ndim
+        rows[spec.batch_axis] = slice(1, None)
+        state[tuple(rows)] += 0.3 * rng.standard_normal(state[tuple(rows)].shape).astype(np.float32)
+        states.append(state)
+    y, out = step(np.asarray(card.scaler.features.transform(x), np.float32), states)
+    mean = np.asarray(card.scaler.targets.mean, np.float64)
+    std = np.asarray(card.scaler.targets.std, np.float64)
+    return GoldenVectors(
+        x=GoldenTensor.of(x),
+        states=[GoldenTensor.of(s) for s in states],
+        y=GoldenTensor.of(np.asarray(y, np.float64) * std + mean),
+        states_out=[GoldenTensor.of(np.asarray(s, np.float32)) for s in out],
+        tolerance=1e-4,
+        reference="numpy oracle",
+    )
 
 
 # -- list-backed driving ------------------------------------------------------------------

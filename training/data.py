@@ -9,13 +9,8 @@ Bad input fails with one `TrainingDataError` line, unless a repair option says w
 timestamps within a stream), ``fill="ffill"`` (NaNs: carry the last value forward, then the
 first value backward), ``ts_unit`` (numeric ``ts`` in another unit than epoch seconds).
 
-Timestamps are epoch seconds throughout (the card's period, the split boundaries, the
-service's readings). A numeric ``ts`` is read in ``ts_unit``: ``s`` (the default), ``ms``,
-``us``, ``ns``, or ``auto`` for the coarsest of these in which every value falls between the
-years 1 and 2500. Values that only make sense in a finer unit than the one given (epoch
-milliseconds read as seconds reach the year 55840) are refused with one line naming the unit
-they look like and the option that converts them. ISO-8601 strings and datetime columns are
-read as they are, whatever ``ts_unit`` says.
+Timestamps are epoch seconds throughout; `training.timestamps` reads the ``ts`` column
+(numbers in ``ts_unit``, ISO-8601 strings, datetimes) and the split boundaries.
 
 The split is chronological with explicit boundaries, applied to the *target* time: a
 forecast belongs to the part its target timestamp falls in. ``train`` is ``ts < val_start``,
@@ -26,7 +21,6 @@ The scaler is fitted on the train part only.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,11 +33,11 @@ import pandas as pd
 from service.modelcard import Scaler, ScalerSet
 from service.simulate import DEFAULT_PERIOD, simulate
 from training.errors import TrainingDataError
+from training.timestamps import SECONDS_PER_YEAR, TS_UNITS, parse_time, to_epoch_seconds
 
 __all__ = [
     "BUILTINS",
     "NEAR_CONSTANT",
-    "TS_UNITS",
     "Dataset",
     "Series",
     "Splits",
@@ -51,19 +45,10 @@ __all__ = [
     "load_dataset",
     "near_constant",
     "near_constant_columns",
-    "parse_time",
+    "parse_time",  # re-exported from training.timestamps for its importers
 ]
 
 BUILTINS = ("sunspots", "synthetic")
-_YEAR = 365.2425 * 86_400.0
-
-TS_UNITS = ("s", "ms", "us", "ns", "auto")
-_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
-# Plausible epoch seconds: 0001-01-01 to 2500-01-01. Epoch milliseconds read as seconds
-# land tens of thousands of years ahead, so the two ranges barely overlap (only
-# milliseconds within the first half of 1970 look like seconds).
-_EARLIEST, _LATEST = -62_135_596_800.0, 16_725_225_600.0
 
 NEAR_CONSTANT = 1e-6
 """A column is near-constant when its std is at most this fraction of its mean's magnitude.
@@ -143,37 +128,6 @@ class Splits:
         }
 
 
-def parse_time(text: str | float) -> float:
-    """Epoch seconds from a number or an ISO-8601 date/time (UTC unless it says otherwise).
-
-    A number must be epoch seconds between the years 1 and 2500 (whatever the data's
-    ``ts_unit``); anything else raises `TrainingDataError`.
-    """
-    number: float | None
-    try:
-        number = float(text)
-    except ValueError:
-        number = None
-    if number is not None:
-        if not _EARLIEST <= number <= _LATEST:  # also NaN and infinities
-            seen = _plausible_unit(np.array([number]))
-            hint = f" (it looks like epoch {_UNIT_NAMES[seen]})" if seen else ""
-            raise TrainingDataError(
-                f"time {text!r} is not epoch seconds between the years 1 and 2500{hint}; "
-                "split boundaries are epoch seconds or ISO-8601"
-            )
-        return number
-    try:
-        stamp = pd.Timestamp(text)
-    except (ValueError, TypeError) as exc:
-        raise TrainingDataError(
-            f"cannot read {text!r} as a time: use epoch seconds or ISO-8601"
-        ) from exc
-    if stamp.tzinfo is None:
-        stamp = stamp.tz_localize("UTC")
-    return float((stamp - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
-
-
 def load_dataset(
     source: str,
     *,
@@ -191,7 +145,7 @@ def load_dataset(
     if ts_unit not in TS_UNITS:
         raise TrainingDataError(f"ts_unit must be one of {', '.join(TS_UNITS)}, got {ts_unit!r}")
     if source == "sunspots":
-        table, period = _sunspots(), _YEAR
+        table, period = _sunspots(), SECONDS_PER_YEAR
     elif source == "synthetic":
         table, period = _synthetic(n_streams, n_steps, seed), DEFAULT_PERIOD
     else:
@@ -322,7 +276,7 @@ def _check(
         )
     table = table.copy()
     table["stream_id"] = table["stream_id"].astype(str)
-    table["ts"] = _to_epoch(table["ts"], source, ts_unit)
+    table["ts"] = to_epoch_seconds(table["ts"], source, ts_unit)
     cols = (
         list(features) if features else [c for c in table.columns if c not in ("stream_id", "ts")]
     )
@@ -368,80 +322,6 @@ def _check(
     if not np.isfinite(table[cols].to_numpy()).all():
         raise TrainingDataError(f"{source}: feature columns hold infinite values")
     return table.sort_values(["stream_id", "ts"], kind="stable")
-
-
-def _to_epoch(ts: pd.Series, source: str, unit: str) -> pd.Series:
-    if pd.api.types.is_bool_dtype(ts):
-        raise TrainingDataError(f"{source}: column 'ts' holds true/false, not times")
-    if pd.api.types.is_numeric_dtype(ts):
-        if ts.isna().any():
-            raise TrainingDataError(f"{source}: column 'ts' has missing timestamps")
-        return _numeric_epoch(ts, source, unit)
-    try:
-        parsed = pd.to_datetime(ts, utc=True)
-    except (ValueError, TypeError) as exc:
-        raise TrainingDataError(
-            f"{source}: column 'ts' is neither epoch seconds nor ISO-8601 times"
-        ) from exc
-    if parsed.isna().any():
-        raise TrainingDataError(f"{source}: column 'ts' has missing timestamps")
-    return (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-
-
-def _numeric_epoch(ts: pd.Series, source: str, unit: str) -> pd.Series:
-    """Epoch seconds from numbers in `unit` (or the one `auto` detects), refusing values
-    that cannot be epoch times in that unit."""
-    raw = ts.to_numpy(np.int64 if pd.api.types.is_integer_dtype(ts) else np.float64)
-    if not raw.size:
-        return ts.astype(np.float64)
-    if not np.isfinite(raw.astype(np.float64)).all():
-        raise TrainingDataError(f"{source}: column 'ts' holds infinite timestamps")
-    seen = _plausible_unit(raw)
-    if unit == "auto":
-        if seen is None:
-            raise _not_epoch(raw, source)
-        unit = seen
-    per_second = _PER_SECOND[unit]
-    if raw.dtype.kind == "i":  # exact whole seconds first: int64 nanoseconds exceed 2**53
-        seconds = (raw // per_second).astype(np.float64) + (raw % per_second) / per_second
-    else:
-        seconds = raw.astype(np.float64) / per_second
-    if seconds.min() >= _EARLIEST and seconds.max() <= _LATEST:
-        return pd.Series(seconds, index=ts.index, name=ts.name)
-    if seen is None:
-        raise _not_epoch(raw, source)
-    example = raw[np.argmax(np.abs(seconds))]
-    shown = seconds[np.argmax(np.abs(seconds))]
-    raise TrainingDataError(
-        f"{source}: column 'ts' looks like epoch {_UNIT_NAMES[seen]}, not {_UNIT_NAMES[unit]} "
-        f"(e.g. {example} is {_iso(float(example) / _PER_SECOND[seen])} in {_UNIT_NAMES[seen]} "
-        f"but the year {_year(shown)} in {_UNIT_NAMES[unit]}); pass --ts-unit {seen} to convert"
-    )
-
-
-def _plausible_unit(raw: np.ndarray) -> str | None:
-    """The coarsest unit in which every value is an epoch time between the years 1 and 2500."""
-    lo, hi = float(np.min(raw)), float(np.max(raw))
-    for unit, per_second in _PER_SECOND.items():
-        if _EARLIEST * per_second <= lo and hi <= _LATEST * per_second:
-            return unit
-    return None
-
-
-def _not_epoch(raw: np.ndarray, source: str) -> TrainingDataError:
-    example = raw[np.argmax(np.abs(raw.astype(np.float64)))]
-    return TrainingDataError(
-        f"{source}: column 'ts' is not an epoch time in s, ms, us or ns (e.g. {example} lies "
-        "outside the years 1 to 2500 in each); use epoch seconds or ISO-8601"
-    )
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _year(seconds: float) -> int:
-    return math.floor(1970 + seconds / _YEAR)
 
 
 def _median_period(table: pd.DataFrame, source: str) -> float:

@@ -6,8 +6,9 @@ import pytest
 
 from service.cli import main
 from service.registry import Registry
+from service.testing import build_onnx_lstm
 from tests.unit.service.cardfixtures import make_card, make_graph
-from tests.unit.service.goldenfixtures import lstm_with_golden, perturb_weight
+from tests.unit.service.goldenfixtures import perturb_weight
 
 
 def test_lists_every_model_marks_the_broken_ones_and_fails_at_the_end(
@@ -17,12 +18,12 @@ def test_lists_every_model_marks_the_broken_ones_and_fails_at_the_end(
     registry.add(make_card(name="alpha"), make_graph())
     registry.add(make_card(name="broken-card"), make_graph())
     (tmp_path / "broken-card" / "1" / "card.json").write_text("{not json")
-    card, proto, _ = lstm_with_golden(name="broken-golden")
+    card, proto, _ = build_onnx_lstm(name="broken-golden")
     registry.add(card, proto)
     mutated = perturb_weight(proto, 1.01, "head_w")
     card.embed(mutated)
     (tmp_path / "broken-golden" / "1" / "model.onnx").write_bytes(mutated.SerializeToString())
-    good, good_proto, _ = lstm_with_golden(name="checked")
+    good, good_proto, _ = build_onnx_lstm(name="checked")
     registry.add(good, good_proto)
     registry.add(make_card(name="zulu"), make_graph())
 
@@ -48,7 +49,7 @@ def test_lists_every_model_marks_the_broken_ones_and_fails_at_the_end(
 
 
 def test_a_healthy_registry_exits_zero(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    card, proto, _ = lstm_with_golden()
+    card, proto, _ = build_onnx_lstm()
     Registry(tmp_path).add(card, proto)
     assert main(["models", "--registry", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("lstm-test:1")

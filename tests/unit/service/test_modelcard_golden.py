@@ -13,9 +13,10 @@ import pytest
 from pydantic import ValidationError
 
 from service.errors import ModelCardError
-from service.modelcard import GoldenTensor, ModelCard
+from service.golden import GoldenTensor
+from service.modelcard import ModelCard
+from service.testing import build_onnx_lstm
 from tests.unit.service.cardfixtures import make_card
-from tests.unit.service.goldenfixtures import lstm_with_golden
 
 Step = tuple[np.ndarray, list[np.ndarray]]
 
@@ -108,7 +109,7 @@ def _zeros(*shape: int) -> dict[str, Any]:
 
 
 def test_card_with_golden_vectors_round_trips_through_json_and_onnx() -> None:
-    card, proto, _ = lstm_with_golden()
+    card, proto, _ = build_onnx_lstm()
     assert card.golden is not None
     assert ModelCard.from_json(card.to_json()) == card
     assert ModelCard.from_onnx(proto) == card
@@ -136,7 +137,7 @@ def test_card_with_golden_vectors_round_trips_through_json_and_onnx() -> None:
 def test_golden_vectors_that_do_not_fit_the_card_are_rejected(
     edit: Callable[[dict[str, Any]], dict[str, Any]], message: str
 ) -> None:
-    card, _, _ = lstm_with_golden()
+    card, _, _ = build_onnx_lstm()
     data = card.model_dump(mode="json")
     data["golden"] = edit(data["golden"])
     with pytest.raises(ModelCardError, match=message):
@@ -144,7 +145,7 @@ def test_golden_vectors_that_do_not_fit_the_card_are_rejected(
 
 
 def test_max_error_is_round_off_for_the_reference_and_large_for_anything_else() -> None:
-    card, _, oracle = lstm_with_golden()
+    card, _, oracle = build_onnx_lstm()
     golden = card.golden
     assert golden is not None
     assert golden.max_error(card.scaler, oracle.step) < 1e-6
@@ -170,7 +171,7 @@ def test_max_error_is_round_off_for_the_reference_and_large_for_anything_else() 
 
 
 def test_max_error_runs_the_sequence_whole_and_one_reading_at_a_time() -> None:
-    card, _, oracle = lstm_with_golden()
+    card, _, oracle = build_onnx_lstm()
     golden = card.golden
     assert golden is not None
     calls: list[int] = []
@@ -190,7 +191,7 @@ def test_max_error_runs_the_sequence_whole_and_one_reading_at_a_time() -> None:
 
 
 def test_max_error_sees_a_scaler_that_is_not_the_trained_one() -> None:
-    card, _, oracle = lstm_with_golden()
+    card, _, oracle = build_onnx_lstm()
     golden = card.golden
     assert golden is not None
     data = card.model_dump()

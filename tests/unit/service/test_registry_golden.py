@@ -10,8 +10,9 @@ import pytest
 from service.errors import ModelContractError
 from service.modelcard import ModelCard
 from service.registry import Registry, load_model_dir
+from service.testing import build_onnx_lstm
 from tests.unit.service.cardfixtures import make_card, make_graph
-from tests.unit.service.goldenfixtures import lstm_with_golden, perturb_weight
+from tests.unit.service.goldenfixtures import perturb_weight
 
 
 def _write_by_hand(registry: Registry, card: ModelCard, proto: onnx.ModelProto) -> None:
@@ -24,7 +25,7 @@ def _write_by_hand(registry: Registry, card: ModelCard, proto: onnx.ModelProto) 
 
 
 def test_a_graph_that_reproduces_its_golden_vectors_loads(tmp_path) -> None:
-    card, proto, _ = lstm_with_golden()
+    card, proto, _ = build_onnx_lstm()
     registry = Registry(tmp_path)
     registry.add(card, proto)
     loaded = registry.load(card.name)
@@ -33,7 +34,7 @@ def test_a_graph_that_reproduces_its_golden_vectors_loads(tmp_path) -> None:
 
 
 def test_altered_weights_are_refused_at_load_with_one_line(tmp_path) -> None:
-    card, proto, _ = lstm_with_golden()
+    card, proto, _ = build_onnx_lstm()
     registry = Registry(tmp_path)
     _write_by_hand(registry, card, perturb_weight(proto, 1.01, "head_w"))
     with pytest.raises(ModelContractError) as refused:
@@ -46,7 +47,7 @@ def test_altered_weights_are_refused_at_load_with_one_line(tmp_path) -> None:
 
 
 def test_add_refuses_a_graph_that_does_not_reproduce_its_golden_vectors(tmp_path) -> None:
-    card, proto, _ = lstm_with_golden()
+    card, proto, _ = build_onnx_lstm()
     registry = Registry(tmp_path)
     with pytest.raises(ModelContractError, match="golden vectors"):
         registry.add(card, perturb_weight(proto, 1.01, "head_w"))
@@ -54,8 +55,8 @@ def test_add_refuses_a_graph_that_does_not_reproduce_its_golden_vectors(tmp_path
 
 
 def test_a_graph_of_another_model_with_the_same_signature_is_refused(tmp_path) -> None:
-    card, _, _ = lstm_with_golden(seed=0)
-    _, other, _ = lstm_with_golden(seed=1)  # same shapes, other weights
+    card, _, _ = build_onnx_lstm(seed=0)
+    _, other, _ = build_onnx_lstm(seed=1)  # same shapes, other weights
     registry = Registry(tmp_path)
     _write_by_hand(registry, card, other)
     with pytest.raises(ModelContractError, match="golden vectors"):
@@ -63,7 +64,7 @@ def test_a_graph_of_another_model_with_the_same_signature_is_refused(tmp_path) -
 
 
 def test_a_scaler_edited_in_both_cards_is_refused(tmp_path) -> None:
-    card, proto, _ = lstm_with_golden()
+    card, proto, _ = build_onnx_lstm()
     data = card.model_dump()
     data["scaler"]["features"]["mean"] = [m + 0.5 for m in data["scaler"]["features"]["mean"]]
     registry = Registry(tmp_path)

@@ -9,8 +9,9 @@ import pytest
 
 from service.errors import RegistryError
 from service.registry import Registry
+from service.testing import build_onnx_lstm
 from tests.unit.service.cardfixtures import make_card, make_graph
-from tests.unit.service.goldenfixtures import lstm_with_golden, perturb_weight
+from tests.unit.service.goldenfixtures import perturb_weight
 
 
 def _everything(root: Path) -> list[str]:
@@ -96,7 +97,7 @@ def test_survey_lists_every_folder_and_why_the_broken_ones_are(tmp_path) -> None
     card.embed(graph)
     (contract / "model.onnx").write_bytes(graph.SerializeToString())
     card.write(contract)
-    golden_card, proto, _ = lstm_with_golden(name="broken-golden")
+    golden_card, proto, _ = build_onnx_lstm(name="broken-golden")
     registry.add(golden_card, proto)
     mutated = perturb_weight(proto, 1.01, "head_w")
     golden_card.embed(mutated)

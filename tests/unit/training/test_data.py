@@ -12,9 +12,9 @@ from training.data import (
     fit_scaler,
     load_dataset,
     near_constant_columns,
-    parse_time,
 )
 from training.errors import TrainingDataError
+from training.timestamps import parse_time
 
 
 def _table() -> pd.DataFrame:
