@@ -69,6 +69,9 @@ def _register_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `sensorcast` parser: built-in commands plus those registered through the
+    ``sensorcast.commands`` entry points (one that fails to import is left out and logged).
+    """
     parser = argparse.ArgumentParser(
         prog="sensorcast",
         description="Live recurrent forecasts for sensor streams: train, export, serve, replay, tail.",
@@ -91,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status (2 with one ``sensorcast: error:`` line on
+    stderr for a `SensorcastError` or no command, 130 on Ctrl-C).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -109,6 +109,7 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` and ``settings`` to the `sensorcast` subcommands."""
     p = sub.add_parser(
         "serve",
         help="consume readings from Kafka and produce forecasts",

@@ -59,6 +59,10 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
+    """Which broker, topics, consumer group and client, and how records are batched,
+    checkpointed, restored and dead-lettered.
+    """
+
     client: Literal["kafka-python", "confluent"] = Field(
         default="kafka-python",
         description="Kafka client library: `kafka-python` (pure Python, always installed) or "
@@ -200,6 +204,8 @@ class KafkaSettings(_Section):
 
 
 class ModelSettings(_Section):
+    """Which model of which registry folder is served, and how onnxruntime runs it."""
+
     registry: Path = Field(
         default=Path("models"), description="Model registry folder (models/<name>/<version>/)."
     )
@@ -219,6 +225,10 @@ class ModelSettings(_Section):
 
 
 class EngineSettings(_Section):
+    """How the stream engine treats gaps, missing features, out-of-range values and clock
+    jumps, and which streams' state it keeps, at what precision.
+    """
+
     max_gap_periods: float = Field(
         default=10.0,
         gt=0,
@@ -267,12 +277,16 @@ class EngineSettings(_Section):
 
 
 class HttpSettings(_Section):
+    """Where /metrics, /healthz and /readyz are served."""
+
     enabled: bool = Field(default=True, description="Serve /metrics, /healthz and /readyz.")
     host: str = Field(default="0.0.0.0", description="Address the HTTP server binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
 
 
 class LogSettings(_Section):
+    """Log format, level and how often dropped readings are logged."""
+
     format: Literal["text", "json"] = Field(
         default="text", description="Log line format: `text` or `json` (one object a line)."
     )
@@ -288,6 +302,8 @@ class LogSettings(_Section):
 
 
 class DebugSettings(_Section):
+    """Fault injection, for the fault tests only; never set in production."""
+
     crash_at: Literal["after_flush", "mid_changelog", "after_changelog", "after_commit"] | None = (
         Field(
             default=None,
@@ -327,6 +343,7 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read flags, then the environment, then the ``--config`` file (highest first)."""
         # Highest precedence first: flags (passed as init arguments), environment, file.
         path = _CONFIG_FILE.get()
         if path is None:

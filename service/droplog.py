@@ -30,9 +30,11 @@ class DropLog:
         self._since: dict[DropReason, int] = {}
 
     def due(self, reason: DropReason) -> bool:
+        """Whether a line about `reason` may be logged now."""
         return self._clock() >= self._next.get(reason, float("-inf"))
 
     def count(self, reason: DropReason) -> None:
+        """Count a drop of `reason` for the next line, without logging."""
         self._since[reason] = self._since.get(reason, 0) + 1
 
     def log(

@@ -112,17 +112,26 @@ class EmbeddedBroker:
 
     @property
     def pid(self) -> int | None:
+        """The broker process id, or None before `start` and after `stop`."""
         return self._proc.pid if self._proc is not None else None
 
     @property
     def log_path(self) -> Path | None:
+        """The file the broker's stdout and stderr go to (None before `start` unless given)."""
         return self._log_path
 
     @property
     def running(self) -> bool:
+        """Whether the broker process is started and has not exited."""
         return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> EmbeddedBroker:
+        """Spawn the broker and return once it answers a metadata request (within
+        `startup_timeout` seconds); on a port of our choosing that turns out taken, try another.
+
+        Raises `BrokerError`, with the tail of the broker's log, when it is already started,
+        cannot be run, exits or does not answer in time; the process is stopped then.
+        """
         if self._proc is not None:
             raise BrokerError("the embedded broker is already started")
         binary = self._binary or _resolve_binary()

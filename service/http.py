@@ -31,6 +31,9 @@ class Readiness:
         self._metrics = metrics
 
     def set(self, condition: str, value: bool) -> None:
+        """Set one condition (logged when it changes) and the ready gauge; raises `KeyError`
+        for a name not in `READINESS_CONDITIONS`.
+        """
         if condition not in self._conditions:
             raise KeyError(f"unknown readiness condition {condition!r}")
         with self._lock:
@@ -43,11 +46,13 @@ class Readiness:
             self._metrics.ready.set(1 if ready else 0)
 
     def snapshot(self) -> dict[str, bool]:
+        """Every condition's current value, copied."""
         with self._lock:
             return dict(self._conditions)
 
     @property
     def ready(self) -> bool:
+        """Whether every condition holds."""
         return all(self.snapshot().values())
 
 
@@ -103,14 +108,17 @@ class HttpServer:
 
     @property
     def port(self) -> int:
+        """The bound port (the one picked when 0 was asked for)."""
         return int(self._server.server_address[1])
 
     def start(self) -> HttpServer:
+        """Serve from a daemon thread; returns self."""
         self._thread.start()
         log.info("http listening host=%s port=%d", self._server.server_address[0], self.port)
         return self
 
     def stop(self) -> None:
+        """Stop serving, close the socket and wait up to 5 s for the thread."""
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -15,6 +15,7 @@ class JsonFormatter(logging.Formatter):
     """``{"ts": ..., "level": ..., "logger": ..., "message": ...}`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON object, with its traceback under ``exception`` if any."""
         entry = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,

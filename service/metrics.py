@@ -95,6 +95,7 @@ class ArrayHistogram(Collector):
         registry.register(self)
 
     def observe_many(self, values: np.ndarray) -> None:
+        """Observe every value of `values` (in the histogram's unit) at once."""
         if not values.size:
             return
         # bucket i holds bounds[i-1] < v <= bounds[i], as Prometheus' ``le`` says
@@ -107,13 +108,16 @@ class ArrayHistogram(Collector):
             self._sum += total
 
     def count(self) -> int:
+        """Observations so far."""
         with self._lock:
             return int(self._counts.sum())
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
+        """The family without samples, for the registry's name check."""
         yield HistogramMetricFamily(self.name, self.documentation)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
+        """The family with cumulative bucket counts, sum and count, as `Histogram` exposes them."""
         with self._lock:
             cumulative = np.cumsum(self._counts).tolist()
             total = self._sum
@@ -348,6 +352,7 @@ class ServiceMetrics:
             self.evictions.labels(cause="ttl").inc(len(result.expired))
 
     def set_model(self, name: str, version: str, kind: str) -> None:
+        """Label ``sensorcast_model_info`` with the served model."""
         self.model_info.info({"name": name, "version": version, "kind": kind})
 
     def render(self) -> bytes:

@@ -77,10 +77,12 @@ class ModelRef:
 
     @property
     def onnx_path(self) -> Path:
+        """The version's ONNX graph file."""
         return self.directory / MODEL_FILE
 
     @property
     def card_path(self) -> Path:
+        """The version's model card file."""
         return self.directory / CARD_FILE
 
     def __str__(self) -> str:
@@ -124,6 +126,7 @@ class Registry:
         self.root = Path(root)
 
     def names(self) -> list[str]:
+        """Names of the models with at least one version, sorted."""
         return sorted(p.name for p in _visible_dirs(self.root) if self.versions(p.name))
 
     def versions(self, name: str) -> list[str]:
@@ -132,6 +135,9 @@ class Registry:
         return sorted(found, key=version_key)
 
     def resolve(self, name: str, version: str = LATEST) -> ModelRef:
+        """Where `name` at `version` (`LATEST`: the highest) lives; raises `RegistryError`
+        naming what the registry holds when there is no such model or version.
+        """
         versions = self.versions(name)
         if not versions:
             known = ", ".join(self.names()) or "none"
@@ -148,6 +154,7 @@ class Registry:
         return ModelRef(name, version, self.root / name / version)
 
     def resolve_spec(self, spec: str) -> ModelRef:
+        """`resolve` a ``NAME`` or ``NAME:VERSION`` spec; raises `RegistryError` as it does."""
         return self.resolve(*parse_model_spec(spec))
 
     def load(self, name: str, version: str = LATEST) -> LoadedModel:

@@ -70,6 +70,7 @@ class SimulatedSensors:
 
     @property
     def period(self) -> float:
+        """Seconds between steps (`DEFAULT_PERIOD` for a single step)."""
         return float(self.ts[1] - self.ts[0]) if len(self.ts) > 1 else DEFAULT_PERIOD
 
     def readings(self) -> Iterator[tuple[str, float, dict[str, float]]]:

@@ -1,7 +1,8 @@
 """``sensorcast train | evaluate | export``: the trainer's subcommands.
 
 Registered through the ``sensorcast.commands`` entry point; torch is imported only inside
-the handlers, so ``sensorcast --help`` stays fast.
+the handlers, so ``sensorcast --help`` stays fast. The ``train`` flags are built from the
+fields of `TrainConfig` (type, choices, default and help), so they cannot drift from it.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from training.config import TrainConfig, load_config
 from training.errors import TrainingConfigError
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
 
 __all__ = ["register"]
 
@@ -77,119 +83,47 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_cmd_export)
 
 
+# Where each TrainConfig field's flag is listed in ``sensorcast train --help``, in order. A
+# flag's type, choices, default and help all come from its field; a field missing here
+# still gets its flag, under "other".
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": (
+        "data", "features", "targets", "sort", "dedupe", "fill", "ts_unit", "n_streams",
+        "n_steps", "data_seed",
+    ),
+    "split and scoring": (
+        "val_start", "test_start", "test_end", "extra_tests", "variance_until", "ar_order",
+    ),
+    "model": ("kind", "horizon", "hidden", "layers", "dropout", "lags", "skip"),
+    "optimisation": (
+        "chunk", "burn_in", "batch_size", "lr", "weight_decay", "clip_norm", "loss_weights",
+        "lr_decay", "max_epochs", "patience", "refit_epochs", "seed",
+    ),
+    "output": ("name", "version"),
+}  # fmt: skip
+# Flags not spelled after their field.
+_FLAG_NAMES = {
+    "n_streams": "--streams",
+    "n_steps": "--steps",
+    "max_epochs": "--epochs",
+    "extra_tests": "--extra-test",
+}
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument(
+    fields = TrainConfig.model_fields
+    groups = {title: p.add_argument_group(title) for title in _SECTIONS}
+    groups["data"].add_argument(
         "--config", type=Path, help="YAML or JSON file of training options (flags override)"
     )
-    g.add_argument(
-        "--data", help="CSV or Parquet file, or a built-in: sunspots, synthetic (default)"
-    )
-    g.add_argument("--features", type=_names, help="comma-separated feature columns (default: all)")
-    g.add_argument(
-        "--targets", type=_names, help="comma-separated target columns (default: the features)"
-    )
-    g.add_argument(
-        "--sort",
-        action="store_true",
-        default=None,
-        help="sort unsorted timestamps instead of failing",
-    )
-    g.add_argument(
-        "--dedupe", choices=["first", "last"], help="keep one row per duplicate timestamp"
-    )
-    g.add_argument(
-        "--fill", choices=["ffill"], help="fill missing values from the previous reading"
-    )
-    g.add_argument(
-        "--ts-unit",
-        choices=["s", "ms", "us", "ns", "auto"],
-        help="unit of a numeric ts column, converted to seconds (auto: detect it; default s, "
-        "which refuses ms, us or ns); split boundaries stay in seconds",
-    )
-    g.add_argument(
-        "--streams", dest="n_streams", type=int, help="synthetic: number of streams (default 200)"
-    )
-    g.add_argument(
-        "--steps", dest="n_steps", type=int, help="synthetic: readings per stream (default 2000)"
-    )
-    g.add_argument("--data-seed", type=int, help="synthetic: simulator seed (default 0)")
-
-    g = p.add_argument_group("split and scoring")
-    g.add_argument(
-        "--val-start", help="first target time of the validation part (default: 70%% of the range)"
-    )
-    g.add_argument(
-        "--test-start", help="first target time of the test part (default: 85%% of the range)"
-    )
-    g.add_argument(
-        "--test-end", help="end (exclusive) of the test part (default: the end of the data)"
-    )
-    g.add_argument(
-        "--extra-test",
-        action="append",
-        metavar="NAME=START,END",
-        help="another scored period, e.g. test2=1956-01-01,1980-01-01 (repeatable)",
-    )
-    g.add_argument(
-        "--variance-until",
-        help="ARV divides by the target variance of rows before this time (default: --test-end)",
-    )
-    g.add_argument("--ar-order", type=int, help="order p of the AR(p) baseline (default 12)")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--kind", choices=["lstm", "gru", "rnn", "tdnn"], help="cell (default lstm)")
-    g.add_argument("--horizon", type=int, help="forecast steps ahead (default 1)")
-    g.add_argument("--hidden", type=int, help="hidden units per layer (default 64)")
-    g.add_argument("--layers", type=int, help="stacked layers (default 2)")
-    g.add_argument("--dropout", type=float, help="dropout between layers (default 0)")
-    g.add_argument(
-        "--lags",
-        type=_ints,
-        help="tdnn lags, comma-separated; 1 = current reading (default 1,2,3,6,12)",
-    )
-    g.add_argument(
-        "--skip",
-        action="store_true",
-        default=None,
-        help="a linear path from the inputs (the current reading, or the tdnn's lag taps) to the head",
-    )
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--chunk", type=int, help="truncated BPTT length in steps (default 32)")
-    g.add_argument(
-        "--burn-in",
-        type=int,
-        help="first steps of each stream left out of the loss; the card's warm-up (default 10)",
-    )
-    g.add_argument("--batch-size", type=int, help="streams carried side by side (default 32)")
-    g.add_argument("--lr", type=float, help="AdamW learning rate (default 3e-3)")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
-    g.add_argument("--clip-norm", type=float, help="gradient clipping by global norm (default 1.0)")
-    g.add_argument(
-        "--loss-weights",
-        choices=["equal", "persistence"],
-        help="equal: MSE in scaled units (default); persistence: each horizon step and target "
-        "weighted by 1 / persistence's MSE there on the training part",
-    )
-    g.add_argument(
-        "--lr-decay",
-        type=float,
-        help="multiply the learning rate by this after every epoch without a better "
-        "validation loss (default 1: constant)",
-    )
-    g.add_argument("--epochs", dest="max_epochs", type=int, help="maximum epochs (default 50)")
-    g.add_argument("--patience", type=int, help="early stopping patience in epochs (default 8)")
-    g.add_argument(
-        "--refit-epochs",
-        type=int,
-        help="after early stopping, train a fresh model on train+validation for this many epochs (default 0: off)",
-    )
-    g.add_argument("--seed", type=int, help="torch and sampling seed (default 0)")
-
-    g = p.add_argument_group("output")
-    g.add_argument("--name", help="model name in the registry (default: model)")
-    g.add_argument("--version", help="model version (default 1)")
+    listed = {name for names in _SECTIONS.values() for name in names}
+    others = [name for name in fields if name not in listed]
+    sections = [*_SECTIONS.items(), *([("other", tuple(others))] if others else [])]
+    for title, names in sections:
+        group = groups.get(title) or p.add_argument_group(title)
+        for name in names:
+            _add_field_flag(group, name, fields[name])
+    g = groups["output"]
     g.add_argument(
         "--registry", type=Path, default=Path("models"), help="registry folder (default: models)"
     )
@@ -197,21 +131,69 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-_NOT_CONFIG = {"config", "registry", "overwrite", "no_progress", "handler", "verbose", "extra_test"}
+def _add_field_flag(group: argparse._ArgumentGroup, name: str, info: FieldInfo) -> None:
+    """The flag of TrainConfig field `name`: its type or choices from the annotation, its
+    help from the description, and the field's default named in the help.
+
+    A flag left out is absent from the parsed arguments (SUPPRESS), so it overrides neither
+    the config file nor the field's default.
+    """
+    kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+    help_text = (info.description or "").replace("%", "%%")  # argparse %-formats help
+    hint = _optional_of(info.annotation)
+    if hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif get_origin(hint) is Literal:
+        kwargs["choices"] = get_args(hint)
+    elif hint in (int, float):
+        kwargs["type"] = hint
+    elif get_origin(hint) is list:
+        kwargs["type"] = _ints if get_args(hint) == (int,) else _names
+        kwargs["metavar"] = f"{name.removesuffix('s').upper()},..."
+    elif get_origin(hint) is dict:
+        kwargs.update(action="append", metavar="NAME=START,END")  # read by _train_values
+        help_text += " (repeatable)"
+    # anything else (str, or str | float for times) is passed on as text for TrainConfig
+    default = info.get_default(call_default_factory=True)
+    if default is not None and default != {}:
+        help_text += f" (default {_shown(default)})"
+    group.add_argument(
+        _FLAG_NAMES.get(name, "--" + name.replace("_", "-")), help=help_text, **kwargs
+    )
+
+
+def _optional_of(hint: Any) -> Any:
+    """``X | None`` -> ``X``; any other annotation as it is."""
+    if get_origin(hint) in (Union, UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _shown(default: object) -> str:
+    """A default as its flag would take it: ``1,2,3``, ``on``/``off``, ``0.003``."""
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, list):
+        return ",".join(str(v) for v in default)
+    return str(default)
+
+
+def _train_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Training options: the ``--config`` file's, overridden by the flags given."""
+    values: dict[str, Any] = _read_config_file(args.config) if args.config else {}
+    for key, value in vars(args).items():
+        if key in TrainConfig.model_fields:
+            values[key] = dict(map(_period, value)) if key == "extra_tests" else value
+    return values
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from training.config import load_config
     from training.evaluate import headline
     from training.pipeline import REPORT_FILE, train_and_export
 
-    values: dict[str, Any] = _read_config_file(args.config) if args.config else {}
-    for key, value in vars(args).items():
-        if key not in _NOT_CONFIG and value is not None:
-            values[key] = value
-    if args.extra_test:
-        values["extra_tests"] = dict(_period(text) for text in args.extra_test)
-    config = load_config(values)
+    config = load_config(_train_values(args))
     ref = train_and_export(
         config, args.registry, overwrite=args.overwrite, progress=not args.no_progress
     )

@@ -1,15 +1,25 @@
-"""The training configuration: saved in every card's provenance so a model can be rebuilt."""
+"""The training configuration: saved in every card's provenance so a model can be rebuilt.
+
+Each field's description is also the help of its ``sensorcast train`` flag (training/cli.py
+builds the flags from the fields), so this module imports no torch: ``sensorcast --help``
+stays fast.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from training.errors import TrainingConfigError
-from training.models import KINDS, ModelConfig
 
-__all__ = ["TrainConfig", "load_config"]
+if TYPE_CHECKING:
+    from training.models import ModelConfig
+
+__all__ = ["CellKind", "TrainConfig", "load_config"]
+
+CellKind = Literal["lstm", "gru", "rnn", "tdnn"]
+"""The forecasting cells of training/models.py."""
 
 
 class TrainConfig(BaseModel):
@@ -23,45 +33,85 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # model identity
-    name: str = "model"
-    version: str = "1"
+    name: str = Field(default="model", description="model name in the registry")
+    version: str = Field(default="1", description="model version")
     # data
-    data: str = "synthetic"
-    features: list[str] | None = None
-    targets: list[str] | None = None
-    sort: bool = False
-    dedupe: str | None = None
-    fill: str | None = None
+    data: str = Field(
+        default="synthetic", description="CSV or Parquet file, or a built-in: sunspots, synthetic"
+    )
+    features: list[str] | None = Field(default=None, description="feature columns (default: all)")
+    targets: list[str] | None = Field(
+        default=None, description="target columns (default: the features)"
+    )
+    sort: bool = Field(default=False, description="sort unsorted timestamps instead of failing")
+    dedupe: Literal["first", "last"] | None = Field(
+        default=None,
+        description="keep the first or the last row of each duplicate timestamp "
+        "(default: fail on one)",
+    )
+    fill: Literal["ffill"] | None = Field(
+        default=None,
+        description="fill missing values from the previous reading (default: fail on one)",
+    )
     ts_unit: Literal["s", "ms", "us", "ns", "auto"] = Field(
         default="s",
-        description="unit of a numeric ts column (auto: detect it); the model works in seconds",
+        description="unit of a numeric ts column, converted to seconds (auto: detect it; s "
+        "refuses stamps that look like ms, us or ns); split boundaries stay in seconds",
     )
-    n_streams: int = Field(default=200, ge=1)
-    n_steps: int = Field(default=2000, ge=2)
-    data_seed: int = 0
+    n_streams: int = Field(default=200, ge=1, description="synthetic: number of streams")
+    n_steps: int = Field(default=2000, ge=2, description="synthetic: readings per stream")
+    data_seed: int = Field(default=0, description="synthetic: simulator seed")
     # split
-    val_start: str | float | None = None
-    test_start: str | float | None = None
-    test_end: str | float | None = None
-    extra_tests: dict[str, tuple[str | float, str | float]] = Field(default_factory=dict)
-    variance_until: str | float | None = None
+    val_start: str | float | None = Field(
+        default=None,
+        description="first target time of the validation part (default: 70% of the range)",
+    )
+    test_start: str | float | None = Field(
+        default=None, description="first target time of the test part (default: 85% of the range)"
+    )
+    test_end: str | float | None = Field(
+        default=None,
+        description="end (exclusive) of the test part (default: the end of the data)",
+    )
+    extra_tests: dict[str, tuple[str | float, str | float]] = Field(
+        default_factory=dict,
+        description="other periods to score, each a name with its start and end, e.g. "
+        "test2=1956-01-01,1980-01-01",
+    )
+    variance_until: str | float | None = Field(
+        default=None,
+        description="ARV divides by the target variance of rows before this time "
+        "(default: the end of the test part)",
+    )
     # model
-    kind: str = "lstm"
-    horizon: int = Field(default=1, ge=1)
-    hidden: int = Field(default=64, ge=1)
-    layers: int = Field(default=2, ge=1)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    lags: list[int] = Field(default_factory=lambda: [1, 2, 3, 6, 12])
-    skip: bool = Field(default=False, description="a linear path from the inputs to the head")
+    kind: CellKind = Field(
+        default="lstm",
+        description="cell: lstm, gru, rnn (Elman) or tdnn (an MLP on lagged readings)",
+    )
+    horizon: int = Field(default=1, ge=1, description="forecast steps ahead")
+    hidden: int = Field(default=64, ge=1, description="hidden units per layer")
+    layers: int = Field(default=2, ge=1, description="stacked layers")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout between layers")
+    lags: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 6, 12],
+        description="tdnn lags; 1 = the current reading",
+    )
+    skip: bool = Field(
+        default=False,
+        description="a linear path from the inputs (the current reading, or the tdnn's lag "
+        "taps) to the head",
+    )
     # optimisation
     chunk: int = Field(default=32, ge=1, description="truncated BPTT length in steps")
     burn_in: int = Field(
-        default=10, ge=0, description="first steps of each stream left out of the loss"
+        default=10,
+        ge=0,
+        description="first steps of each stream left out of the loss; the card's warm-up",
     )
     batch_size: int = Field(default=32, ge=1, description="streams carried side by side")
-    lr: float = Field(default=3e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    clip_norm: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=3e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
+    clip_norm: float = Field(default=1.0, gt=0, description="gradient clipping by global norm")
     loss_weights: Literal["equal", "persistence"] = Field(
         default="equal",
         description="equal: plain MSE in scaled units; persistence: each horizon step and "
@@ -73,27 +123,29 @@ class TrainConfig(BaseModel):
         gt=0,
         le=1,
         description="multiply the learning rate by this after every epoch that does not "
-        "improve the validation loss (1: constant)",
+        "improve the validation loss; 1 keeps it constant",
     )
-    max_epochs: int = Field(default=50, ge=1)
-    patience: int = Field(default=8, ge=1)
+    max_epochs: int = Field(default=50, ge=1, description="maximum epochs")
+    patience: int = Field(default=8, ge=1, description="early stopping patience in epochs")
     refit_epochs: int = Field(
         default=0,
         ge=0,
-        description="after early stopping, retrain on train+val for this many epochs",
+        description="after early stopping, train a fresh model on train+validation for this "
+        "many epochs; 0 turns the refit off",
     )
-    seed: int = 0
-    ar_order: int = Field(default=12, ge=1, description="order of the AR baseline")
+    seed: int = Field(default=0, description="torch and sampling seed")
+    ar_order: int = Field(default=12, ge=1, description="order p of the AR(p) baseline")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.kind == "tdnn" and (not self.lags or min(self.lags) < 1):
             raise ValueError(f"lags must be integers >= 1, got {self.lags}")
         return self
 
     def model_config_for(self, n_features: int, n_targets: int) -> ModelConfig:
+        """The architecture of this run for a table of `n_features` and `n_targets` columns."""
+        from training.models import ModelConfig
+
         return ModelConfig(
             kind=self.kind,
             n_features=n_features,

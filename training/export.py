@@ -11,7 +11,7 @@ and the plots join them before the folder is renamed into place.
 
 from __future__ import annotations
 
-import io
+import tempfile
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,16 +24,14 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from service.golden import GoldenTensor, GoldenVectors, StepFunction
 from service.modelcard import (
     INPUT_NAME,
     OUTPUT_NAME,
-    GoldenTensor,
-    GoldenVectors,
     ModelCard,
     Provenance,
     ScalerSet,
     StateSpec,
-    StepFunction,
 )
 from service.registry import write_model
 from training.data import Dataset, Series, Splits
@@ -82,21 +80,23 @@ def export_onnx(model: Forecaster) -> onnx.ModelProto:
     for spec in specs:
         dynamic[spec.name] = {spec.batch_axis: "batch"}
         dynamic[spec.output_name] = {spec.batch_axis: "batch"}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The tracer warns about batch_first RNNs and shape arithmetic it handles correctly.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            example,
-            buffer,
-            input_names=[INPUT_NAME, *(s.name for s in specs)],
-            output_names=[OUTPUT_NAME, *(s.output_name for s in specs)],
-            dynamic_axes=dynamic,
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    graph = onnx.load_model_from_string(buffer.getvalue())
+    # torch.onnx.export takes a path (its signature names no file-like object).
+    with tempfile.TemporaryDirectory(prefix="sensorcast-export-") as folder:
+        path = str(Path(folder) / "model.onnx")
+        with warnings.catch_warnings():
+            # The tracer warns about batch_first RNNs and shape arithmetic it handles correctly.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                example,
+                path,
+                input_names=[INPUT_NAME, *(s.name for s in specs)],
+                output_names=[OUTPUT_NAME, *(s.output_name for s in specs)],
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        graph = onnx.load_model(path)
     onnx.checker.check_model(graph)
     return graph
 

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import abc
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
 
 from service.modelcard import StateSpec
+from training.config import CellKind
 from training.errors import TrainingConfigError
 
 __all__ = ["KINDS", "Forecaster", "ModelConfig", "build_model"]
 
-KINDS = ("lstm", "gru", "rnn", "tdnn")
+# Named in the torch-free config, so the CLI lists them without importing torch.
+KINDS: tuple[str, ...] = get_args(CellKind)
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class Forecaster(nn.Module, abc.ABC):
         return torch.cat([hidden, inputs], dim=-1) if self.config.skip else hidden
 
     def _head_output(self, head: nn.Linear, features: Tensor) -> Tensor:
-        y = head(features)
+        y: Tensor = head(features)
         return y.reshape(y.shape[0], y.shape[1], self.config.horizon, self.config.n_targets)
 
 

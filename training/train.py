@@ -247,7 +247,7 @@ def run_epoch(
         first = int(rng.integers(1, config.chunk + 1))
         for x, y, mask in make_chunks(batch, config.chunk, first):
             pred, *states = model(x, *states)
-            states = [s.detach() for s in states]  # truncate BPTT at the chunk edge
+            states = tuple(s.detach() for s in states)  # truncate BPTT at the chunk edge
             if not mask.any():
                 continue
             loss = masked_mse(pred, y, mask, cell_weights)

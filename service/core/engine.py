@@ -176,6 +176,7 @@ class EngineStats:
     model_seconds: float = 0.0
 
     def add(self, result: EngineResult | BatchResult, readings: int) -> None:
+        """Count one call's `result`, which applied `readings` readings."""
         self.readings += readings
         self.forecasts += len(result.forecasts)
         for reject in result.rejects:

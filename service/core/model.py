@@ -36,7 +36,8 @@ class StepModel(Protocol):
 
     def step(
         self, x: np.ndarray, states: Sequence[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray]]: ...
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run `x` through the model from `states`; returns ``y`` and the new states, as above."""
 
 
 class OnnxStepModel:
@@ -97,6 +98,7 @@ class OnnxStepModel:
     def step(
         self, x: np.ndarray, states: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One onnxruntime call, as `StepModel.step` says; raises `InferenceError` when it fails."""
         feed = dict(zip(self._state_names, states, strict=True))
         feed[INPUT_NAME] = x
         try:

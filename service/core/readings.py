@@ -179,6 +179,7 @@ class ForecastBatch:
 
     @classmethod
     def empty(cls, horizon: int, n_targets: int, period: float) -> ForecastBatch:
+        """No forecasts, with `values` shaped ``[0, horizon, n_targets]``; `period` in seconds."""
         return cls(
             [],
             np.empty(0, np.float64),

@@ -160,6 +160,7 @@ class StateStore:
 
     @property
     def capacity(self) -> int:
+        """Slots allocated now, held or free; `ensure` grows it by `growth` (up to `max_streams`)."""
         return self._capacity
 
     @property
@@ -257,6 +258,7 @@ class StateStore:
     # -- slots --------------------------------------------------------------------------
 
     def slot_of(self, stream_id: str) -> int | None:
+        """The slot of `stream_id`, or None when it holds no state; touches nothing."""
         return self._index.get(stream_id)
 
     def slots_of(self, stream_ids: Sequence[str]) -> np.ndarray:
@@ -297,6 +299,7 @@ class StateStore:
         return rows if (rows["last_used"] == ticks).all() else None
 
     def ids(self) -> list[str]:
+        """The id of every stream holding state."""
         return list(self._index)
 
     def ensure(
@@ -565,18 +568,23 @@ class StateStore:
     # -- per-stream metadata (vectorised reads for the engine) --------------------------
 
     def last_ts_at(self, slots: np.ndarray) -> np.ndarray:
+        """Each slot's last applied reading time, float64 epoch seconds."""
         return np.asarray(self._last_ts[slots])
 
     def steps_at(self, slots: np.ndarray) -> np.ndarray:
+        """Each slot's readings applied since its state was last reset, int64."""
         return np.asarray(self._steps[slots])
 
     def applied_offset_at(self, slots: np.ndarray) -> np.ndarray:
+        """Each slot's source offset of its last applied reading, int64 (-1: none yet)."""
         return np.asarray(self._applied[slots])
 
     def last_values_at(self, slots: np.ndarray) -> np.ndarray:
+        """Each slot's last raw feature values, float32 ``[n, n_last_values]`` (NaN: never seen)."""
         return np.asarray(self._last_values[slots])
 
     def info(self, stream_id: str) -> StreamInfo | None:
+        """What the store keeps about `stream_id` besides its tensors, or None when it holds none."""
         slot = self._index.get(stream_id)
         if slot is None:
             return None
@@ -605,6 +613,8 @@ class StateStore:
         return {s for s in ids if s is not None}
 
     def clear_dirty(self, stream_ids: Iterable[str]) -> None:
+        """Mark streams unchanged since their state was written; streams no longer held are
+        skipped."""
         slots = [self._index[s] for s in stream_ids if s in self._index]
         self._dirty[np.asarray(slots, np.int64)] = False
 

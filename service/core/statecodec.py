@@ -58,6 +58,7 @@ class RecordLayout:
     n_last_values: int
 
     def record_bytes(self, dtype: np.dtype[np.floating]) -> int:
+        """Bytes of one encoded record with tensors at `dtype`, header included."""
         return _HEADER.size + sum(self.sizes) * dtype.itemsize + self.n_last_values * 4
 
 

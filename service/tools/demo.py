@@ -51,6 +51,13 @@ _PARTITIONS = 4
 
 @dataclass(frozen=True)
 class DemoOptions:
+    """What `run_demo` runs: `streams` simulated at `rate` readings per second for
+    `duration` seconds (None: until Ctrl-C), the service's metrics on `http_port` (0: any
+    free), `model` (``NAME`` or ``NAME:VERSION``) from `registry` (None: ./models if there
+    is one, else the shipped models), the simulator's `seed`, and `rows` streams shown in
+    the table.
+    """
+
     streams: int = 500
     rate: float = 2500.0
     duration: float | None = None

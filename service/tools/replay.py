@@ -47,11 +47,14 @@ class Producer(Protocol):
 
 @dataclass(frozen=True)
 class ReplayStats:
+    """How many readings a replay sent and in how many seconds (monotonic clock)."""
+
     sent: int
     seconds: float
 
     @property
     def per_second(self) -> float:
+        """Readings sent per second (0 when no time passed)."""
         return self.sent / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -160,12 +163,7 @@ def replay(
             if on_sent is not None:
                 on_sent(n)
             if rate:
-                wait = started + sent / rate - time.monotonic()
-                if wait > 0:
-                    if stop is not None:
-                        stop.wait(wait)
-                    else:
-                        time.sleep(wait)
+                _pace(started, sent, rate, stop)
     except KafkaError as exc:  # the broker went away: the send buffer filled and timed out
         raise ReplayError(f"sending to {topic} failed after {sent} readings: {exc}") from exc
     finally:
@@ -186,3 +184,15 @@ def replay(
         sent / seconds if seconds else 0.0,
     )
     return ReplayStats(sent, seconds)
+
+
+def _pace(started: float, sent: int, rate: float, stop: threading.Event | None) -> None:
+    """Wait until `sent` readings are due at `rate` per second from `started` (monotonic
+    seconds); a set `stop` ends the wait early."""
+    wait = started + sent / rate - time.monotonic()
+    if wait <= 0:
+        return
+    if stop is not None:
+        stop.wait(wait)
+    else:
+        time.sleep(wait)

@@ -80,10 +80,14 @@ class Scoreboard:
         return np.asarray(self._sim.values[i, step, self._target_cols], dtype=np.float64)
 
     def on_sent(self, n: int) -> None:
+        """Count `n` readings sent (the replay's `on_sent`)."""
         with self._lock:
             self.sent.count += n
 
     def on_forecast(self, view: ForecastView) -> None:
+        """Record a forecast for the table and score its next step against the simulated
+        actual value (warm forecasts only).
+        """
         if not view.horizon_ts:
             return
         target_ts = view.horizon_ts[0]
@@ -121,6 +125,9 @@ class Scoreboard:
             ]
 
     def status_line(self) -> str:
+        """Readings sent, forecasts received, each with its rate per second, and the
+        difference (in flight).
+        """
         with self._lock:
             self.sent.tick()
             self.received.tick()

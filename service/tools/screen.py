@@ -21,9 +21,13 @@ class Screen:
 
     @property
     def width(self) -> int:
+        """Columns to draw in: the terminal's, or 100 when not on one."""
         return shutil.get_terminal_size().columns if self.tty else 100
 
     def show(self, header: list[str], body: list[str], status: str) -> None:
+        """Redraw `header`, `status` and as much of `body` as fits; off a terminal print only
+        `status`, at most once every `plain_every` seconds.
+        """
         if self.tty:
             size = shutil.get_terminal_size()
             lines = [*header, status, "", *body][: max(1, size.lines - 1)]
@@ -35,4 +39,5 @@ class Screen:
             self.message(status)
 
     def message(self, text: str) -> None:
+        """Print `text` as a line of its own, now."""
         print(text, file=self.out, flush=True)

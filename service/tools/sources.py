@@ -43,6 +43,7 @@ class ReadingTable:
 
     @property
     def n_streams(self) -> int:
+        """Distinct streams in the table."""
         return len(set(self.stream_ids))
 
     def readings(self) -> Iterator[tuple[str, float, dict[str, float]]]:

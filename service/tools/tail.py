@@ -38,6 +38,12 @@ class TailError(SensorcastError):
 
 @dataclass(frozen=True, slots=True)
 class ForecastView:
+    """One forecast message: the stream, the time `ts` of the reading it was made from
+    (epoch seconds), the model as ``name:version``, `forecast[target][k]` in original
+    units for `horizon_ts[k]`, whether the stream was `warm`, and the `partition` and
+    `offset` of the reading (-1 when the message lacks them).
+    """
+
     stream_id: str
     ts: float
     model: str

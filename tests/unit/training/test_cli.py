@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ import pytest
 
 from service.cli import main
 from service.registry import Registry
+from training.cli import _train_values, register
+from training.config import TrainConfig, load_config
 
 TINY = [
     "--streams", "4", "--steps", "160", "--hidden", "6", "--layers", "1", "--horizon", "2",
@@ -122,3 +126,55 @@ def test_train_evaluate_export(capsys: pytest.CaptureFixture[str], tmp_path: Pat
         ["export", str(model_dir), "--version", "2", "--registry", str(tmp_path)],
         "already exists",
     )
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    sub = argparse.ArgumentParser(prog="sensorcast").add_subparsers()
+    register(sub)
+    return sub.choices["train"]
+
+
+def test_every_config_field_has_a_flag_with_its_default_and_description() -> None:
+    parser = _train_parser()
+    flags = {action.dest: action for action in parser._actions}
+    for name, info in TrainConfig.model_fields.items():
+        action = flags[name]
+        # a flag left out overrides neither the --config file nor the field's default
+        assert action.default is argparse.SUPPRESS, name
+        assert info.description, name
+        assert action.help is not None and info.description.replace("%", "%%") in action.help
+        default = info.get_default(call_default_factory=True)
+        shown = re.search(r" \(default ([^():]+)\)$", action.help)
+        if default is None:  # the description says what happens when it is unset
+            assert "(default: " in info.description and shown is None, name
+            continue
+        if default == {}:
+            assert shown is None, name
+            continue
+        assert shown is not None, (name, action.help)
+        # the default the help names, given to the flag, is the field's default
+        text = shown.group(1)
+        if isinstance(default, bool):
+            assert text == ("on" if default else "off"), name
+            argv = [action.option_strings[0 if default else 1]]  # --skip, --no-skip
+        else:
+            argv = [action.option_strings[0], text]
+        assert getattr(parser.parse_args(argv), name) == default, (name, argv)
+
+
+def test_train_flags_override_the_config_file_and_nothing_else(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("kind: gru\nseed: 3\nskip: true\nextra_tests: {old: [1, 2]}\n")
+    args = _train_parser().parse_args(
+        ["--config", str(config), "--seed", "4", "--no-skip", "--streams", "9", "--lags", "1,4",
+         "--extra-test", "a=1,2", "--extra-test", "b=3,4", "--registry", str(tmp_path)]
+    )  # fmt: skip
+    assert _train_values(args) == {
+        "kind": "gru",
+        "seed": 4,
+        "skip": False,
+        "n_streams": 9,
+        "lags": [1, 4],
+        "extra_tests": {"a": ("1", "2"), "b": ("3", "4")},
+    }
+    assert load_config(_train_values(_train_parser().parse_args([]))) == TrainConfig()
