@@ -312,8 +312,7 @@ class Service:
             self._apply_moves()
             if records:
                 self._process(records)
-            else:
-                self._dead_letter_events()
+            self._dead_letter_events()
             if self._queued is not None:
                 self._send_queued_slice()
             if time.monotonic() >= self._next_checkpoint:
@@ -392,7 +391,6 @@ class Service:
             " truncated" if letter.truncated else "",
             detail,
         )
-        self._dead_letter_events()
 
     def _dead_letter_events(self) -> None:
         """Count and log the dead letters the broker refused for good (see
@@ -423,30 +421,38 @@ class Service:
         drops: list[tuple[int, DropReason]],
         records: Sequence[RawRecord],
     ) -> None:
-        """Log dropped readings (rate-limited, see `DropLog`) and, with
+        """Log dropped readings, one line per reason when due (see `DropLog`), and, with
         ``kafka.dead_letter_late``, copy the late and duplicate ones to the dead-letter topic."""
-        assert self._engine is not None
-        store = self._engine.store
-        to_dead_letter = self.settings.kafka.dead_letter_late
-        by_position = {(r.partition, r.offset): r for r in records} if to_dead_letter else {}
+        rows_of: dict[DropReason, list[int]] = {}
         for row, reason in drops:
-            sid = batch.stream_ids[row]
-            partition, offset = int(batch.partitions[row]), int(batch.offsets[row])
-            ts = float(batch.ts[row])
-            copy = to_dead_letter and reason is not DropReason.ALREADY_APPLIED
-            if not copy and not self._drop_log.due(reason):
-                self._drop_log.count(reason)
-                continue
-            info = store.info(sid)
-            last_ts = info.last_ts if info is not None else float("nan")
-            detail = (
-                f"ts {ts:.3f} is not after the stream's last applied reading's {last_ts:.3f}"
-                if reason is not DropReason.ALREADY_APPLIED
-                else f"offset {offset} is already in the stream's state"
-            )
-            if copy:
-                self._send_dead_letter(by_position[(partition, offset)], str(reason), detail)
-            self._drop_log.log(reason, sid, partition, offset, detail)
+            rows_of.setdefault(reason, []).append(row)
+        copy_late = self.settings.kafka.dead_letter_late
+        by_position = {(r.partition, r.offset): r for r in records} if copy_late else {}
+        for reason, rows in rows_of.items():
+            if copy_late and reason is not DropReason.ALREADY_APPLIED:
+                for row in rows:
+                    record = by_position[(int(batch.partitions[row]), int(batch.offsets[row]))]
+                    self._send_dead_letter(
+                        record, str(reason), self._drop_detail(batch, row, reason)
+                    )
+            if self._drop_log.due(reason, len(rows)):
+                row = rows[0]
+                self._drop_log.log(
+                    reason,
+                    batch.stream_ids[row],
+                    int(batch.partitions[row]),
+                    int(batch.offsets[row]),
+                    self._drop_detail(batch, row, reason),
+                )
+
+    def _drop_detail(self, batch: ReadingBatch, row: int, reason: DropReason) -> str:
+        """Why `row` of `batch` was dropped, against its stream's state now."""
+        assert self._engine is not None
+        if reason is DropReason.ALREADY_APPLIED:
+            return f"offset {int(batch.offsets[row])} is already in the stream's state"
+        info = self._engine.store.info(batch.stream_ids[row])
+        last_ts = info.last_ts if info is not None else float("nan")
+        return f"ts {float(batch.ts[row]):.3f} is not after the stream's last applied {last_ts:.3f}"
 
     # -- checkpoints -----------------------------------------------------------------------
 

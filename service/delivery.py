@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from service.config import KafkaSettings
 from service.errors import SinkError
@@ -30,6 +30,7 @@ __all__ = [
     "DeadLetterEvent",
     "DeadLetterEvents",
     "DeliveringSink",
+    "OutRecord",
     "QueueFull",
     "RecordRefused",
     "max_request_bytes",
@@ -38,8 +39,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
-# topic, key, value, headers, partition (None: by the key's hash), why its delivery failed
-_Failed = tuple[str, bytes | None, bytes | None, Headers | None, int | None, object]
+
+
+class OutRecord(NamedTuple):
+    """A record for the forecast or dead-letter topic; `partition` None: by the key's hash."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None
+    partition: int | None
+
+
 _RESEND_PAUSE = 0.1  # seconds between rounds of re-sending failed records
 
 
@@ -96,20 +107,14 @@ class DeliveringSink(ABC):
     def __init__(self, forecast_topic: str, dead_letter_topic: str) -> None:
         self.forecast_topic = forecast_topic
         self.dead_letter_topic = dead_letter_topic
-        self._failed: deque[_Failed] = deque()
+        # records whose delivery failed, with why, for `flush` to send again
+        self._failed: deque[tuple[OutRecord, object]] = deque()
         self._refusals = DeadLetterEvents()
 
     # -- what an adapter implements --------------------------------------------------------
 
     @abstractmethod
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers | None,
-        partition: int | None,
-    ) -> None:
+    def _produce(self, record: OutRecord) -> None:
         """Queue one record; raise `QueueFull` or `RecordRefused`, or `SinkError` when the
         client cannot send at all."""
 
@@ -124,17 +129,9 @@ class DeliveringSink(ABC):
         """Whether a failed delivery may succeed if sent again (a broker unreachable, a leader
         moving) rather than being refused for good (too large, not authorised)."""
 
-    def _delivery_failed(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers | None,
-        partition: int | None,
-        error: object,
-    ) -> None:
+    def _delivery_failed(self, record: OutRecord, error: object) -> None:
         """Keep a record whose delivery failed, for `flush` (safe from any thread)."""
-        self._failed.append((topic, key, value, headers, partition, error))
+        self._failed.append((record, error))
 
     # -- the sink --------------------------------------------------------------------------
 
@@ -145,7 +142,7 @@ class DeliveringSink(ABC):
             value = b""  # a record needs a key or a value
         while True:
             try:
-                self._send(self.dead_letter_topic, key, value, headers, None)
+                self._send(OutRecord(self.dead_letter_topic, key, value, headers, None))
                 return
             except RecordRefused as exc:
                 smaller = self._refusals.refused(key, value, headers, str(exc))
@@ -157,20 +154,13 @@ class DeliveringSink(ABC):
         """Dead letters refused for good since the last call (sent smaller, or lost)."""
         return self._refusals.take()
 
-    def _send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers | None,
-        partition: int | None,
-    ) -> None:
+    def _send(self, record: OutRecord) -> None:
         try:
-            self._produce(topic, key, value, headers, partition)
+            self._produce(record)
         except QueueFull as exc:
             # The buffer stayed full or the topic's metadata is unknown (broker unreachable):
             # keep the record; `flush` sends it again, and fails the checkpoint meanwhile.
-            self._failed.append((topic, key, value, headers, partition, exc))
+            self._failed.append((record, exc))
 
     def flush(self, timeout: float) -> None:
         """Block until every record sent so far is acknowledged, re-sending failed ones.
@@ -188,7 +178,7 @@ class DeliveringSink(ABC):
             if not self._failed:
                 return
             n = len(self._failed)
-            first = self._failed[0][5]
+            first = self._failed[0][1]
             if time.monotonic() >= deadline:
                 raise SinkError(
                     f"{n} records failed delivery and time ran out; last error: {first}"
@@ -196,14 +186,20 @@ class DeliveringSink(ABC):
             log.warning("delivery failed, sending again records=%d error=%s", n, first)
             time.sleep(min(_RESEND_PAUSE, max(0.0, deadline - time.monotonic())))
             for _ in range(n):
-                topic, key, value, headers, partition, error = self._failed.popleft()
-                if topic == self.dead_letter_topic and not self._retriable(error):
-                    smaller = self._refusals.refused(key, value, headers, str(error))
-                    if smaller is not None:
-                        self.send_dead_letter(smaller.key, smaller.value, smaller.headers)
-                    continue
-                try:
-                    self._send(topic, key, value, headers, partition)
-                except RecordRefused as exc:
-                    self._failed.append((topic, key, value, headers, partition, exc))
-                    raise SinkError(f"cannot send to {topic}: {exc}") from exc
+                self._resend(*self._failed.popleft())
+
+    def _resend(self, record: OutRecord, error: object) -> None:
+        """Send a failed record again; a dead letter refused for good goes smaller instead."""
+        if record.topic != self.dead_letter_topic:
+            try:
+                self._send(record)
+            except RecordRefused:
+                self._failed.append((record, error))
+                raise
+            return
+        if self._retriable(error):
+            self.send_dead_letter(record.key, record.value, record.headers or [])
+            return
+        smaller = self._refusals.refused(record.key, record.value, record.headers, str(error))
+        if smaller is not None:
+            self.send_dead_letter(smaller.key, smaller.value, smaller.headers)

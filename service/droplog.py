@@ -20,8 +20,8 @@ log = logging.getLogger("service.drops")
 
 
 class DropLog:
-    """Rate-limited drop lines: `due` says whether a reason may log now; `log` writes the
-    line (with the drops `count`-ed since the last), `count` only counts."""
+    """Rate-limited drop lines: `due` counts drops and says whether their reason may log
+    now; `log` writes the line, with the drops counted since the last one."""
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
@@ -29,32 +29,26 @@ class DropLog:
         self._next: dict[DropReason, float] = {}
         self._since: dict[DropReason, int] = {}
 
-    def due(self, reason: DropReason) -> bool:
-        """Whether a line about `reason` may be logged now."""
+    def due(self, reason: DropReason, n: int = 1) -> bool:
+        """Count `n` drops of `reason`; whether a line about it may be logged now."""
+        self._since[reason] = self._since.get(reason, 0) + n
         return self._clock() >= self._next.get(reason, float("-inf"))
-
-    def count(self, reason: DropReason) -> None:
-        """Count a drop of `reason` for the next line, without logging."""
-        self._since[reason] = self._since.get(reason, 0) + 1
 
     def log(
         self, reason: DropReason, stream_id: str, partition: int, offset: int, detail: str
     ) -> None:
-        """Log this drop if the reason's line is due (else only count it)."""
-        if not self.due(reason):
-            self.count(reason)
-            return
-        others = self._since.pop(reason, 0)
+        """Log one of the drops counted by `due`, with how many there were since the last line."""
+        dropped = self._since.pop(reason, 0)
         self._next[reason] = self._clock() + self.interval
         level = logging.INFO if reason is DropReason.ALREADY_APPLIED else logging.WARNING
         log.log(
             level,
-            "reading dropped reason=%s stream=%s partition=%d offset=%d detail=%s "
+            "readings dropped reason=%s stream=%s partition=%d offset=%d detail=%s "
             "dropped_since_last_line=%d",
             reason,
             stream_id,
             partition,
             offset,
             detail,
-            others,
+            dropped,
         )

@@ -14,7 +14,13 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from service.config import KafkaSettings
-from service.delivery import DeliveringSink, Headers, QueueFull, RecordRefused, max_request_bytes
+from service.delivery import (
+    DeliveringSink,
+    OutRecord,
+    QueueFull,
+    RecordRefused,
+    max_request_bytes,
+)
 
 __all__ = ["MAX_BLOCK_MS", "KafkaSink"]
 
@@ -46,16 +52,10 @@ class KafkaSink(DeliveringSink):
     def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
         """Send a forecast keyed by its stream; `partition` skips the key hash when the
         output topic mirrors the input's partitions."""
-        self._send(self.forecast_topic, stream_id.encode(), value, None, partition)
+        self._send(OutRecord(self.forecast_topic, stream_id.encode(), value, None, partition))
 
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers | None,
-        partition: int | None,
-    ) -> None:
+    def _produce(self, record: OutRecord) -> None:
+        topic, key, value, headers, partition = record
         try:
             future = self._producer.send(
                 topic, key=key, value=value, headers=headers, partition=partition
@@ -64,7 +64,7 @@ class KafkaSink(DeliveringSink):
             raise QueueFull(str(exc)) from exc
         except KafkaError as exc:  # MessageSizeTooLargeError, for one
             raise RecordRefused(repr(exc)) from exc
-        future.add_errback(self._delivery_failed, topic, key, value, headers, partition)
+        future.add_errback(self._delivery_failed, record)
 
     def _deliver(self, timeout: float) -> int | None:
         try:

@@ -16,7 +16,14 @@ from typing import Any, cast
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from service.config import KafkaSettings
-from service.delivery import DeliveringSink, Headers, QueueFull, RecordRefused, max_request_bytes
+from service.delivery import (
+    DeliveringSink,
+    Headers,
+    OutRecord,
+    QueueFull,
+    RecordRefused,
+    max_request_bytes,
+)
 from service.errors import SinkError
 from service.kafka.confluent.config import base_config, describe
 
@@ -73,16 +80,10 @@ class ConfluentSink(DeliveringSink):
                 self.forecast_topic, value, key, _ANY_PARTITION if partition is None else partition
             )
         except (BufferError, KafkaException):
-            self._send(self.forecast_topic, key, value, None, partition)
+            self._send(OutRecord(self.forecast_topic, key, value, None, partition))
 
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers | None,
-        partition: int | None,
-    ) -> None:
+    def _produce(self, record: OutRecord) -> None:
+        topic, key, value, headers, partition = record
         target = _ANY_PARTITION if partition is None else partition
         try:
             self._queue(topic, value, key, target, headers=headers)
@@ -100,14 +101,14 @@ class ConfluentSink(DeliveringSink):
         if err is None:
             return
         partition = msg.partition()
-        self._delivery_failed(
+        record = OutRecord(
             msg.topic() or "",
             msg.key(),
             msg.value(),
             cast(Headers | None, msg.headers()),
             partition if partition is not None and partition >= 0 else None,
-            err,
         )
+        self._delivery_failed(record, err)
 
     def _deliver(self, timeout: float) -> int | None:
         left: int = self._producer.flush(timeout)

@@ -200,3 +200,28 @@ def test_a_forecast_refused_is_still_sent_again() -> None:
     sink.flush(2.0)
     assert [r["key"] for r in producer.acked] == [b"pump-2"]
     assert sink.take_dead_letter_events() == []
+
+
+def test_a_dead_letter_refused_on_its_resend_is_sent_smaller_not_retried_forever() -> None:
+    class LeaderMovesThenLimitShrinks(FakeProducer):
+        """The first delivery fails with a retriable error; by the resend the producer's
+        limit has dropped below the record (a reconfigured client, a smaller batch)."""
+
+        def __init__(self) -> None:
+            super().__init__(fail_first=1)
+            self.limit = 1 << 30
+
+        def send(self, topic: str, **record: Any) -> Future:
+            if len(record.get("value") or b"") > self.limit:
+                raise MessageSizeTooLargeError("over max_request_size")
+            future = super().send(topic, **record)
+            self.limit = 100_000
+            return future
+
+    producer = LeaderMovesThenLimitShrinks()
+    sink = _sink(producer)
+    sink.send_dead_letter(b"pump-1", b"v" * 500_000, HEADERS)
+    sink.flush(2.0)
+    (letter,) = producer.acked
+    assert len(letter["value"]) == 500_000 // 16
+    assert [e.outcome for e in sink.take_dead_letter_events()] == ["shrunk"]
