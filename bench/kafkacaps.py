@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from service.codec import ForecastEncoder
 from service.core.readings import ForecastBatch
-from service.kafka.codec import ForecastEncoder
 from service.registry import Registry
 from service.simulate import stream_id
 

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import numpy as np
 
@@ -37,23 +38,28 @@ __all__ = ["main", "run_naive", "run_transport", "run_transport_confluent"]
 
 
 class _Handler:
-    """Rebalance handler of the transport pipeline: flushes before a revoke, like the service."""
+    """Rebalance handler of the transport pipeline: flushes before a revoke and commits what
+    was processed, like the service."""
 
     def __init__(self) -> None:
-        self.sink: object | None = None
+        self.sink: Any = None
+        self.offsets: Any = None
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         if partitions:
             print("assigned", flush=True)
 
-    def flush_before_revoke(self, partitions: set[int]) -> bool:
-        flush = getattr(self.sink, "flush", None)
-        if flush is not None:
-            flush(10.0)
-        return True
+    def partitions_revoked(self, partitions: set[int]) -> dict[int, int]:
+        if self.sink is not None:
+            self.sink.flush(10.0)
+        offsets: dict[int, int] = self.offsets.revoked(partitions) if self.offsets else {}
+        if self.offsets is not None:
+            self.offsets.forget(partitions)
+        return offsets
 
-    def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
-        return None
+    def partitions_lost(self, partitions: set[int]) -> None:
+        if self.offsets is not None:
+            self.offsets.forget(partitions)
 
 
 def run_transport_confluent(args: argparse.Namespace, stop: threading.Event) -> None:
@@ -63,11 +69,12 @@ def run_transport_confluent(args: argparse.Namespace, stop: threading.Event) -> 
 def run_transport(
     args: argparse.Namespace, stop: threading.Event, client: str = "kafka-python"
 ) -> None:
+    from service.codec import ForecastEncoder, ReadingDecoder, max_future_seconds, next_offsets
     from service.config import KafkaSettings
     from service.core.readings import ForecastBatch
     from service.core.values import FeatureValues
-    from service.kafka.codec import ForecastEncoder, ReadingDecoder, max_future_seconds
-    from service.kafka.connect import connect
+    from service.kafka.connect import KafkaTransport
+    from service.offsets import Offsets
     from service.registry import Registry
 
     settings = KafkaSettings(
@@ -103,15 +110,17 @@ def run_transport(
     mean, std = np.asarray(scale.mean, np.float32), np.asarray(scale.std, np.float32)
     fixed = (mean + std * rng.standard_normal(shape)).astype(np.float32)
     handler = _Handler()
-    transport = connect(settings, handler)
-    source, sink = transport.source, transport.sink
-    handler.sink = sink
-    mirror = transport.mirror_partitions
+    clients = KafkaTransport(settings).open(settings, handler)
+    source, sink = clients.source, clients.sink
+    offsets = Offsets(settings.input_topic, source.commit)
+    handler.sink, handler.offsets = sink, offsets
+    mirror = clients.mirror_partitions
     next_checkpoint = time.monotonic() + settings.commit_interval
     while not stop.is_set():
         records = source.poll()
         if records:
-            # The service's _process without the engine: decode to columns, one fixed
+            offsets.processed(next_offsets(records))
+            # The service's Processor without the engine: decode to columns, one fixed
             # forecast per reading, encode, send.
             received = time.time()
             batch = decoder.decode_columns(records, received=received, values=features).batch
@@ -139,10 +148,10 @@ def run_transport(
                     send(stream_id, message)
         if time.monotonic() >= next_checkpoint:
             sink.flush(settings.checkpoint_timeout)
-            source.commit()
+            offsets.commit(settings.checkpoint_timeout)
             next_checkpoint = time.monotonic() + settings.commit_interval
     sink.flush(settings.checkpoint_timeout)
-    source.commit()
+    offsets.commit(settings.checkpoint_timeout)
     source.close()
     sink.close()
 

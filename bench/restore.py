@@ -40,7 +40,7 @@ from service.embedded import broker_bootstrap
 from service.kafka.changelog import ChangelogReader, ChangelogWriter
 from service.modelcard import ModelCard
 from service.registry import Registry
-from service.testing import build_onnx_lstm
+from service.testing import add_sensor_lstm
 
 __all__ = ["main"]
 
@@ -52,17 +52,9 @@ def _card(registry: Path, name: str) -> tuple[ModelCard, Path, str]:
     if name in Registry(registry).names():
         card = Registry(registry).load(name).card
         return card, registry, f"{card.ref} ({card.kind})"
-    card, proto, _ = build_onnx_lstm(
-        hidden=64,
-        layers=2,
-        features=("temp", "pressure", "vibration"),
-        targets=("temp",),
-        horizon=12,
-        name="lstm-2x64",
-    )
     tmp = Path(f"/tmp/sensorcast-bench-{uuid.uuid4().hex[:8]}")
-    Registry(tmp).add(card, proto)
-    return card, tmp, f"onnx.helper LSTM 2x64 (no {name!r} in {registry})"
+    model = add_sensor_lstm(tmp, name="lstm-2x64", horizon=12, hidden=64, period=60.0)
+    return model.card, tmp, f"onnx.helper LSTM 2x64 (no {name!r} in {registry})"
 
 
 def _filled_store(card: ModelCard, n: int, seed: int = 0) -> StateStore:

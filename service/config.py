@@ -41,6 +41,7 @@ __all__ = [
     "LogSettings",
     "ModelSettings",
     "ServiceSettings",
+    "changelog_topic",
     "env_var_name",
     "load_settings",
     "settings_reference",
@@ -201,6 +202,11 @@ class KafkaSettings(_Section):
         gt=0,
         description="Seconds a restore may take to read assigned partitions' changelog before it is retried.",
     )
+
+
+def changelog_topic(settings: KafkaSettings) -> str:
+    """The configured changelog topic, ``<group>.state`` by default."""
+    return settings.changelog_topic or f"{settings.group_id}.state"
 
 
 class ModelSettings(_Section):

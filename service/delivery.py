@@ -22,9 +22,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from service.codec import DeadLetter, shrink_dead_letter
 from service.config import KafkaSettings
 from service.errors import SinkError
-from service.kafka.codec import DeadLetter, shrink_dead_letter
 
 __all__ = [
     "DeadLetterEvent",

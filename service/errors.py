@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "ChangelogError",
+    "CheckpointError",
     "ConfigError",
     "DataSourceError",
     "GroupChangingError",
@@ -104,3 +105,15 @@ class ChangelogError(SensorcastError):
     restore keeps the partitions paused and is retried. If it persists, check that the broker
     is reachable and that the changelog topic exists with the input's partition count.
     """
+
+
+class CheckpointError(SensorcastError):
+    """A checkpoint did not complete: nothing was committed past what is durable.
+
+    The service pauses consumption, reports not-ready and retries after `retry_in` seconds;
+    the cause (a `SinkError`, `ChangelogError` or `TransportError`) is chained.
+    """
+
+    def __init__(self, message: str, *, retry_in: float) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in

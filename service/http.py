@@ -13,9 +13,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from service.config import HttpSettings
+from service.errors import ConfigError
 from service.metrics import CONTENT_TYPE, ServiceMetrics
 
-__all__ = ["READINESS_CONDITIONS", "HttpServer", "Readiness"]
+__all__ = ["READINESS_CONDITIONS", "HttpServer", "Readiness", "serve_http"]
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +124,20 @@ class HttpServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def serve_http(
+    settings: HttpSettings, metrics: ServiceMetrics, readiness: Readiness
+) -> HttpServer | None:
+    """The endpoints started on ``http.host``:``http.port``, or None when ``http.enabled``
+    is false. Raises `ConfigError` when the port cannot be bound."""
+    if not settings.enabled:
+        return None
+    try:
+        server = HttpServer(settings.host, settings.port, metrics, readiness)
+    except OSError as exc:
+        raise ConfigError(
+            f"http.port: cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
+            "choose another port with SENSORCAST_HTTP__PORT or --http-port"
+        ) from exc
+    return server.start()

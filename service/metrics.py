@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -350,6 +350,16 @@ class ServiceMetrics:
             self.evictions.labels(cause="capacity").inc(len(result.evicted))
         if result.expired:
             self.evictions.labels(cause="ttl").inc(len(result.expired))
+
+    def record_state(
+        self, streams: int, state_bytes: int, topic: str, lags: Mapping[int, int]
+    ) -> None:
+        """The gauges a checkpoint refreshes: active streams, their state's bytes, and the
+        consumer lag of each input partition of `topic`."""
+        self.active_streams.set(streams)
+        self.state_bytes.set(state_bytes)
+        for partition, lag in lags.items():
+            self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
 
     def set_model(self, name: str, version: str, kind: str) -> None:
         """Label ``sensorcast_model_info`` with the served model."""

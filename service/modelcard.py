@@ -89,6 +89,8 @@ class Scaler(_Frozen):
 
 
 class ScalerSet(_Frozen):
+    """The scalers of the model's inputs (`features`) and of its outputs (`targets`)."""
+
     features: Scaler
     targets: Scaler
 
@@ -117,9 +119,11 @@ class StateSpec(_Frozen):
 
     @property
     def output_name(self) -> str:
+        """The name of the graph output holding the state after a step: ``<name>_out``."""
         return f"{self.name}_out"
 
     def batched_shape(self, batch: int) -> tuple[int, ...]:
+        """The tensor's shape for `batch` streams: `shape` with the batch axis put in."""
         dims = list(self.shape)
         dims.insert(self.batch_axis, batch)
         return tuple(dims)
@@ -230,23 +234,28 @@ class ModelCard(_Frozen):
 
     @property
     def n_features(self) -> int:
+        """How many features a reading carries."""
         return len(self.features)
 
     @property
     def n_targets(self) -> int:
+        """How many targets a forecast carries."""
         return len(self.targets)
 
     @property
     def ref(self) -> str:
+        """``name:version``, as the registry and the logs name the model."""
         return f"{self.name}:{self.version}"
 
     # -- serialisation ------------------------------------------------------------------
 
     def to_json(self) -> str:
+        """The card as ``card.json`` holds it (indented JSON)."""
         return self.model_dump_json(indent=2)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "card") -> ModelCard:
+        """A card from its JSON; `ModelCardError` naming `source` when it is not a valid card."""
         try:
             return cls.model_validate_json(text)
         except ValidationError as exc:
@@ -281,6 +290,8 @@ class ModelCard(_Frozen):
 
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto, *, source: str = "model.onnx") -> ModelCard:
+        """The card `embed` stored in the graph's metadata; `ModelCardError` when there is
+        none or it is not a valid card."""
         for prop in model.metadata_props:
             if prop.key == CARD_METADATA_KEY:
                 return cls.from_json(prop.value, source=f"{source} metadata")

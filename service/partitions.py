@@ -32,6 +32,8 @@ class Moves:
 
 
 class PartitionStreams:
+    """Each stream's input partition, and the rebalance events not yet applied."""
+
     def __init__(self) -> None:
         self._partition_of: dict[str, int] = {}
         self._revoked: set[int] = set()
@@ -101,7 +103,9 @@ class PartitionStreams:
         self._events.put(("assigned", frozenset(owned)))
 
     def revoked(self, partitions: Iterable[int]) -> None:
+        """Partitions revoked: their streams leave at the next assignment unless kept."""
         self._events.put(("revoked", frozenset(partitions)))
 
     def lost(self, partitions: Iterable[int]) -> None:
+        """Partitions lost: their streams leave at once."""
         self._events.put(("lost", frozenset(partitions)))

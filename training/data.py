@@ -264,10 +264,26 @@ def _check(
     fill: str | None,
     ts_unit: str,
 ) -> pd.DataFrame:
+    """`table` typed, checked and repaired as asked (`sort`, `dedupe`, `fill`), in stream and
+    time order; `TrainingDataError` naming the flag to pass when a problem needs one."""
     if dedupe not in (None, "first", "last"):
         raise TrainingDataError(f"dedupe must be 'first' or 'last', got {dedupe!r}")
     if fill not in (None, "ffill"):
         raise TrainingDataError(f"fill must be 'ffill', got {fill!r}")
+    table, cols = _typed(table, source, features, ts_unit)
+    table = _in_time_order(table, source, sort=sort)
+    table = _deduplicated(table, source, dedupe)
+    table = _filled(table, source, cols, fill)
+    if not np.isfinite(table[cols].to_numpy()).all():
+        raise TrainingDataError(f"{source}: feature columns hold infinite values")
+    return table.sort_values(["stream_id", "ts"], kind="stable")
+
+
+def _typed(
+    table: pd.DataFrame, source: str, features: Sequence[str] | None, ts_unit: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """A copy with string stream ids, epoch-second timestamps and float64 features; and the
+    feature columns (`features`, or every column besides stream_id and ts)."""
     required = ["stream_id", "ts", *(features or [])]
     missing = [c for c in required if c not in table.columns]
     if missing:
@@ -287,41 +303,55 @@ def _check(
             table[col] = pd.to_numeric(table[col]).astype(np.float64)
         except (ValueError, TypeError) as exc:
             raise TrainingDataError(f"{source}: column {col!r} is not numeric") from exc
+    return table, cols
 
+
+def _in_time_order(table: pd.DataFrame, source: str, *, sort: bool) -> pd.DataFrame:
+    """The table with each stream's rows in time order: as it is, or sorted when `sort`."""
     by_stream = table.groupby("stream_id", sort=False)["ts"]
     unsorted = by_stream.apply(lambda t: bool((t.diff().dropna() < 0).any()))
-    if unsorted.any():
-        if not sort:
-            first = unsorted[unsorted].index[0]
-            raise TrainingDataError(
-                f"{source}: timestamps of stream {first!r} are not sorted; pass --sort to sort them"
-            )
-        table = table.sort_values(["stream_id", "ts"], kind="stable")
-    dupes = table.duplicated(["stream_id", "ts"], keep=False)
-    if dupes.any():
-        if dedupe is None:
-            row = table[dupes].iloc[0]
-            raise TrainingDataError(
-                f"{source}: {int(dupes.sum())} rows share a timestamp (first: stream {row['stream_id']!r} "
-                f"ts {row['ts']}); pass --dedupe first or --dedupe last"
-            )
-        table = table.drop_duplicates(["stream_id", "ts"], keep=dedupe)
-    nans = table[cols].isna()
-    if nans.to_numpy().any():
-        if fill is None:
-            col = nans.sum().idxmax()
-            raise TrainingDataError(
-                f"{source}: {int(nans.to_numpy().sum())} missing values (most in column {col!r}); "
-                "pass --fill ffill to carry the last value forward"
-            )
-        grouped = table.groupby("stream_id", sort=False)[cols]
-        table[cols] = grouped.ffill()
-        table[cols] = table.groupby("stream_id", sort=False)[cols].bfill()
-        if table[cols].isna().to_numpy().any():
-            raise TrainingDataError(f"{source}: a stream has no value at all in some column")
-    if not np.isfinite(table[cols].to_numpy()).all():
-        raise TrainingDataError(f"{source}: feature columns hold infinite values")
+    if not unsorted.any():
+        return table
+    if not sort:
+        first = unsorted[unsorted].index[0]
+        raise TrainingDataError(
+            f"{source}: timestamps of stream {first!r} are not sorted; pass --sort to sort them"
+        )
     return table.sort_values(["stream_id", "ts"], kind="stable")
+
+
+def _deduplicated(table: pd.DataFrame, source: str, dedupe: str | None) -> pd.DataFrame:
+    """The table with one row per (stream, ts), keeping the `dedupe` one of each."""
+    dupes = table.duplicated(["stream_id", "ts"], keep=False)
+    if not dupes.any():
+        return table
+    if dedupe is None:
+        row = table[dupes].iloc[0]
+        raise TrainingDataError(
+            f"{source}: {int(dupes.sum())} rows share a timestamp (first: stream {row['stream_id']!r} "
+            f"ts {row['ts']}); pass --dedupe first or --dedupe last"
+        )
+    return table.drop_duplicates(["stream_id", "ts"], keep=dedupe)
+
+
+def _filled(table: pd.DataFrame, source: str, cols: list[str], fill: str | None) -> pd.DataFrame:
+    """The table with no missing feature values: each stream's gaps carried forward (and its
+    leading ones back) when `fill` is ``ffill``."""
+    nans = table[cols].isna()
+    if not nans.to_numpy().any():
+        return table
+    if fill is None:
+        col = nans.sum().idxmax()
+        raise TrainingDataError(
+            f"{source}: {int(nans.to_numpy().sum())} missing values (most in column {col!r}); "
+            "pass --fill ffill to carry the last value forward"
+        )
+    grouped = table.groupby("stream_id", sort=False)[cols]
+    table[cols] = grouped.ffill()
+    table[cols] = table.groupby("stream_id", sort=False)[cols].bfill()
+    if table[cols].isna().to_numpy().any():
+        raise TrainingDataError(f"{source}: a stream has no value at all in some column")
+    return table
 
 
 def _median_period(table: pd.DataFrame, source: str) -> float:

@@ -86,6 +86,11 @@ class OnnxStepModel:
         if missing:
             raise ModelContractError(f"{card.ref}: the graph lacks inputs {sorted(missing)}")
 
+    @property
+    def session_options(self) -> ort.SessionOptions:
+        """The onnxruntime session's options (threads, spinning), for diagnostics."""
+        return self._session.get_session_options()
+
     @classmethod
     def from_loaded(
         cls, loaded: LoadedModel, *, intra_op_threads: int = 1, spinning: bool = False

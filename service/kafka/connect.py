@@ -1,40 +1,35 @@
-"""One attempt to reach the broker: check (or create) the topics, open the producers and
-consumers (the input's, the changelog's), on the Kafka client ``kafka.client`` names."""
+"""The Kafka transport: one attempt to reach the broker checks (or creates) the topics and
+opens the producers and consumers (the input's, the changelog's) on the client library
+``kafka.client`` names (kafka-python, or confluent-kafka in `service.kafka.confluent`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from service.config import KafkaSettings
+from service.config import KafkaSettings, changelog_topic
 from service.errors import ConfigError, TopicError, TransportError
-from service.kafka.changelog import ChangelogReader, ChangelogWriter, changelog_topic
+from service.kafka.changelog import ChangelogReader, ChangelogWriter
 from service.kafka.sink import KafkaSink
 from service.kafka.source import KafkaSource
-from service.kafka.topics import ensure_topics
-from service.kafka.transport import RebalanceHandler, Sink, Source, StateReader, StateWriter
+from service.kafka.topics import ensure_topics, topic_plan
+from service.transport import (
+    Clients,
+    RebalanceHandler,
+    Sink,
+    Source,
+    StateReader,
+    StateWriter,
+)
 
-__all__ = ["Transport", "check_client", "connect"]
+__all__ = ["KafkaTransport", "check_client"]
 
 _Ensure = Callable[[KafkaSettings, list[str]], dict[str, int]]
 
 # How long one attempt may take to reach the broker; the caller's backoff runs between them.
 BOOTSTRAP_TIMEOUT_MS = 3000
-
-
-@dataclass
-class Transport:
-    source: Source
-    sink: Sink
-    partitions: dict[str, int]  # topic -> partition count
-    #: The output topic has the input's partition count: a forecast can go to its
-    #: reading's partition number (which also spares the producer hashing every key).
-    mirror_partitions: bool
-    changelog_writer: StateWriter
-    changelog_reader: StateReader
 
 
 def check_client(settings: KafkaSettings) -> None:
@@ -49,22 +44,28 @@ def check_client(settings: KafkaSettings) -> None:
             ) from exc
 
 
-def connect(settings: KafkaSettings, handler: RebalanceHandler) -> Transport:
-    """Raises `TransportError` when the broker cannot be reached, and `TopicError` when a
-    topic is missing and may not be created, or when the changelog's partition count differs
-    from the input's."""
-    if settings.client == "confluent":
-        check_client(settings)
-        from service.kafka.confluent.connect import ensure_topics, open_clients
+class KafkaTransport:
+    """Opens the service's clients on a Kafka cluster (`service.transport.Transport`)."""
 
-        counts = _check_topics(settings, ensure_topics)
-        opened: tuple[Source, Sink, StateWriter, StateReader] = open_clients(settings, handler)
-    else:
-        counts = _check_topics(settings, _ensure_topics_kafka_python)
-        opened = _open_kafka_python(settings, handler)
-    source, sink, writer, reader = opened
-    mirror = counts[settings.output_topic] == counts[settings.input_topic]
-    return Transport(source, sink, counts, mirror, writer, reader)
+    def __init__(self, settings: KafkaSettings) -> None:
+        """Raises `ConfigError` when the client library ``kafka.client`` names is missing."""
+        check_client(settings)
+
+    def open(self, settings: KafkaSettings, handler: RebalanceHandler) -> Clients:
+        """Raises `TransportError` when the broker cannot be reached, and `TopicError` when a
+        topic is missing and may not be created, or when the changelog's partition count
+        differs from the input's."""
+        if settings.client == "confluent":
+            from service.kafka.confluent.connect import ensure_topics, open_clients
+
+            counts = _check_topics(settings, ensure_topics)
+            opened: tuple[Source, Sink, StateWriter, StateReader] = open_clients(settings, handler)
+        else:
+            counts = _check_topics(settings, _ensure_topics_kafka_python)
+            opened = _open_kafka_python(settings, handler)
+        source, sink, writer, reader = opened
+        mirror = counts[settings.output_topic] == counts[settings.input_topic]
+        return Clients(source, sink, writer, reader, counts, mirror)
 
 
 def _check_topics(settings: KafkaSettings, ensure: _Ensure) -> dict[str, int]:
@@ -79,7 +80,6 @@ def _check_topics(settings: KafkaSettings, ensure: _Ensure) -> dict[str, int]:
 
 
 def _ensure_topics_kafka_python(settings: KafkaSettings, derived: list[str]) -> dict[str, int]:
-    state_topic = changelog_topic(settings)
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=settings.bootstrap_servers.split(","),
@@ -88,15 +88,7 @@ def _ensure_topics_kafka_python(settings: KafkaSettings, derived: list[str]) -> 
             reconnect_backoff_max_ms=BOOTSTRAP_TIMEOUT_MS // 3,
         )
         try:
-            return ensure_topics(
-                admin,
-                input_topic=settings.input_topic,
-                derived_topics=derived,
-                create=settings.create_topics,
-                partitions=settings.partitions,
-                replication_factor=settings.replication_factor,
-                topic_configs={state_topic: {"cleanup.policy": "compact"}},
-            )
+            return ensure_topics(admin, **topic_plan(settings, derived))
         finally:
             admin.close()
     except (KafkaError, OSError) as exc:

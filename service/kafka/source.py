@@ -1,14 +1,14 @@
 """The reading source: a kafka-python consumer in a consumer group, polled in micro-batches.
 
 Offsets are committed by hand (``enable_auto_commit=False``), only by the checkpoint, and
-only up to what has been processed: `KafkaSource` remembers the next offset of every
-partition whose records it has handed out. Rebalances reach a `RebalanceHandler`.
+only what it gives (`service.offsets` decides which). Rebalances reach a `RebalanceHandler`;
+the revoke's offsets are committed on the consumer's I/O loop.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
@@ -23,7 +23,7 @@ from kafka.errors import (
 
 from service.config import KafkaSettings
 from service.errors import GroupChangingError, TransportError
-from service.kafka.transport import RebalanceHandler
+from service.transport import RebalanceHandler
 
 __all__ = ["KafkaSource", "RebalanceHandler"]
 
@@ -39,38 +39,48 @@ log = logging.getLogger(__name__)
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
-    """Runs the revoke checkpoint on the consumer's own event loop.
+    """Runs the rebalance callbacks on the consumer's own event loop.
 
-    kafka-python 3 invokes rebalance callbacks on its I/O thread, where the blocking
-    ``commit()`` is refused; the commit is therefore sent with ``commit_async`` and awaited
-    on that loop, before the consumer rejoins the group.
+    kafka-python 3 invokes them on its I/O thread, where the blocking ``commit()`` is
+    refused; the revoke's commit is therefore sent with ``commit_async`` and awaited on that
+    loop, before the consumer rejoins the group.
     """
 
-    def __init__(self, source: KafkaSource, handler: RebalanceHandler) -> None:
-        self._source = source
+    def __init__(self, topic: str, consumer: KafkaConsumer, handler: RebalanceHandler) -> None:
+        self._topic = topic
+        self._consumer = consumer
         self._handler = handler
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         parts = {tp.partition for tp in revoked}
         if not parts:
             return
-        log.info("partitions revoked topic=%s partitions=%s", self._source.topic, sorted(parts))
-        # 1. flush the producer (the service), 2. commit the revoked partitions' offsets
-        if self._handler.flush_before_revoke(parts):
-            await self._source.commit_on_loop(parts)
-        self._handler.partitions_revoked(parts, lost=False)
-        self._source.forget(parts)
+        log.info("partitions revoked topic=%s partitions=%s", self._topic, sorted(parts))
+        offsets = self._handler.partitions_revoked(parts)
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit_async(_offsets(self._topic, offsets))
+        except KafkaError as exc:
+            log.warning(
+                "commit on revoke failed topic=%s offsets=%s error=%r", self._topic, offsets, exc
+            )
+            return
+        log.info("offsets committed on revoke topic=%s offsets=%s", self._topic, offsets)
 
     async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
         parts = {tp.partition for tp in lost}
-        log.warning("partitions lost topic=%s partitions=%s", self._source.topic, sorted(parts))
-        self._handler.partitions_revoked(parts, lost=True)
-        self._source.forget(parts)
+        log.warning("partitions lost topic=%s partitions=%s", self._topic, sorted(parts))
+        self._handler.partitions_lost(parts)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         parts = {tp.partition for tp in assigned}
-        log.info("partitions assigned topic=%s partitions=%s", self._source.topic, sorted(parts))
+        log.info("partitions assigned topic=%s partitions=%s", self._topic, sorted(parts))
         self._handler.partitions_assigned(parts)
+
+
+def _offsets(topic: str, offsets: Mapping[int, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
 
 
 class KafkaSource:
@@ -96,9 +106,9 @@ class KafkaSource:
             fetch_max_wait_ms=settings.max_wait_ms,
             reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
         )
-        self._next: dict[int, int] = {}  # partition -> next offset to process
-        self._committed: dict[int, int] = {}
-        self._consumer.subscribe([self.topic], listener=_Listener(self, handler))
+        self._consumer.subscribe(
+            [self.topic], listener=_Listener(self.topic, self._consumer, handler)
+        )
 
     def poll(self) -> list[ConsumerRecord]:
         """Up to ``max_batch`` records, waiting at most ``max_wait_ms`` for the first."""
@@ -111,117 +121,57 @@ class KafkaSource:
         if not batches:
             return []
         if len(batches) == 1:
-            ((tp, records),) = batches.items()
-            self._next[tp.partition] = records[-1].offset + 1
-            return records
+            return next(iter(batches.values()))
         out: list[ConsumerRecord] = []
-        for tp, records in batches.items():
-            self._next[tp.partition] = records[-1].offset + 1
+        for records in batches.values():
             out.extend(records)
         return out
 
     def assignment(self) -> set[int]:
+        """The partitions assigned to this member."""
         return {tp.partition for tp in self._consumer.assignment()}
 
     def pause(self, partitions: Iterable[int]) -> None:
+        """Stop fetching these partitions until `resume` (their position is kept)."""
         self._consumer.pause(*(TopicPartition(self.topic, p) for p in partitions))
 
     def resume(self, partitions: Iterable[int]) -> None:
+        """Fetch these partitions again."""
         self._consumer.resume(*(TopicPartition(self.topic, p) for p in partitions))
 
     def paused(self) -> set[int]:
+        """The paused partitions."""
         return {tp.partition for tp in self._consumer.paused()}
 
-    def pending_commit(self) -> dict[int, int]:
-        """Partitions whose processed position is past their last commit."""
-        committed = dict(self._committed)  # snapshots: rebalance callbacks run on another thread
-        return {p: o for p, o in dict(self._next).items() if committed.get(p) != o}
+    def commit(self, offsets: Mapping[int, int], timeout: float) -> None:
+        """Commit `offsets` synchronously; with none, fetch the committed offset of one
+        assigned partition instead (a round trip to the group coordinator all the same).
 
-    def positions(self) -> dict[int, int]:
-        return dict(self._next)
-
-    def commit(
-        self, timeout_ms: int | None = None, offsets: dict[int, int] | None = None
-    ) -> dict[int, int]:
-        """Commit, for every assigned partition, the next offset to process; or, given
-        `offsets` (an earlier `positions()`), those of them still assigned.
-
-        Unchanged offsets are committed again: the round trip to the group coordinator is
-        what tells the service that the broker is still there. Returns the partitions whose
-        offset moved since the last commit. Raises `GroupChangingError` when a rebalance
-        refuses the commit and `TransportError` when the broker does.
+        Raises `GroupChangingError` when a rebalance refuses the commit and
+        `TransportError` when the broker does.
         """
+        timeout_ms = int(timeout * 1000)
         try:
-            return self._commit(timeout_ms, offsets)
+            if offsets:
+                self._consumer.commit(_offsets(self.topic, offsets), timeout_ms=timeout_ms)
+                return
+            assigned = sorted(self._consumer.assignment())
+            if assigned:
+                self._consumer.committed(assigned[0], timeout_ms=timeout_ms)
         except _GROUP_CHURN as exc:
             raise GroupChangingError(f"commit refused: {type(exc).__name__}") from exc
         except KafkaError as exc:
             raise TransportError(f"commit failed: {exc!r}") from exc
 
-    def _commit(self, timeout_ms: int | None, given: dict[int, int] | None) -> dict[int, int]:
-        current = dict(self._next)  # a snapshot: rebalance callbacks run on another thread
-        offsets = current if given is None else dict(given)
-        for tp in self._consumer.assignment():
-            p = tp.partition
-            if p in offsets:
-                continue
-            if p not in current:  # nothing processed since it was assigned
-                offsets[p] = self._consumer.position(tp, timeout_ms=timeout_ms)
-            elif p in self._committed:  # processed after `given` was taken: commit it again
-                offsets[p] = self._committed[p]
-        assigned = self.assignment()
-        committed = dict(self._committed)
-        # never behind what this member committed already (a revoke commits newer offsets)
-        offsets = {p: max(o, committed.get(p, o)) for p, o in offsets.items() if p in assigned}
-        if not offsets:
-            return {}
-        moved = {p: o for p, o in offsets.items() if committed.get(p) != o}
-        self._consumer.commit(
-            {
-                TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
-                for p, o in offsets.items()
-            },
-            timeout_ms=timeout_ms,
-        )
-        self._committed.update(offsets)
-        if moved:
-            log.debug("offsets committed topic=%s offsets=%s", self.topic, moved)
-        return moved
-
-    async def commit_on_loop(self, partitions: set[int]) -> None:
-        """Commit the processed offsets of `partitions` from inside a rebalance callback."""
-        offsets = {p: o for p, o in dict(self._next).items() if p in partitions}
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit_async(
-                {
-                    TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
-                    for p, o in offsets.items()
-                }
-            )
-        except KafkaError as exc:
-            log.warning(
-                "commit on revoke failed topic=%s offsets=%s error=%r", self.topic, offsets, exc
-            )
-            return
-        self._committed.update(offsets)
-        log.info("offsets committed on revoke topic=%s offsets=%s", self.topic, offsets)
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Drop the bookkeeping of partitions no longer assigned."""
-        for p in partitions:
-            self._next.pop(p, None)
-            self._committed.pop(p, None)
-
-    def lag(self) -> dict[int, int]:
-        """High watermark minus the next offset, per assigned partition with a known watermark."""
+    def lag(self, positions: Mapping[int, int]) -> dict[int, int]:
+        """High watermark minus the next offset to process (`positions`, else the consumer's
+        position), per assigned partition with a known watermark."""
         out: dict[int, int] = {}
         for tp in self._consumer.assignment():
             high = self._consumer.highwater(tp)
             if high is None:
                 continue
-            position = self._next.get(tp.partition)
+            position = positions.get(tp.partition)
             if position is None:
                 try:
                     position = self._consumer.position(tp, timeout_ms=0)

@@ -11,17 +11,46 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import NotRequired, TypedDict, Unpack
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from service.config import KafkaSettings, changelog_topic
 from service.errors import TopicError
 
-__all__ = ["ensure_topics", "ensure_with", "partition_counts"]
+__all__ = ["TopicPlan", "ensure_topics", "ensure_with", "partition_counts", "topic_plan"]
 
 log = logging.getLogger(__name__)
 
 _UNKNOWN_TOPIC = 3
+
+
+class TopicPlan(TypedDict):
+    """The topics `ensure_topics` checks, and how it creates those that are missing.
+
+    `topic_configs` gives the configs of topics to create (e.g. ``cleanup.policy``).
+    """
+
+    input_topic: str
+    derived_topics: Sequence[str]
+    create: bool
+    partitions: int
+    replication_factor: int
+    topic_configs: NotRequired[Mapping[str, Mapping[str, str]] | None]
+
+
+def topic_plan(settings: KafkaSettings, derived: Sequence[str]) -> TopicPlan:
+    """The service's topics: the input, `derived` (output, dead letters, changelog), created
+    as the settings say, the changelog compacted."""
+    return TopicPlan(
+        input_topic=settings.input_topic,
+        derived_topics=derived,
+        create=settings.create_topics,
+        partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+        topic_configs={changelog_topic(settings): {"cleanup.policy": "compact"}},
+    )
 
 
 def partition_counts(admin: KafkaAdminClient, topics: Sequence[str]) -> dict[str, int]:
@@ -62,59 +91,41 @@ def _create(
     )
 
 
-def ensure_topics(
-    admin: KafkaAdminClient,
-    *,
-    input_topic: str,
-    derived_topics: Sequence[str],
-    create: bool,
-    partitions: int,
-    replication_factor: int,
-    topic_configs: Mapping[str, Mapping[str, str]] | None = None,
-) -> dict[str, int]:
+def ensure_topics(admin: KafkaAdminClient, **plan: Unpack[TopicPlan]) -> dict[str, int]:
     """Check (and, when `create`, make) the input and derived topics; return each one's
-    partition count. A missing topic that may not be created raises `TopicError` naming it.
-    `topic_configs` gives the configs of topics to create (e.g. ``cleanup.policy``)."""
+    partition count. A missing topic that may not be created raises `TopicError` naming it."""
     return ensure_with(
         lambda topics: partition_counts(admin, topics),
         lambda topic, n, rf, configs: _create(admin, topic, n, rf, configs),
-        input_topic=input_topic,
-        derived_topics=derived_topics,
-        create=create,
-        partitions=partitions,
-        replication_factor=replication_factor,
-        topic_configs=topic_configs,
+        **plan,
     )
 
 
 def ensure_with(
     counts: Callable[[Sequence[str]], dict[str, int]],
     make: Callable[[str, int, int, Mapping[str, str] | None], None],
-    *,
-    input_topic: str,
-    derived_topics: Sequence[str],
-    create: bool,
-    partitions: int,
-    replication_factor: int,
-    topic_configs: Mapping[str, Mapping[str, str]] | None = None,
+    **plan: Unpack[TopicPlan],
 ) -> dict[str, int]:
     """`ensure_topics` on any client: `counts(topics)` gives the partition count of each topic
     that exists, `make(topic, partitions, replication_factor, configs)` creates one (quietly
     when another member created it first)."""
+    input_topic, derived_topics = plan["input_topic"], plan["derived_topics"]
+    replication_factor = plan["replication_factor"]
+    topic_configs = plan.get("topic_configs") or {}
     wanted = [input_topic, *derived_topics]
     existing = counts(wanted)
     missing = [t for t in wanted if t not in existing]
-    if missing and not create:
+    if missing and not plan["create"]:
         raise TopicError(
             f"topic {missing[0]!r} does not exist and kafka.create_topics is false"
             + (f" (also missing: {', '.join(missing[1:])})" if missing[1:] else "")
         )
     if input_topic not in existing:
-        make(input_topic, partitions, replication_factor, None)
-        existing[input_topic] = counts([input_topic]).get(input_topic, partitions)
+        make(input_topic, plan["partitions"], replication_factor, None)
+        existing[input_topic] = counts([input_topic]).get(input_topic, plan["partitions"])
     n_input = existing[input_topic]
     for topic in derived_topics:
         if topic not in existing:
-            make(topic, n_input, replication_factor, (topic_configs or {}).get(topic))
+            make(topic, n_input, replication_factor, topic_configs.get(topic))
             existing[topic] = n_input
     return existing

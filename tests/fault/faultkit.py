@@ -22,14 +22,15 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.codec import ReadingDecoder
 from service.core import statecodec
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
 from service.embedded import free_port
-from service.kafka.codec import ReadingDecoder
 from service.registry import Registry
+from service.testing import RegisteredLstm
 from tests.conftest import KafkaKit
-from tests.integration.servicekit import TestModel, http_get, reading, wait_until
+from tests.integration.servicekit import http_get, reading, wait_until
 
 PARTITIONS = 4
 BASE_TS = 1_700_000_000.0
@@ -55,7 +56,7 @@ class Names:
 
 
 def serve_env(
-    kafka: KafkaKit, model: TestModel, names: Names, port: int, **extra: str
+    kafka: KafkaKit, model: RegisteredLstm, names: Names, port: int, **extra: str
 ) -> dict[str, str]:
     env = {
         **os.environ,
@@ -81,7 +82,7 @@ class ServeProcess:
     """One `sensorcast serve` process with its own HTTP port and log file."""
 
     def __init__(
-        self, kafka: KafkaKit, model: TestModel, names: Names, log_path: Path, **extra: str
+        self, kafka: KafkaKit, model: RegisteredLstm, names: Names, log_path: Path, **extra: str
     ) -> None:
         self.port = free_port()
         self.log_path = log_path
@@ -316,7 +317,7 @@ class Oracle:
     forecasts: dict[tuple[str, float], dict[str, list[float]]] = field(default_factory=dict)
 
     @classmethod
-    def run(cls, bootstrap: str, model: TestModel, input_topic: str) -> Oracle:
+    def run(cls, bootstrap: str, model: RegisteredLstm, input_topic: str) -> Oracle:
         loaded = Registry(model.registry).load(model.card.name)
         engine = StreamEngine(OnnxStepModel.from_loaded(loaded), EngineConfig())
         records = sorted(read_topic(bootstrap, input_topic), key=lambda r: (r.partition, r.offset))

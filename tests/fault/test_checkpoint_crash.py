@@ -3,7 +3,7 @@
 distinct forecasts equal those of an uninterrupted run, and readings the changelog already
 holds are skipped, not applied again.
 
-The periodic checkpoint is pipelined (`Service._checkpoint_step`): states are sent at one
+The periodic checkpoint is pipelined (`Checkpointer.periodic` in service/checkpoint.py): states are sent at one
 step and confirmed, with their offsets committed, at the next. ``mid_changelog`` dies while
 they are sent; ``after_flush``, ``after_changelog`` and ``after_commit`` die while a
 checkpoint is completed, after the forecast flush, the changelog flush and the commit."""
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from service.app import CRASH_EXIT_STATUS
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.fault.faultkit import (
     Feed,
@@ -25,7 +26,6 @@ from tests.fault.faultkit import (
     wait_committed,
     wait_for_forecasts,
 )
-from tests.integration.servicekit import make_model
 
 STREAMS = 24
 STEPS = 8
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 def test_crash_at_a_checkpoint_step_then_restart_matches_the_uninterrupted_run(
     point: str, kafka: KafkaKit, tmp_path: Path
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     names = Names.fresh(kafka)
     feed = Feed(kafka.bootstrap, names.input, STREAMS, STEPS)
     log_path = tmp_path / "serve.log"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.fault.faultkit import (
     Feed,
@@ -21,7 +22,7 @@ from tests.fault.faultkit import (
     wait_committed,
     wait_for_forecasts,
 )
-from tests.integration.servicekit import CLIENTS, make_model
+from tests.integration.servicekit import CLIENTS
 
 STREAMS = 30
 STEPS = 80
@@ -35,7 +36,7 @@ def test_five_sigkills_at_random_moments_leave_states_and_forecasts_as_uninterru
     kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
     rng = random.Random(20261122)
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     names = Names.fresh(kafka)
     # paced so that readings keep coming through all five kills (each restart waits out the
     # killed member's session before it is assigned)

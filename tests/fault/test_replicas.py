@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.fault.faultkit import (
     PARTITIONS,
@@ -23,7 +24,6 @@ from tests.fault.faultkit import (
     wait_committed,
     wait_for_forecasts,
 )
-from tests.integration.servicekit import make_model
 
 STREAMS = 40
 STEPS = 60
@@ -49,7 +49,7 @@ def _holds_only_its_partitions(member: ServeProcess, by_partition: dict[int, set
 def test_join_leave_and_kill_among_three_replicas_keep_states_and_forecasts(
     kafka: KafkaKit, tmp_path: Path
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     names = Names.fresh(kafka)
     feed = Feed(kafka.bootstrap, names.input, STREAMS, STEPS, pause=0.3)
     procs: list[ServeProcess] = []

@@ -1,6 +1,6 @@
-"""Helpers for the service's integration tests: a small model registry built in code, the
-settings of a service bound to fresh topics and a fresh group, and a `Service` run in a
-thread with its HTTP endpoints."""
+"""Helpers for the service's integration tests: the settings of a service bound to fresh
+topics and a fresh group, and a `Service` run in a thread with its HTTP endpoints. The model
+they serve comes from `service.testing.add_sensor_lstm`."""
 
 from __future__ import annotations
 
@@ -11,19 +11,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from service.app import Service
 from service.config import ServiceSettings, load_settings
-from service.modelcard import ModelCard
-from service.registry import Registry
-from service.simulate import SENSOR_FEATURES
-from service.testing import NumpyLstmModel, build_onnx_lstm
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 
 GROUP = {"kafka.session_timeout_ms": 6000, "kafka.heartbeat_interval_ms": 1000}
@@ -41,43 +36,6 @@ CLIENTS = [
     "kafka-python",
     pytest.param("confluent", marks=pytest.mark.skipif(bool(_NO_CONFLUENT), reason=_NO_CONFLUENT)),
 ]
-
-
-@dataclass
-class TestModel:
-    registry: Path
-    card: ModelCard
-    oracle: NumpyLstmModel
-
-    def expected(self, rows: np.ndarray) -> np.ndarray:
-        """Forecasts in original units ``[T, horizon, n_targets]`` for one stream's raw
-        feature rows ``[T, n_features]``, stepping from the initial state."""
-        card = self.card
-        x = card.scaler.features.transform(rows.astype(np.float64))[None]  # [1, T, F]
-        states = [np.full(s.batched_shape(1), s.init, np.float32) for s in card.states]
-        y, _ = self.oracle.step(x.astype(np.float32), states)
-        return np.asarray(card.scaler.targets.inverse(y[0].astype(np.float64)))
-
-
-#: Training ranges of the simulator's features, for a card that records them.
-SENSOR_RANGES = [(5.0, 40.0), (95.0, 108.0), (0.0, 2.0)]
-
-
-def make_model(root: Path, *, ranges: list[tuple[float, float]] | None = None) -> TestModel:
-    """A 2-layer LSTM step model over the simulator's features, in a registry at `root`;
-    its card records `ranges` as the features' training ranges when given."""
-    card, model, oracle = build_onnx_lstm(
-        features=SENSOR_FEATURES,
-        targets=("temp",),
-        horizon=3,
-        period=300.0,
-        hidden=8,
-        name="lstm-it",
-    )
-    if ranges is not None:
-        card = card.model_copy(update={"feature_ranges": ranges})
-    Registry(root).add(card, model)
-    return TestModel(root, card, oracle)
 
 
 def settings_for(
@@ -195,14 +153,15 @@ def serving(
     registry: Path,
     prefix: str,
     *,
-    ranges: list[tuple[float, float]] | None = None,
+    feature_ranges: list[tuple[float, float]] | None = None,
     **overrides: Any,
 ) -> Iterator[tuple[RunningService, KafkaKit]]:
-    """One ready service on fresh topics (names from `prefix`) serving `make_model` from
-    `registry`, with a `KafkaKit` for the test; stops it cleanly (exit 0) at the end. For a
-    module-scoped fixture shared by many cases: a group join costs seconds."""
+    """One ready service on fresh topics (names from `prefix`) serving `add_sensor_lstm`'s
+    model (its card recording `feature_ranges`) from `registry`, with a `KafkaKit` for the test;
+    stops it cleanly (exit 0) at the end. For a module-scoped fixture shared by many cases:
+    a group join costs seconds."""
     kit = KafkaKit(broker, prefix)
-    model = make_model(registry, ranges=ranges)
+    model = add_sensor_lstm(registry, feature_ranges=feature_ranges)
     settings = settings_for(broker, model.registry, model.card.name, kit.name, **overrides)
     svc = RunningService(settings).start()
     try:

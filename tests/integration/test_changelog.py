@@ -14,11 +14,12 @@ from service.app import Service
 from service.config import KafkaSettings
 from service.errors import TopicError
 from service.kafka.changelog import ChangelogReader, ChangelogWriter
-from service.kafka.connect import connect
-from service.kafka.transport import StateReader, StateWriter
+from service.kafka.connect import KafkaTransport
+from service.testing import add_sensor_lstm
+from service.transport import StateReader, StateWriter
 from tests.conftest import KafkaKit
 from tests.fault.faultkit import read_topic
-from tests.integration.servicekit import CLIENTS, make_model, reading, running, settings_for
+from tests.integration.servicekit import CLIENTS, reading, running, settings_for
 
 N_STREAMS = 30
 
@@ -76,7 +77,7 @@ def test_records_are_read_back_to_the_end_of_the_log_last_per_key(
 def test_restart_restores_every_stream_and_continues_its_state(
     kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(
         kafka.bootstrap, model.registry, model.card.name, kafka.name, **{"kafka.client": client}
     )
@@ -126,18 +127,18 @@ def test_restart_restores_every_stream_and_continues_its_state(
 def test_a_changelog_with_another_partition_count_is_refused(
     kafka: KafkaKit, tmp_path: Path
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(kafka.bootstrap, model.registry, model.card.name, kafka.name)
     kafka.create_topic(settings.kafka.input_topic, 4)
     kafka.create_topic(f"{settings.kafka.group_id}.state", 2)
     with pytest.raises(TopicError, match=r"has 2 partitions and the input .* has 4"):
-        connect(settings.kafka, Service(settings))
+        KafkaTransport(settings.kafka).open(settings.kafka, Service(settings))
 
 
 def test_evicted_streams_get_tombstones_on_their_input_partition(
     kafka: KafkaKit, tmp_path: Path
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(
         kafka.bootstrap,
         model.registry,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.kafka.codec import (
+from service.codec import (
     HEADER_DETAIL,
     HEADER_REASON,
     HEADER_SOURCE_OFFSET,

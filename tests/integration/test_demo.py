@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service.registry import Registry
-from service.simulate import SENSOR_FEATURES
-from service.testing import build_onnx_lstm
+from service.testing import add_sensor_lstm
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -27,17 +25,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped registry when it holds sensors-demo, else a small stand-in model."""
     if (REPO_MODELS / "sensors-demo").is_dir():
         return REPO_MODELS
-    root = tmp_path_factory.mktemp("models")
-    card, model, _ = build_onnx_lstm(
-        features=SENSOR_FEATURES,
-        targets=("temp",),
-        horizon=4,
-        period=300.0,
-        warmup_steps=3,
-        name="sensors-demo",
-    )
-    Registry(root).add(card, model)
-    return root
+    return add_sensor_lstm(
+        tmp_path_factory.mktemp("models"), name="sensors-demo", horizon=4, hidden=16, warmup_steps=3
+    ).registry
 
 
 def _children(pid: int) -> set[int]:

@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.embedded import free_port
 from service.metrics import METRIC_NAMES
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.integration.servicekit import (
     http_get,
-    make_model,
     reading,
     running,
     settings_for,
@@ -37,7 +37,7 @@ def _families(port: int) -> dict[str, object]:
 
 
 def test_metrics_parse_and_every_metric_is_present(kafka: KafkaKit, tmp_path: Path) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(kafka.bootstrap, model.registry, model.card.name, kafka.name)
     k = settings.kafka
     with running(settings) as svc:
@@ -98,7 +98,7 @@ def test_metrics_parse_and_every_metric_is_present(kafka: KafkaKit, tmp_path: Pa
     PROMETHEUS is None, reason="the prometheus binary is not installed (Debian package prometheus)"
 )
 def test_prometheus_scrapes_the_service(kafka: KafkaKit, tmp_path: Path) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(kafka.bootstrap, model.registry, model.card.name, kafka.name)
     k = settings.kafka
     with running(settings) as svc:

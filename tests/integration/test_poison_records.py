@@ -24,20 +24,15 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from service.kafka.codec import (
+from service.codec import (
     HEADER_REASON,
     HEADER_SOURCE_BYTES,
     HEADER_SOURCE_OFFSET,
     HEADER_TRUNCATED,
 )
+from service.testing import SENSOR_RANGES
 from tests.conftest import KafkaKit
-from tests.integration.servicekit import (
-    CLIENTS,
-    SENSOR_RANGES,
-    RunningService,
-    reading,
-    serving,
-)
+from tests.integration.servicekit import CLIENTS, RunningService, reading, serving
 
 GOOD = {"temp": 21.5, "pressure": 101.2, "vibration": 0.4}
 PERIOD = 300.0
@@ -52,7 +47,7 @@ def served(
         broker,
         Path(tmp_path_factory.mktemp("models")),
         f"poison-{request.param}",
-        ranges=SENSOR_RANGES,
+        feature_ranges=SENSOR_RANGES,
         **{"kafka.max_wait_ms": 20, "kafka.client": request.param, "log.drop_interval": 0.01},
     ) as served:
         yield served

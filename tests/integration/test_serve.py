@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from service.simulate import simulate
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.integration.servicekit import (
     CLIENTS,
     http_get,
-    make_model,
     reading,
     running,
     settings_for,
@@ -47,7 +47,7 @@ def _produce_simulated(
 def test_every_reading_yields_one_forecast_equal_to_the_oracle(
     kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(
         kafka.bootstrap, model.registry, model.card.name, kafka.name, **{"kafka.client": client}
     )
@@ -91,7 +91,7 @@ def test_every_reading_yields_one_forecast_equal_to_the_oracle(
 def test_readyz_turns_true_only_after_assignment_and_later_readings_flow(
     kafka: KafkaKit, tmp_path: Path
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(kafka.bootstrap, model.registry, model.card.name, kafka.name)
     k = settings.kafka
     with running(settings) as svc:
@@ -113,7 +113,7 @@ def test_readyz_turns_true_only_after_assignment_and_later_readings_flow(
 
 
 def test_idle_streams_expire_without_new_readings(kafka: KafkaKit, tmp_path: Path) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(
         kafka.bootstrap, model.registry, model.card.name, kafka.name, **{"engine.ttl_seconds": 1.0}
     )

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.integration.servicekit import (
     CLIENTS,
     RunningService,
-    make_model,
     reading,
     settings_for,
     wait_until,
@@ -33,7 +33,7 @@ def _records(step: int) -> list[tuple[str, bytes]]:
 def test_second_member_takes_over_partitions_without_loss_or_duplicates(
     kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(
         kafka.bootstrap, model.registry, model.card.name, kafka.name, **{"kafka.client": client}
     )

@@ -17,8 +17,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from service.embedded import free_port
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
-from tests.integration.servicekit import CLIENTS, http_get, make_model, reading, wait_until
+from tests.integration.servicekit import CLIENTS, http_get, reading, wait_until
 
 VALUES = {"temp": 20.0, "pressure": 101.0, "vibration": 0.5}
 
@@ -71,7 +72,7 @@ def _feed(kafka: KafkaKit, topic: str, stop: threading.Event, sent: list[int]) -
 def test_sigterm_mid_stream_exits_zero_with_everything_committed_and_published(
     kafka: KafkaKit, tmp_path: Path, client: str
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     topics = {"in": kafka.name("in"), "out": kafka.name("out"), "dlq": kafka.name("dlq")}
     group = kafka.name("g")
     kafka.create_topic(topics["in"], 4)

@@ -16,11 +16,11 @@ import pytest
 
 from service.embedded import EmbeddedBroker, free_port
 from service.errors import TopicError
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.integration.servicekit import (
     RunningService,
     http_get,
-    make_model,
     reading,
     settings_for,
     wait_until,
@@ -84,7 +84,7 @@ def test_bad_setting_is_one_clear_line_and_status_2(
 
 
 def test_busy_http_port_is_one_clear_line(tmp_path: Path) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -101,7 +101,7 @@ def test_busy_http_port_is_one_clear_line(tmp_path: Path) -> None:
 def test_missing_topic_without_create_is_an_error_naming_it(
     kafka: KafkaKit, tmp_path: Path
 ) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     settings = settings_for(
         kafka.bootstrap,
         model.registry,
@@ -118,7 +118,7 @@ def test_unreachable_broker_at_start_retries_with_backoff_and_stops_cleanly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="service.app")
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     nobody = f"127.0.0.1:{free_port()}"
     settings = settings_for(nobody, model.registry, model.card.name, lambda p: f"{p}-unreachable")
     svc = RunningService(settings).start()
@@ -140,7 +140,7 @@ def test_unreachable_broker_at_start_retries_with_backoff_and_stops_cleanly(
 
 
 def test_broker_lost_during_the_run_turns_not_ready_without_spinning(tmp_path: Path) -> None:
-    model = make_model(tmp_path / "models")
+    model = add_sensor_lstm(tmp_path / "models")
     broker = EmbeddedBroker().start()
     try:
         kit = KafkaKit(broker.bootstrap, "broker-lost")

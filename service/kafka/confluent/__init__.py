@@ -1,7 +1,7 @@
 """The transport on confluent-kafka (librdkafka), selected with ``kafka.client=confluent``.
 
 Same interface and semantics as the kafka-python modules beside it (see
-`service.kafka.transport`): manual commits by the checkpoint only, rebalances through the
+`service.transport`): manual commits by the checkpoint only, rebalances through the
 same `RebalanceHandler`, failed deliveries kept and sent again by ``flush``, the changelog
 read to its end with the last record per key. What differs is where the work happens:
 librdkafka fetches, batches, compresses and checksums on its own C threads, and runs the

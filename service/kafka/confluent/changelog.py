@@ -1,5 +1,6 @@
 """The state changelog on confluent-kafka: the same topic, records and partitions as the
-kafka-python `ChangelogWriter` and `ChangelogReader` (see `service.kafka.changelog`).
+kafka-python `ChangelogWriter` and `ChangelogReader`, and the same bookkeeping above them
+(`service.changelog`).
 
 The reader knows a partition is read to its end from librdkafka's partition-EOF event
 (``enable.partition.eof``), raised when a fetch reaches the high watermark the broker's
@@ -10,8 +11,7 @@ that short of the log end (see `service.kafka.changelog`).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -24,12 +24,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from service.config import KafkaSettings
+from service.changelog import ChangelogRead, ChangelogReading, ChangelogWriting
+from service.config import KafkaSettings, changelog_topic
 from service.errors import ChangelogError
-from service.kafka.changelog import changelog_topic
 from service.kafka.confluent.config import base_config, describe
 from service.kafka.confluent.sink import produce_when_room
-from service.kafka.transport import PartitionRestore
 
 __all__ = ["ConfluentChangelogReader", "ConfluentChangelogWriter"]
 
@@ -40,15 +39,14 @@ _BATCH = 100_000  # most messages one consume returns
 _FETCH_BYTES = 32 * 1024 * 1024
 
 
-class ConfluentChangelogWriter:
+class ConfluentChangelogWriter(ChangelogWriting):
     """Produces state records and tombstones to explicit partitions."""
 
     def __init__(
         self, settings: KafkaSettings, producer: Callable[[dict[str, Any]], Any] = Producer
     ) -> None:
         """`producer` builds the client from its config (tests pass a stand-in)."""
-        self.topic = changelog_topic(settings)
-        self._errors: list[KafkaError | str] = []
+        super().__init__(changelog_topic(settings))
         self._producer = producer(
             {
                 **base_config(settings, f"{settings.client_id}-changelog"),
@@ -65,61 +63,47 @@ class ConfluentChangelogWriter:
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._errors.append(err)
+            self._delivery_failed(err)
 
-    def send(
-        self,
-        partitions: Sequence[int],
-        keys: Sequence[str],
-        values: Sequence[bytes | None],
-    ) -> int:
-        """Send one record per stream (a None value is a tombstone); return the bytes sent.
-
-        Delivery is confirmed by `flush`.
-        """
+    def _produce_all(
+        self, partitions: Sequence[int], keys: Sequence[bytes], values: Sequence[bytes | None]
+    ) -> None:
         producer, topic = self._producer, self.topic
         produce = producer.produce
-        size = 0
         try:
             for partition, key, value in zip(partitions, keys, values, strict=True):
                 try:
-                    produce(topic, value, key.encode(), partition)
+                    produce(topic, value, key, partition)
                 except BufferError:
-                    if not produce_when_room(producer, topic, value, key.encode(), partition):
+                    if not produce_when_room(producer, topic, value, key, partition):
                         raise ChangelogError(
                             f"changelog {topic}: the send queue stayed full (broker unreachable?)"
                         ) from None
-                size += len(key) + (len(value) if value is not None else 0)
         except KafkaException as exc:
             raise ChangelogError(f"cannot send to changelog {topic}: {describe(exc)}") from exc
-        return size
 
-    def flush(self, timeout: float) -> None:
-        """Block until every record sent is acknowledged; `ChangelogError` when one failed or
-        time ran out (the caller writes the same streams again at its next checkpoint)."""
+    def _deliver(self, timeout: float) -> None:
         left = self._producer.flush(timeout)
         if left:
             raise ChangelogError(
                 f"{left} changelog records not acknowledged within {timeout:g} s "
                 "(broker unreachable?)"
             )
-        if self._errors:
-            first, n = self._errors[0], len(self._errors)
-            self._errors = []
-            raise ChangelogError(f"{n} changelog records failed delivery; first error: {first}")
 
     def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is still queued, for up to `timeout` seconds."""
         self._producer.flush(timeout)
 
 
-class ConfluentChangelogReader:
+class ConfluentChangelogReader(ChangelogReading):
     """Reads changelog partitions to their end with its own group-less consumer (assigned
     partitions, nothing committed; librdkafka wants a ``group.id`` all the same)."""
 
     def __init__(
         self, settings: KafkaSettings, consumer: Callable[[dict[str, Any]], Any] = Consumer
     ) -> None:
-        self.topic = changelog_topic(settings)
+        """`consumer` builds the client from its config (tests pass a stand-in)."""
+        super().__init__(changelog_topic(settings))
         self._consumer = consumer(
             {
                 **base_config(settings, f"{settings.client_id}-restore"),
@@ -132,41 +116,22 @@ class ConfluentChangelogReader:
             }
         )
 
-    def read(self, partitions: Iterable[int], timeout: float) -> list[PartitionRestore]:
-        """Every partition in `partitions` read from its beginning to its end.
-
-        Raises `ChangelogError` when that takes longer than `timeout` seconds.
-        """
-        parts = sorted(set(partitions))
-        if not parts:
-            return []
-        started = time.monotonic()
-        deadline = started + timeout
+    def _read_to_end(self, read: ChangelogRead) -> None:
         consumer = self._consumer
-        latest: dict[int, dict[bytes | None, bytes | None]] = {p: {} for p in parts}
-        counts = dict.fromkeys(parts, 0)
-        done: dict[int, float] = {}
-        pending = set(parts)
+        add = read.add
         last_error = ""
         try:
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
-            while pending:
-                if time.monotonic() > deadline:
-                    raise ChangelogError(
-                        f"changelog {self.topic} partitions {sorted(pending)} not read to their "
-                        f"end within {timeout:g} s" + (f" ({last_error})" if last_error else "")
-                    )
+            consumer.assign(
+                [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in read.partitions]
+            )
+            while read.pending:
+                read.check_deadline(last_error)
                 for m in consumer.consume(_BATCH, _POLL):
                     err = m.error()
                     if err is None:
-                        p = m.partition()
-                        latest[p][m.key()] = m.value()
-                        counts[p] += 1
+                        add(m.partition(), m.key(), m.value())
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        p = m.partition()
-                        if p in pending:
-                            pending.discard(p)
-                            done[p] = time.monotonic() - started
+                        read.reached_end(m.partition())
                     elif err.fatal():
                         raise ChangelogError(f"cannot read changelog {self.topic}: {err.str()}")
                     else:  # retried by librdkafka until the deadline
@@ -178,9 +143,9 @@ class ConfluentChangelogReader:
                 consumer.unassign()
             except KafkaException as exc:
                 log.warning("changelog unassign failed error=%s", describe(exc))
-        return [PartitionRestore.fold(p, latest[p], counts[p], done[p]) for p in parts]
 
     def close(self) -> None:
+        """Close the consumer; a failure is logged, not raised."""
         try:
             self._consumer.close()
         except KafkaException as exc:

@@ -59,5 +59,7 @@ def error_of(exc: BaseException) -> KafkaError | None:
 
 
 def describe(exc: BaseException) -> str:
+    """``NAME: message`` of the librdkafka error `exc` carries, else its repr (for logs and
+    our errors' messages)."""
     err = error_of(exc)
     return f"{err.name()}: {err.str()}" if err is not None else repr(exc)

@@ -6,13 +6,13 @@ from __future__ import annotations
 from confluent_kafka.admin import AdminClient
 
 from service.config import KafkaSettings
-from service.kafka.changelog import changelog_topic
 from service.kafka.confluent.changelog import ConfluentChangelogReader, ConfluentChangelogWriter
 from service.kafka.confluent.config import base_config
 from service.kafka.confluent.sink import ConfluentSink
 from service.kafka.confluent.source import ConfluentSource
 from service.kafka.confluent.topics import ensure_topics as _ensure
-from service.kafka.transport import RebalanceHandler
+from service.kafka.topics import topic_plan
+from service.transport import RebalanceHandler
 
 __all__ = ["ensure_topics", "open_clients"]
 
@@ -23,16 +23,7 @@ BOOTSTRAP_TIMEOUT = 3.0
 def ensure_topics(settings: KafkaSettings, derived: list[str]) -> dict[str, int]:
     """The input and `derived` topics checked (created when allowed): partition counts."""
     admin = AdminClient(base_config(settings, settings.client_id))
-    return _ensure(
-        admin,
-        input_topic=settings.input_topic,
-        derived_topics=derived,
-        create=settings.create_topics,
-        partitions=settings.partitions,
-        replication_factor=settings.replication_factor,
-        topic_configs={changelog_topic(settings): {"cleanup.policy": "compact"}},
-        timeout=BOOTSTRAP_TIMEOUT,
-    )
+    return _ensure(admin, **topic_plan(settings, derived), timeout=BOOTSTRAP_TIMEOUT)
 
 
 def open_clients(

@@ -1,25 +1,25 @@
 """The reading source on confluent-kafka: one consumer in the group, polled in micro-batches.
 
 As with kafka-python, offsets are committed by hand (``enable.auto.commit=false``), only by
-the checkpoint, and only up to what has been processed. librdkafka runs the rebalance
-callbacks inside ``consume``/``poll`` on the calling thread, so the revoke checkpoint
-commits synchronously right there, before the member rejoins. A poll hands the decoder a
+the checkpoint, and only what it gives (`service.offsets` decides which). librdkafka runs
+the rebalance callbacks inside ``consume``/``poll`` on the calling thread, so the revoke's
+offsets are committed synchronously right there, before the member rejoins. A poll hands the decoder a
 `RecordColumns` (one list per field) rather than a wrapper object per message.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from service.codec import RecordColumns
 from service.config import KafkaSettings
 from service.errors import GroupChangingError, TransportError
-from service.kafka.codec import RecordColumns
 from service.kafka.confluent.config import GROUP_CHURN, base_config, describe, error_of
-from service.kafka.transport import RebalanceHandler
+from service.transport import RebalanceHandler
 
 __all__ = ["ConfluentSource"]
 
@@ -60,8 +60,6 @@ class ConfluentSource:
         )
         self._assigned: set[int] = set()
         self._paused: set[int] = set()
-        self._next: dict[int, int] = {}  # partition -> next offset to process
-        self._committed: dict[int, int] = {}
         self._consumer.subscribe(
             [self.topic],
             on_assign=self._on_assign,
@@ -93,17 +91,13 @@ class ConfluentSource:
             messages = self._drop_errors(messages)
             if not messages:
                 return _EMPTY
-        # set on every message that is not an error
-        partitions = cast(list[int], [m.partition() for m in messages])
-        offsets = cast(list[int], [m.offset() for m in messages])
-        for p, last in dict(zip(partitions, offsets, strict=True)).items():
-            self._next[p] = last + 1
         return RecordColumns(
             self.topic,
             [m.key() for m in messages],
             [m.value() for m in messages],
-            partitions,
-            offsets,
+            # set on every message that is not an error
+            cast(list[int], [m.partition() for m in messages]),
+            cast(list[int], [m.offset() for m in messages]),
             # (type, ms); type 0 is TIMESTAMP_NOT_AVAILABLE
             [ms if kind else -1 for kind, ms in [m.timestamp() for m in messages]],
         )
@@ -127,21 +121,25 @@ class ConfluentSource:
     # -- partitions ------------------------------------------------------------------------
 
     def assignment(self) -> set[int]:
+        """The partitions assigned to this member."""
         return set(self._assigned)
 
     def pause(self, partitions: Iterable[int]) -> None:
+        """Stop fetching these partitions (those assigned) until `resume`."""
         parts = set(partitions) & self._assigned
         if parts:
             self._consumer.pause([TopicPartition(self.topic, p) for p in sorted(parts)])
             self._paused |= parts
 
     def resume(self, partitions: Iterable[int]) -> None:
+        """Fetch these partitions again."""
         parts = set(partitions) & self._paused
         if parts:
             self._consumer.resume([TopicPartition(self.topic, p) for p in sorted(parts)])
             self._paused -= parts
 
     def paused(self) -> set[int]:
+        """The paused partitions."""
         return set(self._paused)
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -162,71 +160,46 @@ class ConfluentSource:
         if not parts:
             return
         log.info("partitions revoked topic=%s partitions=%s", self.topic, sorted(parts))
-        # 1. flush the producer (the service), 2. commit the revoked partitions' offsets
-        if self._handler.flush_before_revoke(parts):
-            self._commit_revoked(parts)
-        self._handler.partitions_revoked(parts, lost=False)
-        self._gone(parts)
+        offsets = self._handler.partitions_revoked(parts)
+        self._assigned -= parts
+        self._paused -= parts
+        if not offsets:
+            return
+        try:
+            self._commit_offsets(offsets)
+        except TransportError as exc:
+            log.warning(
+                "commit on revoke failed topic=%s offsets=%s error=%s", self.topic, offsets, exc
+            )
+            return
+        log.info("offsets committed on revoke topic=%s offsets=%s", self.topic, offsets)
 
     def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         parts = {tp.partition for tp in partitions}
         log.warning("partitions lost topic=%s partitions=%s", self.topic, sorted(parts))
-        self._handler.partitions_revoked(parts, lost=True)
-        self._gone(parts)
-
-    def _gone(self, parts: set[int]) -> None:
-        self.forget(parts)
+        self._handler.partitions_lost(parts)
         self._assigned -= parts
         self._paused -= parts
 
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Drop the bookkeeping of partitions no longer assigned."""
-        for p in partitions:
-            self._next.pop(p, None)
-            self._committed.pop(p, None)
-
     # -- commits ---------------------------------------------------------------------------
 
-    def pending_commit(self) -> dict[int, int]:
-        """Partitions whose processed position is past their last commit."""
-        return {p: o for p, o in self._next.items() if self._committed.get(p) != o}
+    def commit(self, offsets: Mapping[int, int], timeout: float) -> None:
+        """Commit `offsets` synchronously; with none, read the committed offsets of the
+        assigned partitions instead (a round trip to the group coordinator all the same).
 
-    def positions(self) -> dict[int, int]:
-        return dict(self._next)
-
-    def commit(
-        self, timeout_ms: int | None = None, offsets: dict[int, int] | None = None
-    ) -> dict[int, int]:
-        """Commit, for every partition with records processed, the next offset to process;
-        or, given `offsets` (an earlier `positions()`), those of them still assigned.
-
-        Unchanged offsets are committed again: the round trip to the group coordinator is
-        what tells the service that the broker is still there (with nothing processed yet,
-        reading the committed offsets is that round trip). Returns the partitions whose
-        offset moved since the last commit. Raises `GroupChangingError` when a rebalance
-        refuses the commit and `TransportError` when the broker does.
+        Raises `GroupChangingError` when a rebalance refuses the commit and
+        `TransportError` when the broker does.
         """
-        if offsets is None:
-            offsets = dict(self._next)
-        else:
-            # those still assigned, never behind what this member committed already
-            committed = self._committed
-            offsets = {
-                p: max(o, committed.get(p, o)) for p, o in offsets.items() if p in self._assigned
-            }
-        timeout = (timeout_ms if timeout_ms is not None else 10_000) / 1000
-        if not offsets:
-            if self._assigned:
-                self._check_coordinator(timeout)
-            return {}
-        moved = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
-        self._commit_offsets(offsets)
-        self._committed.update(offsets)
-        if moved:
-            log.debug("offsets committed topic=%s offsets=%s", self.topic, moved)
-        return moved
+        if offsets:
+            self._commit_offsets(offsets)
+        elif self._assigned:
+            tps = [TopicPartition(self.topic, p) for p in sorted(self._assigned)]
+            try:
+                self._consumer.committed(tps, timeout=timeout)
+            except KafkaException as exc:
+                raise _commit_error(exc) from exc
 
-    def _commit_offsets(self, offsets: dict[int, int]) -> None:
+    def _commit_offsets(self, offsets: Mapping[int, int]) -> None:
         try:
             results = self._consumer.commit(
                 offsets=[TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())],
@@ -238,33 +211,11 @@ class ConfluentSource:
             if tp.error is not None:
                 raise _commit_error(KafkaException(tp.error))
 
-    def _check_coordinator(self, timeout: float) -> None:
-        tps = [TopicPartition(self.topic, p) for p in sorted(self._assigned)]
-        try:
-            self._consumer.committed(tps, timeout=timeout)
-        except KafkaException as exc:
-            raise _commit_error(exc) from exc
-
-    def _commit_revoked(self, partitions: set[int]) -> None:
-        """Commit the processed offsets of `partitions` inside the revoke callback."""
-        offsets = {p: o for p, o in self._next.items() if p in partitions}
-        if not offsets:
-            return
-        try:
-            self._commit_offsets(offsets)
-        except TransportError as exc:
-            log.warning(
-                "commit on revoke failed topic=%s offsets=%s error=%s", self.topic, offsets, exc
-            )
-            return
-        self._committed.update(offsets)
-        log.info("offsets committed on revoke topic=%s offsets=%s", self.topic, offsets)
-
     # -- the rest --------------------------------------------------------------------------
 
-    def lag(self) -> dict[int, int]:
-        """High watermark (as the last fetch reported it) minus the next offset, per
-        assigned partition with both known."""
+    def lag(self, positions: Mapping[int, int]) -> dict[int, int]:
+        """High watermark (as the last fetch reported it) minus the next offset to process
+        (`positions`, else the consumer's position), per assigned partition with both known."""
         out: dict[int, int] = {}
         for p in sorted(self._assigned):
             tp = TopicPartition(self.topic, p)
@@ -272,7 +223,7 @@ class ConfluentSource:
                 _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
-            position = self._next.get(p)
+            position = positions.get(p)
             if position is None:
                 (known,) = self._consumer.position([tp])
                 position = known.offset

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.cimpl import NewTopic
 
 from service.errors import TopicError, TransportError
 from service.kafka.confluent.config import describe, error_of
-from service.kafka.topics import ensure_with
+from service.kafka.topics import TopicPlan, ensure_with
 
 __all__ = ["ensure_topics", "partition_counts"]
 
@@ -70,24 +70,12 @@ def _create(
 
 
 def ensure_topics(
-    admin: Any,
-    *,
-    input_topic: str,
-    derived_topics: Sequence[str],
-    create: bool,
-    partitions: int,
-    replication_factor: int,
-    topic_configs: Mapping[str, Mapping[str, str]] | None = None,
-    timeout: float = 10.0,
+    admin: Any, *, timeout: float = 10.0, **plan: Unpack[TopicPlan]
 ) -> dict[str, int]:
-    """`service.kafka.topics.ensure_topics` with an AdminClient."""
+    """`service.kafka.topics.ensure_topics` with an AdminClient; `timeout` is how long, in
+    seconds, one metadata request or topic creation may take."""
     return ensure_with(
         lambda topics: partition_counts(admin, topics, timeout),
         lambda topic, n, rf, configs: _create(admin, topic, n, rf, configs, timeout),
-        input_topic=input_topic,
-        derived_topics=derived_topics,
-        create=create,
-        partitions=partitions,
-        replication_factor=replication_factor,
-        topic_configs=topic_configs,
+        **plan,
     )

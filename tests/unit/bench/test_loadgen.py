@@ -7,7 +7,7 @@ import pytest
 from kafka.partitioner.default import DefaultPartitioner
 
 from bench.loadgen import ReadingPlan, latencies, partition_of, summarize
-from service.kafka.codec import ReadingDecoder
+from service.codec import ReadingDecoder
 
 
 class _Cluster:

@@ -6,8 +6,7 @@ import pytest
 
 from service.cli import main
 from service.registry import Registry
-from service.testing import build_onnx_lstm
-from tests.unit.service.cardfixtures import make_card, make_graph
+from service.testing import build_onnx_linear, build_onnx_lstm
 from tests.unit.service.goldenfixtures import perturb_weight
 
 
@@ -15,8 +14,8 @@ def test_lists_every_model_marks_the_broken_ones_and_fails_at_the_end(
     tmp_path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     registry = Registry(tmp_path)
-    registry.add(make_card(name="alpha"), make_graph())
-    registry.add(make_card(name="broken-card"), make_graph())
+    registry.add(*build_onnx_linear(name="alpha"))
+    registry.add(*build_onnx_linear(name="broken-card"))
     (tmp_path / "broken-card" / "1" / "card.json").write_text("{not json")
     card, proto, _ = build_onnx_lstm(name="broken-golden")
     registry.add(card, proto)
@@ -25,7 +24,7 @@ def test_lists_every_model_marks_the_broken_ones_and_fails_at_the_end(
     (tmp_path / "broken-golden" / "1" / "model.onnx").write_bytes(mutated.SerializeToString())
     good, good_proto, _ = build_onnx_lstm(name="checked")
     registry.add(good, good_proto)
-    registry.add(make_card(name="zulu"), make_graph())
+    registry.add(*build_onnx_linear(name="zulu"))
 
     assert main(["models", "--registry", str(tmp_path)]) == 1
     captured = capsys.readouterr()

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ServiceSettings, env_var_name, load_settings, settings_reference
+from service.config import (
+    KafkaSettings,
+    ServiceSettings,
+    changelog_topic,
+    env_var_name,
+    load_settings,
+    settings_reference,
+)
 from service.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -83,6 +90,11 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         s.kafka.max_batch = 5  # type: ignore[misc]
     assert isinstance(s, ServiceSettings)
+
+
+def test_changelog_topic_defaults_to_group_dot_state_and_can_be_set() -> None:
+    assert changelog_topic(KafkaSettings(group_id="grp")) == "grp.state"
+    assert changelog_topic(KafkaSettings(group_id="g", changelog_topic="st")) == "st"
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ import pytest
 
 from service.errors import ModelCardError, ModelContractError
 from service.modelcard import CARD_METADATA_KEY, ModelCard, StateSpec, validate_onnx
-from tests.unit.service.cardfixtures import make_card, make_graph
+from service.testing import build_onnx_linear, linear_graph
 
 
 def test_card_round_trips_through_json_and_file(tmp_path):
-    card = make_card()
+    card, _ = build_onnx_linear()
     assert ModelCard.from_json(card.to_json()) == card
     card.write(tmp_path)
     assert ModelCard.read(tmp_path) == card
@@ -20,7 +20,7 @@ def test_card_round_trips_through_json_and_file(tmp_path):
 
 
 def test_card_round_trips_through_onnx_metadata():
-    card, model = make_card(), make_graph()
+    card, model = build_onnx_linear()
     card.embed(model)
     card.embed(model)  # embedding again replaces, never duplicates
     assert [p.key for p in model.metadata_props].count(CARD_METADATA_KEY) == 1
@@ -30,7 +30,7 @@ def test_card_round_trips_through_onnx_metadata():
 
 def test_onnx_without_card_is_a_clear_error():
     with pytest.raises(ModelCardError, match=r"no 'sensorcast\.card' entry"):
-        ModelCard.from_onnx(make_graph(), source="m.onnx")
+        ModelCard.from_onnx(linear_graph(), source="m.onnx")
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_onnx_without_card_is_a_clear_error():
     ],
 )
 def test_invalid_cards_are_rejected_with_the_reason(overrides, message):
-    bad = make_card().model_dump(mode="json") | overrides
+    bad = build_onnx_linear()[0].model_dump(mode="json") | overrides
     with pytest.raises(ModelCardError, match=message):
         ModelCard.from_json(json.dumps(bad))
 
@@ -87,14 +87,14 @@ def test_state_spec_inserts_the_batch_axis():
 
 
 def test_scaler_inverse_undoes_transform():
-    scaler = make_card().scaler.features
+    scaler = build_onnx_linear()[0].scaler.features
     raw = np.array([[21.0, 1.5], [18.0, 0.25]], np.float32)
     np.testing.assert_allclose(scaler.inverse(scaler.transform(raw)), raw, rtol=1e-6)
     np.testing.assert_allclose(scaler.transform(raw)[0], [0.5, 1.0])
 
 
 def test_a_conforming_graph_validates():
-    validate_onnx(make_card(), make_graph())
+    validate_onnx(*build_onnx_linear())
 
 
 @pytest.mark.parametrize(
@@ -108,10 +108,12 @@ def test_a_conforming_graph_validates():
 )
 def test_contract_violations_are_named(graph_kwargs, message):
     with pytest.raises(ModelContractError, match=message):
-        validate_onnx(make_card(), make_graph(**graph_kwargs))
+        validate_onnx(build_onnx_linear()[0], linear_graph(**graph_kwargs))
 
 
 def test_state_rank_mismatch_is_named():
-    card = make_card(states=[{"name": "h", "shape": [4], "batch_axis": 0}])
+    card, graph = build_onnx_linear()
+    flat = StateSpec(name="h", shape=(4,), batch_axis=0)  # [batch, 4]: the graph's h is 3-d
+    card = ModelCard.model_validate(card.model_dump() | {"states": [flat]})
     with pytest.raises(ModelContractError, match="state input 'h' has rank 3, the card implies 2"):
-        validate_onnx(card, make_graph())
+        validate_onnx(card, graph)

@@ -15,8 +15,7 @@ from pydantic import ValidationError
 from service.errors import ModelCardError
 from service.golden import GoldenTensor
 from service.modelcard import ModelCard
-from service.testing import build_onnx_lstm
-from tests.unit.service.cardfixtures import make_card
+from service.testing import build_onnx_linear, build_onnx_lstm
 
 Step = tuple[np.ndarray, list[np.ndarray]]
 
@@ -29,9 +28,9 @@ def _card_json(card: ModelCard, **overrides: object) -> str:
 
 
 def test_feature_ranges_round_trip_in_card_order() -> None:
-    card = make_card(feature_ranges=[(15.5, 24.0), (0.25, 1.75)])
+    card, _ = build_onnx_linear(feature_ranges=[(15.5, 24.0), (0.25, 1.75)])
     assert ModelCard.from_json(card.to_json()).feature_ranges == [(15.5, 24.0), (0.25, 1.75)]
-    assert make_card().feature_ranges is None  # optional: older cards have none
+    assert build_onnx_linear()[0].feature_ranges is None  # optional: older cards have none
 
 
 @pytest.mark.parametrize(
@@ -49,15 +48,14 @@ def test_feature_ranges_round_trip_in_card_order() -> None:
     ],
 )
 def test_invalid_feature_ranges_are_rejected(ranges: list[list[float]], message: str) -> None:
+    card, _ = build_onnx_linear()
     with pytest.raises(ModelCardError, match=message):
-        ModelCard.from_json(_card_json(make_card(), feature_ranges=ranges))
+        ModelCard.from_json(_card_json(card, feature_ranges=ranges))
 
 
 def test_a_constant_feature_has_an_empty_range() -> None:
-    assert make_card(feature_ranges=[(20.0, 20.0), (1.0, 1.0)]).feature_ranges == [
-        (20.0, 20.0),
-        (1.0, 1.0),
-    ]
+    card, _ = build_onnx_linear(feature_ranges=[(20.0, 20.0), (1.0, 1.0)])
+    assert card.feature_ranges == [(20.0, 20.0), (1.0, 1.0)]
 
 
 # -- golden tensors -------------------------------------------------------------------------

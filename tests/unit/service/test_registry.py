@@ -8,13 +8,13 @@ import pytest
 from service.errors import ModelCardError, ModelContractError, RegistryError
 from service.modelcard import ModelCard
 from service.registry import LATEST, Registry, load_model_dir, parse_model_spec, version_key
-from tests.unit.service.cardfixtures import make_card, make_graph
+from service.testing import build_onnx_linear, linear_graph
 
 
 def test_versions_sort_numerically_and_latest_is_highest(tmp_path):
     registry = Registry(tmp_path)
     for version in ["2", "10", "1.9", "1.10"]:
-        registry.add(make_card(version=version), make_graph())
+        registry.add(*build_onnx_linear(version=version))
     assert registry.versions("tiny") == ["1.9", "1.10", "2", "10"]
     assert registry.resolve("tiny").version == "10"
     assert registry.resolve("tiny", "1.10").directory == tmp_path / "tiny" / "1.10"
@@ -34,8 +34,8 @@ def test_model_spec_parsing():
 
 def test_added_model_loads_and_runs(tmp_path):
     registry = Registry(tmp_path)
-    card = make_card()
-    ref = registry.add(card, make_graph())
+    card, graph = build_onnx_linear()
+    ref = registry.add(card, graph)
     assert ref.card_path.is_file() and ref.onnx_path.is_file()
     loaded = registry.load("tiny")
     assert loaded.card == card
@@ -48,23 +48,23 @@ def test_added_model_loads_and_runs(tmp_path):
 
 def test_adding_twice_needs_overwrite(tmp_path):
     registry = Registry(tmp_path)
-    registry.add(make_card(), make_graph())
+    registry.add(*build_onnx_linear())
     with pytest.raises(RegistryError, match="already exists"):
-        registry.add(make_card(), make_graph())
-    registry.add(make_card(description="v2"), make_graph(), overwrite=True)
+        registry.add(*build_onnx_linear())
+    registry.add(*build_onnx_linear(description="v2"), overwrite=True)
     assert registry.load("tiny").card.description == "v2"
 
 
 def test_adding_a_graph_that_breaks_the_contract_writes_nothing(tmp_path):
     registry = Registry(tmp_path)
     with pytest.raises(ModelContractError):
-        registry.add(make_card(), make_graph(n_features=5))
+        registry.add(build_onnx_linear()[0], linear_graph(n_features=5))
     assert registry.names() == []
 
 
 def test_unknown_model_and_version_list_what_exists(tmp_path):
     registry = Registry(tmp_path)
-    registry.add(make_card(), make_graph())
+    registry.add(*build_onnx_linear())
     with pytest.raises(RegistryError, match=r"no model 'nope'.*models there: tiny"):
         registry.resolve("nope")
     with pytest.raises(RegistryError, match=r"no version '7'.*versions: 1"):
@@ -73,15 +73,15 @@ def test_unknown_model_and_version_list_what_exists(tmp_path):
 
 def test_card_json_that_disagrees_with_the_embedded_card_is_refused(tmp_path):
     registry = Registry(tmp_path)
-    ref = registry.add(make_card(), make_graph())
-    make_card(horizon=3, description="edited by hand").write(ref.directory)
+    ref = registry.add(*build_onnx_linear())
+    build_onnx_linear(description="edited by hand")[0].write(ref.directory)
     with pytest.raises(ModelCardError, match="differ"):
         load_model_dir(ref)
 
 
 def test_card_in_the_wrong_folder_is_refused(tmp_path):
     registry = Registry(tmp_path)
-    ref = registry.add(make_card(), make_graph())
+    ref = registry.add(*build_onnx_linear())
     moved = tmp_path / "tiny" / "2"
     ref.directory.rename(moved)
     with pytest.raises(ModelCardError, match="the card says tiny:1 but the folder is tiny/2"):
@@ -90,7 +90,7 @@ def test_card_in_the_wrong_folder_is_refused(tmp_path):
 
 def test_corrupt_onnx_is_a_clear_error(tmp_path):
     registry = Registry(tmp_path)
-    ref = registry.add(make_card(), make_graph())
+    ref = registry.add(*build_onnx_linear())
     ref.onnx_path.write_bytes(b"not a protobuf at all")
     with pytest.raises(ModelCardError, match=r"cannot read the ONNX model|no 'sensorcast\.card'"):
         registry.load("tiny")
@@ -98,5 +98,5 @@ def test_corrupt_onnx_is_a_clear_error(tmp_path):
 
 def test_card_survives_onnx_save_and_load(tmp_path):
     registry = Registry(tmp_path)
-    ref = registry.add(make_card(), make_graph())
-    assert ModelCard.from_onnx(onnx.load(ref.onnx_path)) == make_card()
+    ref = registry.add(*build_onnx_linear())
+    assert ModelCard.from_onnx(onnx.load(ref.onnx_path)) == build_onnx_linear()[0]

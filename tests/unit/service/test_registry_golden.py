@@ -10,8 +10,7 @@ import pytest
 from service.errors import ModelContractError
 from service.modelcard import ModelCard
 from service.registry import Registry, load_model_dir
-from service.testing import build_onnx_lstm
-from tests.unit.service.cardfixtures import make_card, make_graph
+from service.testing import build_onnx_linear, build_onnx_lstm
 from tests.unit.service.goldenfixtures import perturb_weight
 
 
@@ -77,7 +76,7 @@ def test_a_card_without_golden_vectors_loads_unchecked_with_a_warning(
     tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = Registry(tmp_path)
-    registry.add(make_card(), make_graph())
+    registry.add(*build_onnx_linear())
     with caplog.at_level(logging.WARNING, logger="service.registry"):
         loaded = registry.load("tiny")
     assert loaded.golden_error is None

@@ -9,8 +9,7 @@ import pytest
 
 from service.errors import RegistryError
 from service.registry import Registry
-from service.testing import build_onnx_lstm
-from tests.unit.service.cardfixtures import make_card, make_graph
+from service.testing import build_onnx_linear, build_onnx_lstm, linear_graph
 from tests.unit.service.goldenfixtures import perturb_weight
 
 
@@ -20,7 +19,7 @@ def _everything(root: Path) -> list[str]:
 
 def test_dot_folders_are_neither_models_nor_versions(tmp_path) -> None:
     registry = Registry(tmp_path)
-    registry.add(make_card(), make_graph())
+    registry.add(*build_onnx_linear())
     good = tmp_path / "tiny" / "1"
     # What a crash while staging, or a replaced version, can leave behind.
     for hidden in (tmp_path / "tiny" / ".9.tmp-1a2b3c4d", tmp_path / ".tiny" / "1"):
@@ -48,7 +47,7 @@ def test_a_failure_inside_the_stage_leaves_nothing(tmp_path) -> None:
 
 def test_a_failure_inside_the_stage_keeps_the_other_versions(tmp_path) -> None:
     registry = Registry(tmp_path)
-    registry.add(make_card(), make_graph())
+    registry.add(*build_onnx_linear())
     before = _everything(tmp_path)
     with pytest.raises(OSError), registry.stage("tiny", "2") as folder:
         (folder / "card.json").write_text("{}")
@@ -58,7 +57,7 @@ def test_a_failure_inside_the_stage_keeps_the_other_versions(tmp_path) -> None:
 
 def test_an_existing_version_is_refused_before_anything_is_written(tmp_path) -> None:
     registry = Registry(tmp_path)
-    registry.add(make_card(), make_graph())
+    registry.add(*build_onnx_linear())
     before = _everything(tmp_path)
     ran = False
     with pytest.raises(RegistryError, match="already exists"), registry.stage("tiny", "1"):
@@ -68,16 +67,16 @@ def test_an_existing_version_is_refused_before_anything_is_written(tmp_path) -> 
 
 def test_overwrite_replaces_the_whole_folder(tmp_path) -> None:
     registry = Registry(tmp_path)
-    ref = registry.add(make_card(), make_graph())
+    ref = registry.add(*build_onnx_linear())
     (ref.directory / "forecast.png").write_bytes(b"from the old run")
-    registry.add(make_card(description="v2"), make_graph(), overwrite=True)
+    registry.add(*build_onnx_linear(description="v2"), overwrite=True)
     assert registry.load("tiny").card.description == "v2"
     assert _everything(tmp_path) == ["tiny", "tiny/1", "tiny/1/card.json", "tiny/1/model.onnx"]
 
 
 def test_a_failed_overwrite_keeps_the_old_folder(tmp_path) -> None:
     registry = Registry(tmp_path)
-    registry.add(make_card(description="v1"), make_graph())
+    registry.add(*build_onnx_linear(description="v1"))
     with pytest.raises(OSError), registry.stage("tiny", "1", overwrite=True) as folder:
         (folder / "model.onnx").write_bytes(b"half")
         raise OSError("disk full")
@@ -87,13 +86,13 @@ def test_a_failed_overwrite_keeps_the_old_folder(tmp_path) -> None:
 
 def test_survey_lists_every_folder_and_why_the_broken_ones_are(tmp_path) -> None:
     registry = Registry(tmp_path)
-    registry.add(make_card(name="alpha"), make_graph())
-    registry.add(make_card(name="broken-card"), make_graph())
+    registry.add(*build_onnx_linear(name="alpha"))
+    registry.add(*build_onnx_linear(name="broken-card"))
     (tmp_path / "broken-card" / "1" / "card.json").write_text("{not json")
     contract = tmp_path / "broken-contract" / "1"
     contract.mkdir(parents=True)
-    card = make_card(name="broken-contract")
-    graph = make_graph(n_features=5)
+    card, _ = build_onnx_linear(name="broken-contract")
+    graph = linear_graph(n_features=5)
     card.embed(graph)
     (contract / "model.onnx").write_bytes(graph.SerializeToString())
     card.write(contract)
@@ -104,8 +103,8 @@ def test_survey_lists_every_folder_and_why_the_broken_ones_are(tmp_path) -> None
     (tmp_path / "broken-golden" / "1" / "model.onnx").write_bytes(mutated.SerializeToString())
     no_graph = tmp_path / "no-graph" / "1"
     no_graph.mkdir(parents=True)
-    make_card(name="no-graph").write(no_graph)
-    registry.add(make_card(name="zulu"), make_graph())
+    build_onnx_linear(name="no-graph")[0].write(no_graph)
+    registry.add(*build_onnx_linear(name="zulu"))
 
     entries = {str(e.ref): e for e in registry.survey()}
     assert list(entries) == [

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from service.core.engine import StreamEngine
+from service.core.model import OnnxStepModel
 from service.modelcard import validate_onnx
+from service.registry import Registry
+from service.simulate import SENSOR_FEATURES
 from service.testing import (
+    SENSOR_RANGES,
     ElmanLagModel,
     ListSink,
+    add_sensor_lstm,
     build_onnx_lstm,
     drive,
     interleave,
@@ -30,6 +37,19 @@ def test_build_onnx_lstm_honours_the_contract(layers: int) -> None:
     assert [s.name for s in card.states] == ["h", "c"]
     assert card.states[0].shape == (layers, 5) and card.states[0].batch_axis == 1
     assert oracle.card is card
+
+
+def test_add_sensor_lstm_registers_a_model_whose_forecasts_its_oracle_expects(
+    tmp_path: Path,
+) -> None:
+    model = add_sensor_lstm(tmp_path, feature_ranges=SENSOR_RANGES)
+    loaded = Registry(tmp_path).load(model.card.name)
+    assert loaded.card == model.card and loaded.card.feature_ranges == SENSOR_RANGES
+    low, high = np.asarray(SENSOR_RANGES).T
+    rows = np.random.default_rng(3).uniform(low, high, (6, len(SENSOR_FEATURES)))
+    readings = readings_for("s", rows, features=SENSOR_FEATURES, period=model.card.period)
+    sink = drive(StreamEngine(OnnxStepModel.from_loaded(loaded)), [readings])
+    np.testing.assert_allclose(sink.values_of("s"), model.expected(rows), rtol=1e-4, atol=1e-6)
 
 
 def test_the_elman_model_steps_a_sequence_like_single_steps() -> None:

@@ -136,7 +136,8 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def test_every_config_field_has_a_flag_with_its_default_and_description() -> None:
     parser = _train_parser()
-    flags = {action.dest: action for action in parser._actions}
+    # argparse lists a parser's actions only in this private attribute
+    flags = {action.dest: action for action in parser._actions}  # noqa: SLF001
     for name, info in TrainConfig.model_fields.items():
         action = flags[name]
         # a flag left out overrides neither the --config file nor the field's default

@@ -61,7 +61,7 @@ def test_both_models_satisfy_the_protocol(
 def test_session_defaults_suit_a_shared_cpu(
     onnx_lstm: tuple[OnnxStepModel, NumpyLstmModel],
 ) -> None:
-    options = onnx_lstm[0]._session.get_session_options()
+    options = onnx_lstm[0].session_options
     assert options.intra_op_num_threads == 1
     assert options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
@@ -70,7 +70,7 @@ def test_session_defaults_suit_a_shared_cpu(
 def test_threads_and_spinning_are_configurable() -> None:
     card, proto, _ = build_onnx_lstm(hidden=4, layers=1)
     model = OnnxStepModel(card, proto.SerializeToString(), intra_op_threads=2, spinning=True)
-    options = model._session.get_session_options()
+    options = model.session_options
     assert options.intra_op_num_threads == 2
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     with pytest.raises(ModelContractError):

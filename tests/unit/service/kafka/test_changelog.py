@@ -14,7 +14,7 @@ from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 
 from service.config import KafkaSettings
 from service.errors import ChangelogError
-from service.kafka.changelog import ChangelogReader, ChangelogWriter, changelog_topic
+from service.kafka.changelog import ChangelogReader, ChangelogWriter
 from service.kafka.topics import ensure_topics
 
 SETTINGS = KafkaSettings(group_id="grp")
@@ -46,11 +46,6 @@ class FakeProducer:
 
     def close(self, timeout: float) -> None:
         pass
-
-
-def test_topic_defaults_to_group_dot_state_and_can_be_set() -> None:
-    assert changelog_topic(SETTINGS) == "grp.state"
-    assert changelog_topic(KafkaSettings(group_id="g", changelog_topic="st")) == "st"
 
 
 def test_writer_sends_to_the_given_partitions_with_tombstones_and_counts_bytes() -> None:

@@ -1,6 +1,7 @@
-"""The confluent-kafka source with a stand-in consumer: a poll as columns (errors left out,
-offsets remembered), pause and resume by partition number, the revoke checkpoint committed
-synchronously inside the callback, and commit errors as Sensorcast's."""
+"""The confluent-kafka source with a stand-in consumer: a poll as columns (errors left out),
+pause and resume by partition number, the revoke's offsets committed synchronously inside
+the callback, a commit of nothing as a round trip, and commit errors as Sensorcast's. Which
+offsets are committed is `service.offsets`' business (tests/unit/service/test_offsets.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ confluent_kafka = pytest.importorskip("confluent_kafka")
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition  # noqa: E402
 
+from service.codec import RecordColumns  # noqa: E402
 from service.config import KafkaSettings  # noqa: E402
 from service.errors import GroupChangingError, TransportError  # noqa: E402
-from service.kafka.codec import RecordColumns  # noqa: E402
 from service.kafka.confluent.source import ConfluentSource  # noqa: E402
 
 TOPIC = "readings"
@@ -57,23 +58,31 @@ class FakeConsumer:
         self.committed_offsets.update({tp.partition: tp.offset for tp in offsets})
         return offsets
 
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if self.commit_error is not None:
+            raise KafkaException(self.commit_error)
+        self.calls.append(f"committed {[tp.partition for tp in partitions]}")
+        return partitions
+
 
 class Handler:
-    def __init__(self, calls: list[str], flush_ok: bool = True) -> None:
-        self.calls, self.flush_ok = calls, flush_ok
+    """Returns `to_commit` on a revoke (empty: its checkpoint failed)."""
+
+    def __init__(self, calls: list[str], to_commit: dict[int, int]) -> None:
+        self.calls, self.to_commit = calls, to_commit
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         self.calls.append(f"assigned {sorted(partitions)}")
 
-    def flush_before_revoke(self, partitions: set[int]) -> bool:
-        self.calls.append(f"flush {sorted(partitions)}")
-        return self.flush_ok
+    def partitions_revoked(self, partitions: set[int]) -> dict[int, int]:
+        self.calls.append(f"revoked {sorted(partitions)}")
+        return {p: o for p, o in self.to_commit.items() if p in partitions}
 
-    def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
-        self.calls.append(f"{'lost' if lost else 'revoked'} {sorted(partitions)}")
+    def partitions_lost(self, partitions: set[int]) -> None:
+        self.calls.append(f"lost {sorted(partitions)}")
 
 
-def _source(flush_ok: bool = True) -> tuple[ConfluentSource, FakeConsumer]:
+def _source(to_commit: dict[int, int] | None = None) -> tuple[ConfluentSource, FakeConsumer]:
     made: list[FakeConsumer] = []
 
     def build(config: dict[str, Any]) -> FakeConsumer:
@@ -82,7 +91,7 @@ def _source(flush_ok: bool = True) -> tuple[ConfluentSource, FakeConsumer]:
 
     calls: list[str] = []
     settings = KafkaSettings(input_topic=TOPIC, group_id="g")
-    source = ConfluentSource(settings, Handler(calls, flush_ok), build)
+    source = ConfluentSource(settings, Handler(calls, to_commit or {}), build)
     consumer = made[0]
     consumer.calls = calls  # one log of the consumer's and the handler's calls
     return source, consumer
@@ -102,7 +111,7 @@ def test_manual_commits_only() -> None:
     assert consumer.config["group.id"] == "g"
 
 
-def test_poll_returns_columns_without_errors_and_remembers_offsets() -> None:
+def test_poll_returns_columns_without_errors() -> None:
     source, consumer = _source()
     _assign(consumer, [0, 1])
     eof = KafkaError(KafkaError._PARTITION_EOF)
@@ -126,7 +135,6 @@ def test_poll_returns_columns_without_errors_and_remembers_offsets() -> None:
     # milliseconds whichever clock stamped them; -1 where the record carries none
     assert records.timestamps == [1_700_000_000_123, -1, 1_700_000_001_000]
     assert (records[1].topic, records[1].partition, records[1].offset) == (TOPIC, 1, 9)
-    assert source.pending_commit() == {0: 7, 1: 10}
     assert len(source.poll()) == 0
 
 
@@ -147,28 +155,25 @@ def test_assignment_is_made_before_the_handler_runs_so_it_can_pause() -> None:
     assert source.assignment() == {1, 3}
 
 
-def test_revoke_flushes_then_commits_synchronously_then_hands_over() -> None:
-    source, consumer = _source()
+def test_a_revoke_commits_what_the_handler_returns_synchronously_in_the_callback() -> None:
+    source, consumer = _source(to_commit={1: 9})
     _assign(consumer, [0, 1])
-    consumer.batches = [[_message(0, 4), _message(1, 8)]]
-    source.poll()
     consumer.calls.clear()
     consumer.callbacks["on_revoke"](consumer, [TopicPartition(TOPIC, 1)])
-    assert consumer.calls == ["flush [1]", "commit [(1, 9)]", "revoked [1]"]
+    assert consumer.calls == ["revoked [1]", "commit [(1, 9)]"]
     assert source.assignment() == {0}
-    assert source.pending_commit() == {0: 5}
 
 
-def test_no_commit_on_revoke_when_the_flush_failed_and_none_for_lost_partitions() -> None:
-    source, consumer = _source(flush_ok=False)
+def test_no_commit_on_revoke_when_its_checkpoint_failed_and_none_for_lost_partitions() -> None:
+    source, consumer = _source(to_commit={})
     _assign(consumer, [0, 1])
-    consumer.batches = [[_message(0, 4), _message(1, 8)]]
-    source.poll()
+    source.pause([0, 1])
     consumer.calls.clear()
     consumer.callbacks["on_revoke"](consumer, [TopicPartition(TOPIC, 0)])
     consumer.callbacks["on_lost"](consumer, [TopicPartition(TOPIC, 1)])
-    assert consumer.calls == ["flush [0]", "revoked [0]", "lost [1]"]
+    assert consumer.calls == ["revoked [0]", "lost [1]"]
     assert consumer.committed_offsets == {}
+    assert source.assignment() == set() and source.paused() == set()
 
 
 @pytest.mark.parametrize(
@@ -182,33 +187,22 @@ def test_no_commit_on_revoke_when_the_flush_failed_and_none_for_lost_partitions(
 def test_commit_errors_become_sensorcast_errors(code: int, error: type[Exception]) -> None:
     source, consumer = _source()
     _assign(consumer, [0])
-    consumer.batches = [[_message(0, 4)]]
-    source.poll()
     consumer.commit_error = KafkaError(code)
     with pytest.raises(error):
-        source.commit(1000)
-    assert source.pending_commit() == {0: 5}  # not committed
+        source.commit({0: 5}, 1.0)
+    with pytest.raises(error):
+        source.commit({}, 1.0)  # the round trip fails alike
+    assert consumer.committed_offsets == {}
     consumer.commit_error = None
-    assert source.commit(1000) == {0: 5}
-    assert source.pending_commit() == {}
+    source.commit({0: 5}, 1.0)
+    assert consumer.committed_offsets == {0: 5}
 
 
-def test_committing_earlier_positions_commits_only_those_still_assigned_and_never_backwards() -> (
-    None
-):
+def test_committing_nothing_is_a_round_trip_to_the_coordinator() -> None:
     source, consumer = _source()
-    _assign(consumer, [0, 1])
-    consumer.batches = [[_message(0, 4), _message(1, 8)]]
-    source.poll()
-    noted = source.positions()
-    assert noted == {0: 5, 1: 9}
-    consumer.batches = [[_message(0, 5), _message(0, 6)]]
-    source.poll()  # processed after the positions were noted
+    source.commit({}, 1.0)
+    assert consumer.calls == []  # nothing assigned: nothing to ask
+    _assign(consumer, [1, 0])
     consumer.calls.clear()
-    assert source.commit(1000, offsets=noted) == {0: 5, 1: 9}
-    assert consumer.calls == ["commit [(0, 5), (1, 9)]"]
-    assert source.pending_commit() == {0: 7}  # what came after is still to commit
-    consumer.callbacks["on_revoke"](consumer, [TopicPartition(TOPIC, 1)])
-    consumer.calls.clear()
-    source.commit(1000, offsets={0: 3, 1: 12})  # 1 is gone; 0 never goes back to 3
-    assert consumer.calls == ["commit [(0, 5)]"]
+    source.commit({}, 1.0)
+    assert consumer.calls == ["committed [0, 1]"]

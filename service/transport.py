@@ -1,28 +1,37 @@
 """What the service needs of a Kafka client, whichever library implements it.
 
-Two implementations sit behind these protocols, chosen by ``kafka.client``: kafka-python
-(`service.kafka.source`, `.sink`, `.changelog`) and confluent-kafka
-(`service.kafka.confluent`). Both raise only Sensorcast errors: `TransportError` (and
+A `Transport` opens the clients: a `Source` (the input topic in a consumer group), a `Sink`
+(forecasts and dead letters), a `StateWriter` and a `StateReader` (the changelog). Three
+implementations sit behind these protocols: kafka-python (`service.kafka`), confluent-kafka
+(`service.kafka.confluent`), both chosen by ``kafka.client`` through
+`service.kafka.connect.KafkaTransport`, and an in-memory one for tests
+(`service.testing.MemoryTransport`). They are adapters: what is the same for every client
+(which offsets to commit, resending failed deliveries, folding a changelog to its last
+record per key) lives above them, in `service.offsets`, `service.delivery` and
+`PartitionRestore.fold`. They raise only Sensorcast errors: `TransportError` (and
 `GroupChangingError` for a commit refused by a rebalance) from the source, `SinkError` from
 the sink, `ChangelogError` from the changelog writer and reader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from service.codec import RawRecord
+from service.config import KafkaSettings
 from service.delivery import DeadLetterEvent
-from service.kafka.codec import RawRecord
 
 __all__ = [
+    "Clients",
     "PartitionRestore",
     "RebalanceHandler",
     "Sink",
     "Source",
     "StateReader",
     "StateWriter",
+    "Transport",
 ]
 
 
@@ -37,14 +46,14 @@ class RebalanceHandler(Protocol):
     def partitions_assigned(self, partitions: set[int]) -> None:
         """Partitions were assigned; their records follow in later polls."""
 
-    def flush_before_revoke(self, partitions: set[int]) -> bool:
-        """Checkpoint step 1 for partitions about to be revoked: flush the producer.
+    def partitions_revoked(self, partitions: set[int]) -> dict[int, int]:
+        """Partitions are about to be revoked: run the checkpoint's steps 1 and 2 for them
+        and return the offsets to commit (step 3), which the client commits before it lets
+        them go; empty when a step failed and nothing may be committed."""
+        ...
 
-        True when everything sent is acknowledged, so their offsets may be committed.
-        """
-
-    def partitions_revoked(self, partitions: set[int], *, lost: bool) -> None:
-        """The partitions are gone (after their offsets were committed, unless `lost`)."""
+    def partitions_lost(self, partitions: set[int]) -> None:
+        """Partitions were lost: another member may own them already; nothing is committed."""
 
 
 class Source(Protocol):
@@ -56,32 +65,31 @@ class Source(Protocol):
         """One micro-batch: up to ``kafka.max_batch`` records, waiting ``kafka.max_wait_ms``."""
         ...
 
-    def assignment(self) -> set[int]: ...
+    def assignment(self) -> set[int]:
+        """The partitions assigned to this member."""
+        ...
 
     def pause(self, partitions: Iterable[int]) -> None:
         """Stop fetching these partitions until `resume` (their position is kept)."""
 
-    def resume(self, partitions: Iterable[int]) -> None: ...
+    def resume(self, partitions: Iterable[int]) -> None:
+        """Fetch these partitions again."""
 
-    def paused(self) -> set[int]: ...
-
-    def pending_commit(self) -> dict[int, int]:
-        """Partitions whose processed position is past their last commit."""
+    def paused(self) -> set[int]:
+        """The paused partitions."""
         ...
 
-    def positions(self) -> dict[int, int]:
-        """The next offset to process, per partition with records processed (a snapshot)."""
-        ...
+    def commit(self, offsets: Mapping[int, int], timeout: float) -> None:
+        """Commit `offsets` (the next offset to process, per partition) synchronously.
 
-    def commit(
-        self, timeout_ms: int | None = None, offsets: dict[int, int] | None = None
-    ) -> dict[int, int]:
-        """Commit the processed positions, or `offsets` (an earlier `positions()`, for the
-        partitions still assigned); return the partitions whose offset moved."""
-        ...
+        With no offsets, a round trip to the group coordinator all the same, so that a
+        checkpoint learns whether the broker is there. Raises `GroupChangingError` when a
+        rebalance refuses the commit and `TransportError` when the broker does.
+        """
 
-    def lag(self) -> dict[int, int]:
-        """High watermark minus the next offset, per assigned partition where known."""
+    def lag(self, positions: Mapping[int, int]) -> dict[int, int]:
+        """High watermark minus the next offset to process (`positions`, else the client's
+        own position), per assigned partition where both are known."""
         ...
 
     def close(self, timeout: float = 5.0) -> None:
@@ -91,7 +99,8 @@ class Source(Protocol):
 class Sink(Protocol):
     """Forecasts and dead letters; `flush` returns once everything sent is acknowledged."""
 
-    def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None: ...
+    def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
+        """Send a forecast keyed by its stream, to `partition` (None: by the key's hash)."""
 
     def send_dead_letter(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
@@ -107,7 +116,8 @@ class Sink(Protocol):
     def flush(self, timeout: float) -> None:
         """Raises `SinkError` when not everything is acknowledged within `timeout` seconds."""
 
-    def close(self, timeout: float = 5.0) -> None: ...
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush what is pending (within `timeout` seconds) and release the client."""
 
 
 class StateWriter(Protocol):
@@ -124,7 +134,8 @@ class StateWriter(Protocol):
     def flush(self, timeout: float) -> None:
         """Raises `ChangelogError` when a record failed or time ran out."""
 
-    def close(self, timeout: float = 5.0) -> None: ...
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush what is pending (within `timeout` seconds) and release the client."""
 
 
 @dataclass
@@ -169,4 +180,31 @@ class StateReader(Protocol):
         """Raises `ChangelogError` when that takes longer than `timeout` seconds."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the client."""
+
+
+@dataclass
+class Clients:
+    """The clients one `Transport.open` returns, connected and subscribed."""
+
+    source: Source
+    sink: Sink
+    changelog_writer: StateWriter
+    changelog_reader: StateReader
+    partitions: dict[str, int]  # topic -> partition count
+    #: The output topic has the input's partition count: a forecast can go to its
+    #: reading's partition number (which also spares the producer hashing every key).
+    mirror_partitions: bool
+
+
+class Transport(Protocol):
+    """Opens the clients the service runs on (as httpx's ``Client(transport=...)``)."""
+
+    def open(self, settings: KafkaSettings, handler: RebalanceHandler) -> Clients:
+        """Check the topics and open the clients, the source subscribed with `handler`.
+
+        Raises `TransportError` when the broker cannot be reached (the service retries
+        with backoff) and `TopicError` when a topic is missing or unusable.
+        """
+        ...

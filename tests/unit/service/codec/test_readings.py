@@ -1,38 +1,25 @@
-"""The record codec: every structural problem becomes a reject with its reason; valid
-records become readings carrying their source position; forecasts encode per DESIGN.md 3."""
+"""The reading decoder: every structural problem becomes a reject with its reason; valid
+records become readings carrying their source position."""
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
-from service.core.readings import Forecast, ForecastBatch, RejectReason
-from service.core.values import FeatureValues
-from service.kafka.codec import (
-    HEADER_DETAIL,
-    HEADER_REASON,
-    HEADER_SOURCE_BYTES,
-    HEADER_SOURCE_OFFSET,
-    HEADER_SOURCE_PARTITION,
-    HEADER_SOURCE_TOPIC,
-    HEADER_TRUNCATED,
+from service.codec import (
     MAX_STREAM_ID,
-    DeadLetter,
-    ForecastEncoder,
     ReadingDecoder,
     RecordColumns,
-    dead_letter_headers,
-    fit_dead_letter,
     max_future_seconds,
     parse_timestamp,
-    shrink_dead_letter,
 )
+from service.core.readings import ForecastBatch, RejectReason
+from service.core.values import FeatureValues
 from service.testing import make_card
 
 NOW = 1_800_000_000.0
@@ -163,34 +150,6 @@ def test_size_limit_is_inclusive() -> None:
     assert out.rejects[0].reason is RejectReason.OVERSIZED
 
 
-def test_dead_letter_headers() -> None:
-    headers = dict(dead_letter_headers("not_json", "x" * 2000, "sensor-readings", 3, 99))
-    assert headers[HEADER_REASON] == b"not_json"
-    assert headers[HEADER_SOURCE_TOPIC] == b"sensor-readings"
-    assert headers[HEADER_SOURCE_PARTITION] == b"3"
-    assert headers[HEADER_SOURCE_OFFSET] == b"99"
-    assert 0 < len(headers[HEADER_DETAIL]) <= 500
-
-
-def test_forecast_encoding() -> None:
-    card = make_card(targets=("temp", "load"), horizon=3, period=60.0)
-    values = np.arange(6, dtype=np.float32).reshape(3, 2)  # [horizon, n_targets]
-    forecast = Forecast(
-        "pump-1", 1000.0, [1060.0, 1120.0, 1180.0], values, True, 2, 40, time.time()
-    )
-    doc = json.loads(ForecastEncoder(card).encode(forecast))
-    assert doc == {
-        "stream_id": "pump-1",
-        "ts": 1000.0,
-        "model": {"name": card.name, "version": card.version},
-        "horizon_ts": [1060.0, 1120.0, 1180.0],
-        "forecast": {"temp": [0.0, 2.0, 4.0], "load": [1.0, 3.0, 5.0]},
-        "warm": True,
-        "partition": 2,
-        "offset": 40,
-    }
-
-
 # -- the columnar path ------------------------------------------------------------------------
 
 
@@ -247,12 +206,6 @@ def test_a_batch_held_as_columns_decodes_as_its_records_do() -> None:
     assert [r.reason for r in got.rejects] == [RejectReason.TOMBSTONE, RejectReason.KEY_MISMATCH]
     assert got.batch.stream_ids == want.batch.stream_ids == ["pump-1", "pump-4"]
     assert got.batch.partitions.tolist() == [2, 1] and got.batch.offsets.tolist() == [7, 4]
-    assert (columns[2].topic, columns[2].key, columns[2].offset) == (
-        "sensor-readings",
-        b"pump-9",
-        8,
-    )
-    assert len(columns) == 4 and [r.offset for r in columns[1:3]] == [3, 8]
 
 
 def test_decode_columns_leaves_missing_values_as_nan_when_imputing() -> None:
@@ -274,43 +227,6 @@ def test_decode_columns_of_nothing_valid() -> None:
     )
     assert len(out.batch) == 0 and out.batch.values.shape == (0, 2)
     assert [r.reason for r in out.rejects] == [RejectReason.TOMBSTONE]
-
-
-def test_encode_batch_writes_what_encode_writes_at_float32_precision() -> None:
-    card = make_card(targets=("temp", "load"), horizon=3, period=60.0)
-    rng = np.random.default_rng(0)
-    batch = ForecastBatch(
-        ["pump-1", "pump-2"],
-        np.array([1000.0, 1_800_000_000.25]),
-        rng.normal(20, 5, (2, 3, 2)).astype(np.float32),
-        np.array([True, False]),
-        np.array([2, 0], np.int32),
-        np.array([40, 41]),
-        np.array([NOW, NOW]),
-        period=60.0,
-    )
-    encoder = ForecastEncoder(card)
-    encoded = encoder.encode_batch(batch)
-    assert len(encoded) == 2
-    for message, forecast in zip(encoded, batch.forecasts(), strict=True):
-        doc = json.loads(message)
-        expected = json.loads(encoder.encode(forecast))
-        assert doc.keys() == expected.keys()
-        assert {k: v for k, v in doc.items() if k != "forecast"} == {
-            k: v for k, v in expected.items() if k != "forecast"
-        }
-        for target in ("temp", "load"):
-            # the text is float32's shortest: it reads back to the very same float32
-            assert np.array_equal(
-                np.array(doc["forecast"][target], np.float32),
-                np.array(expected["forecast"][target], np.float32),
-            )
-    assert json.loads(encoded[1])["horizon_ts"] == [
-        1_800_000_060.25,
-        1_800_000_120.25,
-        1_800_000_180.25,
-    ]
-    assert encoder.encode_batch(ForecastBatch.empty(3, 2, 60.0)) == []
 
 
 def test_forecast_ages_count_from_each_record_timestamp() -> None:
@@ -401,55 +317,3 @@ def test_the_future_limit_defaults_to_minutes_scaled_by_the_period() -> None:
     )
     out = decoder.decode([Rec(b"pump-1", _doc(ts=NOW + 20 * 3600))], received=NOW)
     assert [r.reason for r in out.rejects] == [RejectReason.FUTURE_TIMESTAMP]
-
-
-# -- dead letters that fit ---------------------------------------------------------------
-
-
-HEADERS = dead_letter_headers("oversized", "too big", "sensor-readings", 3, 81)
-
-
-def test_a_dead_letter_that_fits_is_the_record_itself() -> None:
-    letter = fit_dead_letter(b"pump-1", b"x" * 1000, HEADERS, 4096)
-    assert (letter.key, letter.value, letter.headers, letter.truncated) == (
-        b"pump-1",
-        b"x" * 1000,
-        HEADERS,
-        False,
-    )
-
-
-@pytest.mark.parametrize("size", [4097, 1_100_000, 5_000_000])
-def test_a_dead_letter_too_large_is_cut_to_its_first_bytes_and_says_so(size: int) -> None:
-    value = bytes(range(256)) * (size // 256 + 1)
-    letter = fit_dead_letter(b"pump-1", value[:size], HEADERS, 4096)
-    assert letter.truncated and letter.size <= 4096
-    assert letter.key == b"pump-1"
-    assert letter.value == value[: len(letter.value or b"")] and len(letter.value or b"") > 3000
-    headers = dict(letter.headers)
-    assert headers[HEADER_TRUNCATED] == b"true"
-    assert int(headers[HEADER_SOURCE_BYTES]) == size + len(b"pump-1")
-    assert headers[HEADER_REASON] == b"oversized"  # the original headers are all kept
-    assert headers[HEADER_SOURCE_OFFSET] == b"81"
-
-
-def test_a_huge_key_is_cut_too() -> None:
-    letter = fit_dead_letter(b"k" * 3_000_000, b"{}", HEADERS, 8192)
-    assert letter.truncated and letter.size <= 8192
-    assert letter.key is not None and len(letter.key) <= 1024
-
-
-def test_a_refused_dead_letter_shrinks_to_nothing_and_then_gives_up() -> None:
-    letter: DeadLetter | None = fit_dead_letter(b"pump-1", b"v" * 200_000, HEADERS, 262_144)
-    sizes = []
-    while letter is not None:
-        sizes.append(len(letter.value or b""))
-        letter = shrink_dead_letter(letter)
-    assert sizes[0] == 200_000 and sizes[-1] == 0
-    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
-    last = fit_dead_letter(b"pump-1", b"v" * 200_000, HEADERS, 262_144)
-    while (smaller := shrink_dead_letter(last)) is not None:
-        last = smaller
-    headers = dict(last.headers)
-    assert int(headers[HEADER_SOURCE_BYTES]) == 200_000 + 6  # the original size survives
-    assert headers[HEADER_REASON] == b"oversized"

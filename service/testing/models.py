@@ -1,7 +1,5 @@
-"""Test helpers: drive the engine with lists, no broker, and small models built in code.
+"""Step models built in code: a numpy Elman model, and an ONNX LSTM with its numpy oracle.
 
-- `readings_for`, `interleave`, `random_batches`, `drive` and `ListSink` feed readings in and
-  collect forecasts, rejects and drops.
 - `ElmanLagModel` is a tiny numpy `StepModel` with two state tensors on different batch axes
   (an Elman ``h`` as ``[1, batch, hidden]`` and a lag buffer as ``[batch, lags, features]``).
 - `build_onnx_lstm` builds a stacked LSTM step model with `onnx.helper` (no torch) honouring
@@ -11,88 +9,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.core.engine import EngineResult, StreamEngine
-from service.core.readings import DropReason, Forecast, Reading, Reject
 from service.golden import GoldenTensor, GoldenVectors, StepFunction
-from service.modelcard import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    ModelCard,
-    Provenance,
-    Scaler,
-    ScalerSet,
-    StateSpec,
-)
+from service.modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, StateSpec
+from service.testing.cards import make_card
 
-__all__ = [
-    "ElmanLagModel",
-    "ListSink",
-    "NumpyLstmModel",
-    "build_onnx_lstm",
-    "drive",
-    "interleave",
-    "make_card",
-    "random_batches",
-    "readings_for",
-]
+__all__ = ["ElmanLagModel", "NumpyLstmModel", "build_onnx_lstm"]
 
 _OPSET = 17
-
-
-# -- cards ------------------------------------------------------------------------------
-
-
-def make_card(
-    *,
-    name: str = "tiny",
-    version: str = "1",
-    kind: str = "rnn",
-    features: Sequence[str] = ("temp", "load"),
-    targets: Sequence[str] = ("temp",),
-    horizon: int = 3,
-    period: float = 60.0,
-    states: Sequence[StateSpec] = (),
-    warmup_steps: int = 2,
-    seed: int = 0,
-) -> ModelCard:
-    """A valid card built in code, with a non-trivial scaler so de-normalising is exercised."""
-    nf, nt = len(features), len(targets)
-    return ModelCard(
-        name=name,
-        version=version,
-        kind=kind,
-        description="built in code for tests",
-        features=list(features),
-        targets=list(targets),
-        horizon=horizon,
-        period=period,
-        scaler=ScalerSet(
-            features=Scaler(
-                mean=[10.0 * (j + 1) for j in range(nf)], std=[2.0 + j for j in range(nf)]
-            ),
-            targets=Scaler(
-                mean=[10.0 * (j + 1) for j in range(nt)], std=[2.0 + j for j in range(nt)]
-            ),
-        ),
-        states=list(states),
-        warmup_steps=warmup_steps,
-        provenance=Provenance(
-            data="code",
-            data_fingerprint="none",
-            splits={},
-            config={},
-            seed=seed,
-            packages={},
-            created="1970-01-01T00:00:00Z",
-        ),
-    )
 
 
 # -- a numpy step model -------------------------------------------------------------------
@@ -143,6 +73,7 @@ class ElmanLagModel:
     def step(
         self, x: np.ndarray, states: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run `x` (``[batch, time, n_features]``, scaled) from `states`; count the call."""
         self.calls += 1
         h, lags = np.asarray(states[0])[0], np.asarray(states[1])
         batch, steps, _ = x.shape
@@ -182,6 +113,7 @@ class NumpyLstmModel:
     def step(
         self, x: np.ndarray, states: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run `x` (``[batch, time, n_features]``, scaled) from `states` (``h``, ``c``)."""
         wts = self.weights
         h = np.array(states[0], np.float64)
         c = np.array(states[1], np.float64)
@@ -221,12 +153,14 @@ def build_onnx_lstm(
     name: str = "lstm-test",
     version: str = "1",
     seed: int = 0,
+    feature_ranges: Sequence[tuple[float, float]] | None = None,
 ) -> tuple[ModelCard, onnx.ModelProto, NumpyLstmModel]:
     """A stacked-LSTM step model (card embedded) and its numpy oracle.
 
     States ``h`` and ``c`` are ``[layers, batch, hidden]``; batch and time are dynamic. The
     card carries golden vectors computed by the oracle (``reference="numpy oracle"``) where
-    an exported card carries those computed by torch.
+    an exported card carries those computed by torch, and `feature_ranges` (each feature's
+    training (min, max), in card order) when given.
     """
     nf, nt = len(features), len(targets)
     card = make_card(
@@ -239,6 +173,7 @@ def build_onnx_lstm(
         period=period,
         warmup_steps=warmup_steps,
         seed=seed,
+        feature_ranges=feature_ranges,
         states=[
             StateSpec(name="h", shape=(layers, hidden), batch_axis=1, init=0.0),
             StateSpec(name="c", shape=(layers, hidden), batch_axis=1, init=0.0),
@@ -351,97 +286,3 @@ def _oracle_golden(
         tolerance=1e-4,
         reference="numpy oracle",
     )
-
-
-# -- list-backed driving ------------------------------------------------------------------
-
-
-def readings_for(
-    stream_id: str,
-    values: np.ndarray | Sequence[Sequence[float]],
-    *,
-    features: Sequence[str] | None = None,
-    start: float = 0.0,
-    period: float = 60.0,
-    partition: int = 0,
-    first_offset: int = 0,
-) -> list[Reading]:
-    """One reading per row of `values` (``[T, n_features]``), `period` seconds apart.
-
-    With `features` the values are dicts keyed by name, otherwise lists in card order.
-    Offsets count up from `first_offset`; pass ``first_offset=-1`` for no offsets.
-    """
-    rows = np.asarray(values, np.float64).tolist()
-    out = []
-    for t, row in enumerate(rows):
-        vals: dict[str, object] | list[object] = (
-            dict(zip(features, row, strict=True)) if features is not None else list(row)
-        )
-        offset = -1 if first_offset < 0 else first_offset + t
-        out.append(Reading(stream_id, start + t * period, vals, partition, offset))
-    return out
-
-
-def interleave(streams: Sequence[Sequence[Reading]], rng: np.random.Generator) -> list[Reading]:
-    """A random merge of several streams' readings that keeps each stream's order."""
-    owners = np.repeat(np.arange(len(streams)), [len(s) for s in streams])
-    rng.shuffle(owners)
-    cursors = [0] * len(streams)
-    out = []
-    for k in owners.tolist():
-        out.append(streams[k][cursors[k]])
-        cursors[k] += 1
-    return out
-
-
-def random_batches(
-    readings: Sequence[Reading], rng: np.random.Generator, max_size: int
-) -> list[list[Reading]]:
-    """Cut `readings` into consecutive batches of random sizes in ``1..max_size``."""
-    out = []
-    i = 0
-    while i < len(readings):
-        size = int(rng.integers(1, max_size + 1))
-        out.append(list(readings[i : i + size]))
-        i += size
-    return out
-
-
-@dataclass
-class ListSink:
-    """Collects everything the engine produced, in order."""
-
-    forecasts: list[Forecast] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    drops: list[tuple[Reading, DropReason]] = field(default_factory=list)
-    results: list[EngineResult] = field(default_factory=list)
-
-    def write(self, result: EngineResult) -> None:
-        self.forecasts.extend(result.forecasts)
-        self.rejects.extend(result.rejects)
-        self.drops.extend(result.drops)
-        self.results.append(result)
-
-    def by_stream(self) -> dict[str, list[Forecast]]:
-        out: dict[str, list[Forecast]] = {}
-        for f in self.forecasts:
-            out.setdefault(f.stream_id, []).append(f)
-        return out
-
-    def values_of(self, stream_id: str) -> np.ndarray:
-        """The forecasts of one stream stacked as ``[T, horizon, n_targets]``."""
-        return np.stack([f.values for f in self.forecasts if f.stream_id == stream_id])
-
-
-def drive(
-    engine: StreamEngine,
-    batches: Iterable[Sequence[Reading]],
-    *,
-    now: float | None = 0.0,
-    sink: ListSink | None = None,
-) -> ListSink:
-    """Feed each batch to `engine.process` (all at wall-clock `now`) and collect the output."""
-    sink = sink if sink is not None else ListSink()
-    for batch in batches:
-        sink.write(engine.process(batch, now=now))
-    return sink

@@ -1,0 +1,60 @@
+"""The served model: loaded from the registry into a stream engine configured by the settings."""
+
+from __future__ import annotations
+
+import logging
+
+from service.config import EngineSettings, ServiceSettings
+from service.core.engine import EngineConfig, StreamEngine
+from service.core.model import OnnxStepModel
+from service.metrics import ServiceMetrics
+from service.registry import Registry
+
+__all__ = ["engine_config", "load_engine"]
+
+log = logging.getLogger(__name__)
+
+
+def engine_config(settings: EngineSettings) -> EngineConfig:
+    """The engine's configuration from the ``engine.*`` settings."""
+    e = settings
+    return EngineConfig(
+        max_gap_periods=e.max_gap_periods,
+        gap_policy=e.gap_policy,
+        impute=e.impute,
+        ttl_seconds=e.ttl_seconds,
+        max_streams=e.max_streams,
+        state_dtype=e.state_dtype,
+        out_of_range=e.out_of_range,
+        out_of_range_margin=e.out_of_range_margin,
+        clock_recovery=e.clock_recovery,
+    )
+
+
+def load_engine(settings: ServiceSettings, metrics: ServiceMetrics) -> StreamEngine:
+    """The model ``model.name``/``model.version`` from ``model.registry`` in a new engine.
+
+    Raises `RegistryError`, `ModelCardError` or `ModelContractError` when it cannot be served.
+    """
+    m, e = settings.model, settings.engine
+    loaded = Registry(m.registry).load(m.name, m.version)
+    model = OnnxStepModel.from_loaded(
+        loaded, intra_op_threads=m.intra_op_threads, spinning=m.spinning
+    )
+    card = loaded.card
+    if card.feature_ranges is None and e.out_of_range != "accept":
+        log.warning(
+            "model card has no feature_ranges: readings are not checked against the "
+            "training range (engine.out_of_range=%s has no effect); re-export the model",
+            e.out_of_range,
+        )
+    metrics.set_model(card.name, card.version, card.kind)
+    log.info(
+        "model loaded model=%s kind=%s features=%d horizon=%d dir=%s",
+        card.ref,
+        card.kind,
+        card.n_features,
+        card.horizon,
+        loaded.ref.directory,
+    )
+    return StreamEngine(model, engine_config(e))

@@ -1,0 +1,268 @@
+"""A whole `Service` (poll loop, checkpoints, rebalances, restores) on the in-memory
+transport, no broker: the checkpoint's order, a failure at each of its steps, a revoke, a
+lost partition and a restore, each compared with an uninterrupted run of the same readings.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.app import Service
+from service.config import ServiceSettings, load_settings
+from service.testing import MemoryBroker, MemoryTransport, add_sensor_lstm
+
+STREAMS = 6  # over two partitions: even ones on 0, odd ones on 1
+T0 = 1_700_000_000.0
+PERIOD = 300.0
+
+
+def _values(i: int, step: int) -> dict[str, float]:
+    """Readings in the model's training range."""
+    return {
+        "temp": 20.0 + i + 0.5 * step,
+        "pressure": 101.0 + 0.1 * i,
+        "vibration": 0.5 + 0.05 * (step % 4),
+    }
+
+
+def _produce(broker: MemoryBroker, steps: range) -> None:
+    for step in steps:
+        for i in range(STREAMS):
+            sid = f"s{i}"
+            body = {"stream_id": sid, "ts": T0 + PERIOD * step, "values": _values(i, step)}
+            broker.produce(i % 2, sid.encode(), json.dumps(body).encode())
+
+
+def _settings(registry: Path, **overrides: Any) -> ServiceSettings:
+    return load_settings(
+        None,
+        {
+            "http.enabled": False,
+            "kafka.input_topic": "readings",
+            "kafka.commit_interval": 0.05,
+            "kafka.max_wait_ms": 5,
+            "kafka.max_batch": 4,
+            "model.registry": str(registry),
+            "model.name": "lstm-it",
+            **overrides,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    add_sensor_lstm(root)
+    return root
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Running:
+    """A service on `broker` in a thread."""
+
+    def __init__(self, settings: ServiceSettings, broker: MemoryBroker) -> None:
+        self.broker = broker
+        self.service = Service(settings, transport=MemoryTransport(broker))
+        self.status: int | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.status = self.service.run()
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> int | None:
+        if not self._thread.is_alive():
+            return self.status
+        self.service.stop()
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+        return self.status
+
+
+@contextmanager
+def running(settings: ServiceSettings, broker: MemoryBroker) -> Iterator[Running]:
+    svc = Running(settings, broker)
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _committed_all(broker: MemoryBroker) -> Callable[[], bool]:
+    def done() -> bool:
+        with broker.lock:
+            ends = {p: len(records) for p, records in enumerate(broker.input)}
+            return all(broker.committed.get(p, 0) == n for p, n in ends.items() if n)
+
+    return done
+
+
+def _distinct_forecasts(broker: MemoryBroker) -> dict[tuple[str, float], Any]:
+    out = {}
+    for record in broker.forecasts:
+        message = json.loads(record.value or b"{}")
+        out[(message["stream_id"], message["ts"])] = message["forecast"]
+    return out
+
+
+def _states(broker: MemoryBroker) -> dict[str, bytes]:
+    states: dict[str, bytes] = {}
+    for p in range(broker.partitions):
+        states.update(broker.changelog_state(p))
+    return states
+
+
+def _uninterrupted(registry: Path, steps: range) -> MemoryBroker:
+    """The oracle: the same readings through one service that nothing disturbs."""
+    broker = MemoryBroker(partitions=2)
+    _produce(broker, steps)
+    with running(_settings(registry), broker) as svc:
+        _wait(_committed_all(broker), "every reading committed")
+        assert svc.stop() == 0
+    return broker
+
+
+def _same_as_uninterrupted(broker: MemoryBroker, registry: Path, steps: range) -> None:
+    oracle = _uninterrupted(registry, steps)
+    assert _distinct_forecasts(broker) == _distinct_forecasts(oracle)
+    assert len(_distinct_forecasts(broker)) == STREAMS * len(steps)
+    assert _states(broker) == _states(oracle)
+
+
+def _checkpoint_steps(calls: list[str]) -> list[str]:
+    return [c for c in calls if c.split(" ")[0] in ("flush", "send", "commit")]
+
+
+def test_every_commit_comes_after_its_forecasts_and_states_are_acknowledged(
+    registry: Path,
+) -> None:
+    broker = MemoryBroker(partitions=2)
+    _produce(broker, range(6))
+    with running(_settings(registry), broker) as svc:
+        _wait(_committed_all(broker), "every reading committed")
+        assert svc.stop() == 0
+    steps = _checkpoint_steps(broker.calls)
+    # Each commit of new offsets follows, since the states it covers were sent, a flush of
+    # the forecasts and then of the changelog.
+    sent_since = False
+    flushed: list[str] = []
+    for call in steps:
+        if call == "send states":
+            sent_since, flushed = True, []
+        elif call.startswith("flush"):
+            flushed.append(call)
+        elif call.startswith("commit") and sent_since and call != "commit {}":
+            assert flushed[-2:] == ["flush forecasts", "flush changelog"], steps
+    assert any(c.startswith("commit {0:") for c in steps)
+    _same_as_uninterrupted(broker, registry, range(6))
+
+
+@pytest.mark.parametrize("point", ["sink.flush", "changelog.send", "changelog.flush", "commit"])
+def test_a_failure_at_any_checkpoint_step_commits_nothing_until_it_succeeds(
+    point: str, registry: Path
+) -> None:
+    broker = MemoryBroker(partitions=2)
+    _produce(broker, range(3))
+    with running(_settings(registry), broker) as svc:
+        _wait(_committed_all(broker), "the first readings committed")
+        before = dict(broker.committed)
+        broker.fail(point)
+        _produce(broker, range(3, 6))
+        _wait(
+            lambda: svc.metric("sensorcast_checkpoints_total", outcome="failed") >= 2,
+            "failed checkpoints",
+        )
+        assert broker.committed == before
+        assert svc.service.readiness.snapshot()["broker_reachable"] is False
+        broker.recover(point)
+        _wait(_committed_all(broker), "every reading committed after the recovery")
+        assert svc.service.readiness.snapshot()["broker_reachable"] is True
+        assert svc.stop() == 0
+    _same_as_uninterrupted(broker, registry, range(6))
+
+
+def test_a_restarted_service_restores_its_streams_and_skips_nothing(registry: Path) -> None:
+    broker = MemoryBroker(partitions=2)
+    _produce(broker, range(3))
+    with running(_settings(registry), broker) as first:
+        _wait(_committed_all(broker), "the first readings committed")
+        assert first.stop() == 0
+    _produce(broker, range(3, 6))
+    calls = len(broker.calls)
+    with running(_settings(registry), broker) as second:
+        _wait(_committed_all(broker), "every reading committed")
+        restored = second.metric("sensorcast_restored_streams", partition="0")
+        assert second.stop() == 0
+    assert broker.calls[calls : calls + 2] == ["assigned [0, 1]", "restore [0, 1]"]
+    assert restored == STREAMS // 2
+    _same_as_uninterrupted(broker, registry, range(6))
+
+
+def test_a_revoke_checkpoints_and_commits_the_revoked_partitions_then_drops_them(
+    registry: Path,
+) -> None:
+    broker = MemoryBroker(partitions=2)
+    _produce(broker, range(3))
+    with running(_settings(registry, **{"kafka.commit_interval": 60.0}), broker) as svc:
+        _wait(
+            lambda: svc.metric("sensorcast_readings_consumed_total") == 3 * STREAMS,
+            "every reading consumed",
+        )
+        assert broker.committed == {}  # no periodic checkpoint yet
+        mark = len(broker.calls)
+        broker.assign({0})
+        _wait(lambda: "assigned [0]" in broker.calls[mark:], "the rebalance")
+        assert broker.calls[mark:] == [
+            "revoked [0, 1]",
+            "flush forecasts",
+            "send states",
+            "flush changelog",
+            "commit {0: 9, 1: 9}",
+            "assigned [0]",
+        ]
+        engine = svc.service.engine
+        assert engine is not None
+        _wait(lambda: sorted(engine.store.ids()) == ["s0", "s2", "s4"], "partition 1 dropped")
+        assert svc.stop() == 0
+    assert _states(broker) == _states(_uninterrupted(registry, range(3)))
+
+
+def test_a_lost_partition_is_dropped_without_a_commit_and_restored_when_it_returns(
+    registry: Path,
+) -> None:
+    broker = MemoryBroker(partitions=2)
+    _produce(broker, range(3))
+    with running(_settings(registry), broker) as svc:
+        _wait(_committed_all(broker), "the first readings committed")
+        mark = len(broker.calls)
+        broker.lose({1})
+        _wait(lambda: "lost [1]" in broker.calls[mark:], "the loss")
+        engine = svc.service.engine
+        assert engine is not None
+        _wait(lambda: sorted(engine.store.ids()) == ["s0", "s2", "s4"], "partition 1 dropped")
+        _produce(broker, range(3, 6))
+        broker.assign({0, 1})
+        _wait(_committed_all(broker), "every reading committed")
+        assert svc.stop() == 0
+    _same_as_uninterrupted(broker, registry, range(6))
