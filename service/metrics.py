@@ -135,7 +135,29 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        # Declared in exposition order, one area at a time.
+        self._declare_records(self.registry)
+        self._declare_dead_letters(self.registry)
+        self._declare_stream_state(self.registry)
+        self._declare_batches(self.registry)
+        self._declare_consumer(self.registry)
+        self._declare_checkpoints(self.registry)
+        self._declare_changelog(self.registry)
+        self._declare_health(self.registry)
+        # Every label value exists from the start, so rates and alerts work from zero.
+        for outcome in ("ok", "failed"):
+            self.checkpoints.labels(outcome=outcome)
+        for reject in RejectReason:
+            self.rejects.labels(reason=str(reject))
+        for drop in DropReason:
+            self.drops.labels(reason=str(drop))
+        for cause in EVICTION_CAUSES:
+            self.evictions.labels(cause=cause)
+        for kind in ("state", "tombstone"):
+            self.changelog_records.labels(kind=kind)
+
+    def _declare_records(self, r: CollectorRegistry) -> None:
+        """Records in and out: consumed, forecast, rejected, dropped."""
         self.readings_consumed = Counter(
             "sensorcast_readings_consumed",
             "Records consumed from the input topic (valid or not).",
@@ -158,6 +180,9 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
+
+    def _declare_dead_letters(self, r: CollectorRegistry) -> None:
+        """The dead-letter topic: written, truncated, given up."""
         self.dead_letters = Counter(
             "sensorcast_dead_letters",
             "Records written to the dead-letter topic.",
@@ -175,6 +200,9 @@ class ServiceMetrics:
             "naming the source partition and offset.",
             registry=r,
         )
+
+    def _declare_stream_state(self, r: CollectorRegistry) -> None:
+        """Stream states: resets, evictions, how many and how large."""
         self.state_resets = Counter(
             "sensorcast_state_resets",
             "Stream states reset after a gap longer than the configured maximum.",
@@ -199,6 +227,9 @@ class ServiceMetrics:
         self.state_bytes = Gauge(
             "sensorcast_state_bytes", "Bytes of recurrent state held for all streams.", registry=r
         )
+
+    def _declare_batches(self, r: CollectorRegistry) -> None:
+        """Micro-batches: size, model rounds, and how long they take."""
         self.batch_size = Histogram(
             "sensorcast_batch_size",
             "Records per poll micro-batch.",
@@ -231,6 +262,9 @@ class ServiceMetrics:
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
+
+    def _declare_consumer(self, r: CollectorRegistry) -> None:
+        """The input side: lag, assigned partitions, poll loop."""
         self.consumer_lag = Gauge(
             "sensorcast_consumer_lag",
             "Records in the input partition not yet consumed (high watermark minus position).",
@@ -245,6 +279,9 @@ class ServiceMetrics:
         self.poll_iterations = Counter(
             "sensorcast_poll_loop_iterations", "Iterations of the poll loop.", registry=r
         )
+
+    def _declare_checkpoints(self, r: CollectorRegistry) -> None:
+        """Checkpoints: outcome, duration, what they wrote, and their pacing."""
         self.checkpoints = Counter(
             "sensorcast_checkpoints",
             "Checkpoints (flush forecasts, write changed states, commit offsets), by outcome.",
@@ -280,6 +317,9 @@ class ServiceMetrics:
             "longer when its state writes take more than kafka.changelog_budget of that.",
             registry=r,
         )
+
+    def _declare_changelog(self, r: CollectorRegistry) -> None:
+        """The state changelog: records written, and restores from it."""
         self.changelog_records = Counter(
             "sensorcast_changelog_records",
             "Records written to the state changelog: `state` or `tombstone` (evicted, expired).",
@@ -298,6 +338,9 @@ class ServiceMetrics:
             ["partition"],
             registry=r,
         )
+
+    def _declare_health(self, r: CollectorRegistry) -> None:
+        """Health and identity: broker, readiness, model and build."""
         self.broker_reachable = Gauge(
             "sensorcast_broker_reachable",
             "1 while the last exchange with the broker succeeded, 0 otherwise.",
@@ -307,17 +350,6 @@ class ServiceMetrics:
         self.model_info = Info("sensorcast_model", "The served model.", registry=r)
         self.build_info = Info("sensorcast_build", "The running build.", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
-        # Every label value exists from the start, so rates and alerts work from zero.
-        for outcome in ("ok", "failed"):
-            self.checkpoints.labels(outcome=outcome)
-        for reject in RejectReason:
-            self.rejects.labels(reason=str(reject))
-        for drop in DropReason:
-            self.drops.labels(reason=str(drop))
-        for cause in EVICTION_CAUSES:
-            self.evictions.labels(cause=cause)
-        for kind in ("state", "tombstone"):
-            self.changelog_records.labels(kind=kind)
 
     def record_batch(
         self,

@@ -103,6 +103,33 @@ def simulate(
     streams = np.arange(n_streams, dtype=np.uint64)[:, None]  # [S, 1]
     steps = np.arange(n_steps, dtype=np.uint64)[None, :]  # [1, T]
     ts = start_ts + period * np.arange(n_steps, dtype=np.float64)
+    temp, pressure, vibration = _signals(seed, streams, steps, ts, start_ts)
+
+    if faults:
+        spike = _uniform(seed, streams, _CH_SPIKE, steps) < _SPIKE_RATE
+        temp = np.where(spike, temp + 15.0, temp)
+        vibration = np.where(spike, vibration * 5.0, vibration)
+    values = np.stack([temp, pressure, vibration], axis=-1).astype(np.float32)
+    if faults:
+        source = _stuck_source(seed, streams, steps)
+        values = np.take_along_axis(values, source[:, :, None], axis=1)
+
+    present = np.ones((n_streams, n_steps), dtype=bool)
+    if gaps:
+        present = ~_runs(seed, streams, steps, _CH_GAP, _GAP_RATE, _GAP_MAX)[0]
+    return SimulatedSensors(
+        stream_ids=[stream_id(i) for i in range(n_streams)],
+        ts=ts,
+        values=np.ascontiguousarray(values),
+        present=present,
+        features=SENSOR_FEATURES,
+    )
+
+
+def _signals(
+    seed: int, streams: np.ndarray, steps: np.ndarray, ts: np.ndarray, start_ts: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fault-free ``temp``, ``pressure`` and ``vibration`` of every (stream, step): [S, T]."""
 
     def param(k: int, lo: float, hi: float) -> np.ndarray:
         """A per-stream constant, uniform in [lo, hi): shape [S, 1]."""
@@ -135,26 +162,7 @@ def simulate(
     vibration = (param(7, 0.5, 2.0) + param(8, 1.0, 4.0) * load) * np.exp(
         normal(_CH_NOISE + 2) * 0.1
     )
-
-    if faults:
-        spike = _uniform(seed, streams, _CH_SPIKE, steps) < _SPIKE_RATE
-        temp = np.where(spike, temp + 15.0, temp)
-        vibration = np.where(spike, vibration * 5.0, vibration)
-    values = np.stack([temp, pressure, vibration], axis=-1).astype(np.float32)
-    if faults:
-        source = _stuck_source(seed, streams, steps)
-        values = np.take_along_axis(values, source[:, :, None], axis=1)
-
-    present = np.ones((n_streams, n_steps), dtype=bool)
-    if gaps:
-        present = ~_runs(seed, streams, steps, _CH_GAP, _GAP_RATE, _GAP_MAX)[0]
-    return SimulatedSensors(
-        stream_ids=[stream_id(i) for i in range(n_streams)],
-        ts=ts,
-        values=np.ascontiguousarray(values),
-        present=present,
-        features=SENSOR_FEATURES,
-    )
+    return temp, pressure, vibration
 
 
 # -- counter-based randomness -----------------------------------------------------------------

@@ -179,11 +179,25 @@ def build_onnx_lstm(
             StateSpec(name="c", shape=(layers, hidden), batch_axis=1, init=0.0),
         ],
     )
-    rng = np.random.default_rng(seed)
+    weights = _lstm_weights(np.random.default_rng(seed), hidden, layers, nf, horizon * nt)
+    nodes, init = _lstm_nodes(weights, hidden, horizon, nt)
+    model = _step_model(f"{name}-step", nodes, init, nf, layers, hidden, horizon, nt)
+    golden = _oracle_golden(card, NumpyLstmModel(card, weights).step)
+    card = ModelCard.model_validate(card.model_dump() | {"golden": golden.model_dump()})
+    card.embed(model)
+    return card, model, NumpyLstmModel(card, weights)
+
+
+def _lstm_weights(
+    rng: np.random.Generator, hidden: int, layers: int, n_features: int, n_out: int
+) -> _LstmWeights:
+    """Random weights of `layers` LSTM layers of `hidden` units and a linear head to `n_out`
+    outputs, drawn from `rng` in a fixed order (every layer's ``W``, then ``R``, then ``B``,
+    then the head)."""
     scale = 1.0 / np.sqrt(hidden)
-    weights = _LstmWeights(
+    return _LstmWeights(
         w=[
-            rng.uniform(-scale, scale, (4 * hidden, nf if k == 0 else hidden)).astype(np.float32)
+            rng.uniform(-scale, scale, (4 * hidden, hidden if k else n_features)).astype(np.float32)
             for k in range(layers)
         ],
         r=[
@@ -191,14 +205,21 @@ def build_onnx_lstm(
             for _ in range(layers)
         ],
         b=[rng.uniform(-scale, scale, 8 * hidden).astype(np.float32) for _ in range(layers)],
-        head_w=rng.normal(0, scale, (hidden, horizon * nt)).astype(np.float32),
-        head_b=rng.normal(0, 0.1, horizon * nt).astype(np.float32),
+        head_w=rng.normal(0, scale, (hidden, n_out)).astype(np.float32),
+        head_b=rng.normal(0, 0.1, n_out).astype(np.float32),
     )
 
+
+def _lstm_nodes(
+    weights: _LstmWeights, hidden: int, horizon: int, n_targets: int
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The step graph's nodes and initializers: the input to time-major and the states split
+    per layer, one LSTM node per layer, then the states joined and the linear head."""
+    layers = len(weights.w)
     init = [
         numpy_helper.from_array(np.array([1], np.int64), "axis1"),
         numpy_helper.from_array(np.ones(layers, np.int64), "ones"),
-        numpy_helper.from_array(np.array([0, 0, horizon, nt], np.int64), "y_shape"),
+        numpy_helper.from_array(np.array([0, 0, horizon, n_targets], np.int64), "y_shape"),
         numpy_helper.from_array(weights.head_w, "head_w"),
         numpy_helper.from_array(weights.head_b, "head_b"),
     ]
@@ -209,20 +230,9 @@ def build_onnx_lstm(
     ]
     layer_in = "x_tbf"
     for k in range(layers):
-        init += [
-            numpy_helper.from_array(weights.w[k][None], f"W{k}"),
-            numpy_helper.from_array(weights.r[k][None], f"R{k}"),
-            numpy_helper.from_array(weights.b[k][None], f"B{k}"),
-        ]
-        nodes += [
-            helper.make_node(
-                "LSTM",
-                [layer_in, f"W{k}", f"R{k}", f"B{k}", "", f"h{k}", f"c{k}"],
-                [f"Y{k}", f"Yh{k}", f"Yc{k}"],
-                hidden_size=hidden,
-            ),
-            helper.make_node("Squeeze", [f"Y{k}", "axis1"], [f"out{k}"]),
-        ]
+        layer_nodes, layer_init = _lstm_layer(weights, k, hidden, layer_in)
+        nodes += layer_nodes
+        init += layer_init
         layer_in = f"out{k}"
     nodes += [
         helper.make_node("Concat", [f"Yh{k}" for k in range(layers)], ["h_out"], axis=0),
@@ -232,18 +242,58 @@ def build_onnx_lstm(
         helper.make_node("Add", ["head_mm", "head_b"], ["head"]),
         helper.make_node("Reshape", ["head", "y_shape"], [OUTPUT_NAME]),
     ]
+    return nodes, init
+
+
+def _lstm_layer(
+    weights: _LstmWeights, k: int, hidden: int, layer_in: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Layer `k`: its weights ``W{k}``, ``R{k}``, ``B{k}``, and an LSTM node over `layer_in`
+    from states ``h{k}``, ``c{k}`` whose sequence output, without its direction axis, is
+    ``out{k}``."""
+    init = [
+        numpy_helper.from_array(weights.w[k][None], f"W{k}"),
+        numpy_helper.from_array(weights.r[k][None], f"R{k}"),
+        numpy_helper.from_array(weights.b[k][None], f"B{k}"),
+    ]
+    nodes = [
+        helper.make_node(
+            "LSTM",
+            [layer_in, f"W{k}", f"R{k}", f"B{k}", "", f"h{k}", f"c{k}"],
+            [f"Y{k}", f"Yh{k}", f"Yc{k}"],
+            hidden_size=hidden,
+        ),
+        helper.make_node("Squeeze", [f"Y{k}", "axis1"], [f"out{k}"]),
+    ]
+    return nodes, init
+
+
+def _step_model(
+    graph_name: str,
+    nodes: list[onnx.NodeProto],
+    init: list[onnx.TensorProto],
+    n_features: int,
+    layers: int,
+    hidden: int,
+    horizon: int,
+    n_targets: int,
+) -> onnx.ModelProto:
+    """The checked ONNX model of the step contract: inputs ``x``, ``h``, ``c`` and outputs
+    ``y``, ``h_out``, ``c_out``, with batch and time dynamic."""
     state_type: list[str | int | None] = [layers, "batch", hidden]
     graph = helper.make_graph(
         nodes,
-        f"{name}-step",
+        graph_name,
         [
-            helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", "time", nf]),
+            helper.make_tensor_value_info(
+                INPUT_NAME, TensorProto.FLOAT, ["batch", "time", n_features]
+            ),
             helper.make_tensor_value_info("h", TensorProto.FLOAT, state_type),
             helper.make_tensor_value_info("c", TensorProto.FLOAT, state_type),
         ],
         [
             helper.make_tensor_value_info(
-                OUTPUT_NAME, TensorProto.FLOAT, ["batch", "time", horizon, nt]
+                OUTPUT_NAME, TensorProto.FLOAT, ["batch", "time", horizon, n_targets]
             ),
             helper.make_tensor_value_info("h_out", TensorProto.FLOAT, state_type),
             helper.make_tensor_value_info("c_out", TensorProto.FLOAT, state_type),
@@ -253,10 +303,7 @@ def build_onnx_lstm(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    golden = _oracle_golden(card, NumpyLstmModel(card, weights).step)
-    card = ModelCard.model_validate(card.model_dump() | {"golden": golden.model_dump()})
-    card.embed(model)
-    return card, model, NumpyLstmModel(card, weights)
+    return model
 
 
 def _oracle_golden(

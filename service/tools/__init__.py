@@ -175,6 +175,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``replay``, ``tail`` and ``demo``."""
+    _add_replay(sub)
+    _add_tail(sub)
+    _add_demo(sub)
+
+
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``replay`` subcommand and its flags."""
     p = sub.add_parser(
         "replay",
         help="publish readings from a CSV/Parquet table or a built-in dataset to the input topic",
@@ -213,6 +220,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_replay)
 
+
+def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``tail`` subcommand and its flags."""
     p = sub.add_parser(
         "tail",
         help="print forecasts from the output topic as they arrive",
@@ -241,6 +251,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(handler=_cmd_tail)
 
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``demo`` subcommand and its flags."""
     p = sub.add_parser(
         "demo",
         help="broker + service + simulated sensors + live forecasts in the terminal",

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from functools import partial
 from itertools import count
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from service.embedded import BOOTSTRAP_ENV, EmbeddedBroker
 from service.errors import SensorcastError
@@ -37,6 +37,9 @@ from service.simulate import SimulatedSensors
 from service.tools.interrupt import stop_on_signals
 from service.tools.processes import ServeProcess, ServiceExited, pick_http_port
 from service.tools.screen import Screen
+
+if TYPE_CHECKING:
+    from service.tools.scoreboard import Scoreboard
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -196,12 +199,87 @@ def _thread(
     return thread
 
 
-def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
-    """Run the demo until Ctrl-C, SIGTERM or `options.duration`; return the exit status."""
-    from service.registry import Registry, load_model_dir, parse_model_spec
+def _broker(stack: contextlib.ExitStack, screen: Screen, workdir: Path) -> tuple[str, str, _Topics]:
+    """The broker's bootstrap servers, where it is (for the header) and the demo's topics:
+    ``$KAFKA_BOOTSTRAP_SERVERS`` with topics of their own, else an embedded broker on `stack`."""
+    external = os.environ.get(BOOTSTRAP_ENV, "").strip()
+    if external:
+        topics = _Topics.named("-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
+        return external, f"{external} (from {BOOTSTRAP_ENV})", topics
+    screen.message("starting the embedded broker ...")
+    broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
+    return broker.bootstrap, f"{broker.bootstrap} (embedded)", _Topics.named("")
+
+
+def _start_traffic(
+    stack: contextlib.ExitStack,
+    options: DemoOptions,
+    card: ModelCard,
+    bootstrap: str,
+    topics: _Topics,
+    stop: threading.Event,
+    errors: list[BaseException],
+) -> Scoreboard:
+    """Start the replay of simulated sensors and the forecast reader, each in a thread that
+    `stack` stops and joins; both feed the returned scoreboard. A thread's exception goes to
+    `errors` and sets `stop`."""
     from service.tools.replay import make_producer, replay
     from service.tools.scoreboard import Scoreboard
     from service.tools.tail import follow
+
+    sim = _simulation(options, card.period)
+    span = sim.values.shape[1] * card.period
+    board = Scoreboard(sim, list(card.targets), sim.stream_ids[: options.rows], span)
+    producer = make_producer(bootstrap)
+    stack.callback(producer.close)
+    reader = partial(
+        follow,
+        bootstrap,
+        topics.output,
+        board.on_forecast,
+        from_beginning=True,
+        stop=stop,
+    )
+    sender = partial(
+        replay,
+        producer,
+        topics.input,
+        _looped(sim, span),
+        rate=options.rate,
+        stop=stop,
+        on_sent=board.on_sent,
+    )
+    for name, target in (("demo-forecasts", reader), ("demo-replay", sender)):
+        stack.callback(_thread(name, target, stop, errors).join, _JOIN_TIMEOUT)
+    stack.callback(stop.set)  # runs first: the threads see it before being joined
+    return board
+
+
+def _show_table(
+    screen: Screen,
+    header: list[str],
+    board: Scoreboard,
+    service: ServeProcess,
+    started: float,
+    deadline: float,
+    stop: threading.Event,
+) -> None:
+    """Redraw the table about once a second until `stop` is set or the monotonic clock
+    passes `deadline`; raises `ServiceExited` when the service has exited."""
+    while not stop.is_set() and time.monotonic() < deadline:
+        service.check()
+        uptime = f"   up {time.monotonic() - started:.0f} s"
+        screen.show(
+            [*header, *board.accuracy_lines()],
+            board.table(screen.width),
+            board.status_line() + uptime,
+        )
+        stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
+    """Run the demo until Ctrl-C, SIGTERM or `options.duration`; return the exit status."""
+    from service.registry import Registry, load_model_dir, parse_model_spec
 
     screen = Screen(out or sys.stdout)
     registry = (options.registry or _default_registry()).resolve()
@@ -216,15 +294,7 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
         try:
             with contextlib.ExitStack() as stack:
                 # 1. the broker
-                external = os.environ.get(BOOTSTRAP_ENV, "").strip()
-                if external:
-                    bootstrap, where = external, f"{external} (from {BOOTSTRAP_ENV})"
-                    topics = _Topics.named("-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
-                else:
-                    screen.message("starting the embedded broker ...")
-                    broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
-                    bootstrap, where = broker.bootstrap, f"{broker.bootstrap} (embedded)"
-                    topics = _Topics.named("")
+                bootstrap, where, topics = _broker(stack, screen, workdir)
                 # 2. the topics
                 _create_topics(bootstrap, topics)
                 # 3. the service
@@ -236,31 +306,7 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
                 if stop.is_set():  # Ctrl-C while the service was starting
                     raise KeyboardInterrupt
                 # 4. traffic: replay in, forecasts out, both scored
-                sim = _simulation(options, card.period)
-                span = sim.values.shape[1] * card.period
-                board = Scoreboard(sim, list(card.targets), sim.stream_ids[: options.rows], span)
-                producer = make_producer(bootstrap)
-                stack.callback(producer.close)
-                reader = partial(
-                    follow,
-                    bootstrap,
-                    topics.output,
-                    board.on_forecast,
-                    from_beginning=True,
-                    stop=stop,
-                )
-                sender = partial(
-                    replay,
-                    producer,
-                    topics.input,
-                    _looped(sim, span),
-                    rate=options.rate,
-                    stop=stop,
-                    on_sent=board.on_sent,
-                )
-                for name, target in (("demo-forecasts", reader), ("demo-replay", sender)):
-                    stack.callback(_thread(name, target, stop, errors).join, _JOIN_TIMEOUT)
-                stack.callback(stop.set)  # runs first: the threads see it before being joined
+                board = _start_traffic(stack, options, card, bootstrap, topics, stop, errors)
                 # 5. the table
                 header = [
                     f"Sensorcast demo: {card.ref} ({card.kind}, horizon {card.horizon} x "
@@ -269,15 +315,7 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
                     f"metrics http://127.0.0.1:{port}/metrics   broker {where}   logs {workdir}",
                 ]
                 deadline = started + options.duration if options.duration else float("inf")
-                while not stop.is_set() and time.monotonic() < deadline:
-                    service.check()
-                    uptime = f"   up {time.monotonic() - started:.0f} s"
-                    screen.show(
-                        [*header, *board.accuracy_lines()],
-                        board.table(screen.width),
-                        board.status_line() + uptime,
-                    )
-                    stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+                _show_table(screen, header, board, service, started, deadline, stop)
                 if errors:
                     raise errors[0]
                 summary = [] if screen.tty else ["", *board.table(screen.width), ""]

@@ -136,27 +136,13 @@ def replay(
 
     failures = _Failures()
     burst = max(1, round(rate * _TICK)) if rate else 1000
-    send = producer.send
-    try:
-        partition_of = _KeyPartitioner(sorted(producer.partitions_for(topic)))
-    except KafkaError as exc:
-        raise ReplayError(f"cannot find the partitions of topic {topic}: {exc}") from exc
+    partition_of = _partitioner(producer, topic)
     sent = 0
     started = time.monotonic()
     it = iter(readings)
     try:
         while stop is None or not stop.is_set():
-            n = 0
-            for stream_id, ts, values in islice(it, burst):
-                key = stream_id.encode()
-                future = send(
-                    topic,
-                    value=encode_reading(stream_id, ts, values),
-                    key=key,
-                    partition=partition_of(key),
-                )
-                future.add_errback(failures)
-                n += 1
+            n = _send_burst(producer, topic, islice(it, burst), partition_of, failures)
             if not n:
                 break
             sent += n
@@ -184,6 +170,40 @@ def replay(
         sent / seconds if seconds else 0.0,
     )
     return ReplayStats(sent, seconds)
+
+
+def _partitioner(producer: Producer, topic: str) -> _KeyPartitioner:
+    """Kafka's key partitioning over the partitions of `topic`."""
+    from kafka.errors import KafkaError
+
+    try:
+        return _KeyPartitioner(sorted(producer.partitions_for(topic)))
+    except KafkaError as exc:
+        raise ReplayError(f"cannot find the partitions of topic {topic}: {exc}") from exc
+
+
+def _send_burst(
+    producer: Producer,
+    topic: str,
+    readings: Iterable[tuple[str, float, dict[str, float]]],
+    partition_of: _KeyPartitioner,
+    failures: _Failures,
+) -> int:
+    """Hand `readings` to the producer, keyed by stream id; return how many. A failed
+    delivery is counted in `failures` when its future fails."""
+    send = producer.send
+    n = 0
+    for stream_id, ts, values in readings:
+        key = stream_id.encode()
+        future = send(
+            topic,
+            value=encode_reading(stream_id, ts, values),
+            key=key,
+            partition=partition_of(key),
+        )
+        future.add_errback(failures)
+        n += 1
+    return n
 
 
 def _pace(started: float, sent: int, rate: float, stop: threading.Event | None) -> None:

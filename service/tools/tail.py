@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -123,6 +123,31 @@ def format_table(latest: Mapping[str, ForecastView], rows: int, steps: int = 3) 
     return lines
 
 
+def _consumer(bootstrap_servers: str) -> Any:
+    """A kafka-python consumer outside any group, committing nothing."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="sensorcast-tail",
+        )
+    except KafkaError as exc:
+        raise TailError(f"cannot reach the broker at {bootstrap_servers}: {exc}") from exc
+
+
+def _forecast_or_none(record: Any) -> ForecastView | None:
+    """The forecast `record` holds, or None (with a debug line) when it holds none."""
+    try:
+        return parse_forecast(record.value)
+    except ValueError as exc:
+        log.debug("skipped record partition=%d offset=%d: %s", record.partition, record.offset, exc)
+        return None
+
+
 def _assign(consumer: Any, topic: str, from_beginning: bool, wait: float) -> None:
     from kafka import TopicPartition
 
@@ -161,20 +186,8 @@ def follow(
     each poll. Records that are not forecasts are skipped and counted in the log. Returns how
     many forecasts were handed over.
     """
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
-
-    wanted: Sequence[str] | None = list(streams) if streams else None
-    wanted_set = set(wanted) if wanted else None
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id="sensorcast-tail",
-        )
-    except KafkaError as exc:
-        raise TailError(f"cannot reach the broker at {bootstrap_servers}: {exc}") from exc
+    wanted = set(streams or ()) or None  # None: every stream
+    consumer = _consumer(bootstrap_servers)
     handed = skipped = 0
     try:
         _assign(consumer, topic, from_beginning, wait_for_topic)
@@ -183,18 +196,11 @@ def follow(
             batch = consumer.poll(timeout_ms=200)
             for records in batch.values():
                 for record in records:
-                    try:
-                        view = parse_forecast(record.value)
-                    except ValueError as exc:
+                    view = _forecast_or_none(record)
+                    if view is None:
                         skipped += 1
-                        log.debug(
-                            "skipped record partition=%d offset=%d: %s",
-                            record.partition,
-                            record.offset,
-                            exc,
-                        )
                         continue
-                    if wanted_set is not None and view.stream_id not in wanted_set:
+                    if wanted is not None and view.stream_id not in wanted:
                         continue
                     on_forecast(view)
                     handed += 1

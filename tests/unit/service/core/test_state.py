@@ -238,8 +238,8 @@ def test_float16_storage_halves_the_state_bytes() -> None:
     full, half = _store(capacity=10_000), _store(capacity=10_000, dtype="float16")
     assert half.raw_state_bytes_per_stream * 2 == full.raw_state_bytes_per_stream
     # the allocation itself is not public: it is what this test is about
-    tensors_full = sum(t.nbytes for t in full._tensors)  # noqa: SLF001
-    tensors_half = sum(t.nbytes for t in half._tensors)  # noqa: SLF001
+    tensors_full = full._tensors.nbytes  # noqa: SLF001
+    tensors_half = half._tensors.nbytes  # noqa: SLF001
     assert tensors_half * 2 == tensors_full
     slots = half.ensure(["a"])
     half.scatter(slots, [np.full(s.batched_shape(1), 1 / 3, np.float32) for s in SPECS])

@@ -1,0 +1,127 @@
+"""One round: one model call that applies one reading to each of a set of distinct streams.
+
+`RoundRunner.run` gathers the streams' states from the `StateStore`, scales the readings'
+values with the card's scaler, calls the `StepModel` once, scatters the new states back,
+records the readings in the streams' bookkeeping and de-normalises the forecasts. The model
+input and the scalers tiled to the round's size are kept from round to round.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from service.core.model import StepModel
+from service.core.state import StateStore
+from service.errors import InferenceError
+
+__all__ = ["RoundRunner"]
+
+
+class _RoundBuffers(NamedTuple):
+    """What a round of `batch` readings reuses: the model input and the tiled scalers."""
+
+    batch: int
+    x: np.ndarray  # [batch, 1, n_features], the model input
+    x_rows: np.ndarray  # the same memory as [batch, n_features]
+    x_mean: np.ndarray  # [batch, n_features]
+    x_std: np.ndarray
+    y_shape: tuple[int, ...]  # what the model must return
+    values_shape: tuple[int, int, int]  # [batch, horizon, n_targets]
+    y_std: np.ndarray  # [batch, horizon, n_targets]
+    y_mean: np.ndarray
+
+
+class RoundRunner:
+    """Runs the rounds of one step model over a `StateStore`'s streams."""
+
+    def __init__(self, model: StepModel) -> None:
+        self.model = model
+        self.card = card = model.card
+        self._x_mean = np.asarray(card.scaler.features.mean, np.float32)
+        self._x_std = np.asarray(card.scaler.features.std, np.float32)
+        # tiled over the horizon, so de-normalising runs over rows of horizon * n_targets
+        # values rather than an inner loop of n_targets (~10x faster with 3 targets)
+        self._y_mean = np.tile(np.asarray(card.scaler.targets.mean, np.float32), card.horizon)
+        self._y_std = np.tile(np.asarray(card.scaler.targets.std, np.float32), card.horizon)
+        self._x_flat = np.empty((0, card.n_features), np.float32)
+        self._y_shape = (card.horizon, card.n_targets)
+        self._buffers = self._round_buffers(0)
+
+    def run(
+        self,
+        store: StateStore,
+        slots: np.ndarray,
+        ts: np.ndarray,
+        offsets: np.ndarray,
+        x_raw: np.ndarray,
+        now: float,
+        rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Apply one reading to each of `slots` (distinct, ready): gather, scale, one model
+        call, scatter, bookkeeping. `ts` are epoch seconds, `x_raw` the raw values
+        ``[n, n_features]``, `now` the wall-clock time. `rows`, the slots' bookkeeping from
+        `StateStore.claim`, come with every offset known to be new. Returns the forecasts in
+        original units ``[n, horizon, n_targets]``, the warm flags and the model call's
+        seconds; raises `InferenceError` when the model's output has the wrong shape."""
+        n = len(slots)
+        buffers = self._buffers if self._buffers.batch == n else self._round_buffers(n)
+        states = store.gather(slots, reuse=True)
+        x_rows = np.subtract(x_raw, buffers.x_mean, out=buffers.x_rows)
+        x_rows /= buffers.x_std
+        started = time.perf_counter()
+        y, new_states = self.model.step(buffers.x, states)
+        seconds = time.perf_counter() - started
+        if y.shape != buffers.y_shape:
+            raise InferenceError(
+                f"{self.card.ref}: the model returned y of shape {y.shape}, expected "
+                f"{buffers.y_shape}"
+            )
+        store.scatter(slots, new_states)
+        steps = store.advance(
+            slots,
+            ts,
+            offsets,
+            now,
+            x_raw if store.n_last_values else None,
+            offsets_increase=rows is not None,
+            rows=rows,
+        )
+        warm = steps >= self.card.warmup_steps
+        # de-normalised in place: y is the model's fresh output (see `StepModel`), and a new
+        # array of this size would be mapped and zeroed by the OS on every round
+        if y.dtype != np.float32 or not y.flags.writeable:
+            y = y.astype(np.float32)
+        values = y.reshape(buffers.values_shape)
+        values *= buffers.y_std
+        values += buffers.y_mean
+        return values, warm, seconds
+
+    def _round_buffers(self, batch: int) -> _RoundBuffers:
+        """The model input and the scalers tiled for `batch` readings (the last size's are
+        kept)."""
+        if len(self._x_flat) < batch:
+            # the model input, in memory kept from round to round (the model reads it only
+            # during the call): fresh memory each round costs the model call ~2% at batch
+            # 256, in cache misses
+            self._x_flat = np.empty(
+                (max(batch, 2 * len(self._x_flat)), self.card.n_features), np.float32
+            )
+        rows = self._x_flat[:batch]
+        horizon, targets = self._y_shape
+        # tiled per batch: one flat multiply-add is several times faster than a broadcast
+        # over short rows of n_targets
+        self._buffers = _RoundBuffers(
+            batch,
+            rows[:, None, :],
+            rows,
+            np.tile(self._x_mean, (batch, 1)),
+            np.tile(self._x_std, (batch, 1)),
+            (batch, 1, horizon, targets),
+            (batch, horizon, targets),
+            np.tile(self._y_std, batch).reshape(batch, horizon, targets),
+            np.tile(self._y_mean, batch).reshape(batch, horizon, targets),
+        )
+        return self._buffers
