@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 
 from service.checkpoint import Checkpointer
-from service.codec import ForecastEncoder, ReadingDecoder, max_future_seconds, next_offsets
+from service.codec import next_offsets
 from service.config import ServiceSettings
 from service.core.engine import StreamEngine
 from service.deadletters import DeadLetters
@@ -46,6 +46,7 @@ from service.offsets import Commit, Offsets
 from service.partitions import PartitionStreams
 from service.processing import Processor
 from service.transport import Clients, Transport
+from service.watch import ModelWatcher, ReadyModel
 
 __all__ = ["CRASH_EXIT_STATUS", "Service"]
 
@@ -85,6 +86,7 @@ class Service:
         self._http: HttpServer | None = None
         self._engine: StreamEngine | None = None
         self._parts: _Parts | None = None
+        self._watcher: ModelWatcher | None = None
 
     # -- control ---------------------------------------------------------------------------
 
@@ -113,6 +115,13 @@ class Service:
             parts = self._connect(self._engine)
             if parts is None:
                 return 0  # stopped before the broker was ever reached
+            if ModelWatcher.wanted(self.settings.model):
+                self._watcher = ModelWatcher(
+                    self.settings.model,
+                    self._engine.card.version,
+                    self._engine.check_replacement,
+                    self.metrics,
+                ).start()
             self._loop(parts)
             return self._shutdown(parts)
         except SensorcastError:
@@ -121,6 +130,8 @@ class Service:
             log.exception("service failed; offsets since the last checkpoint are not committed")
             raise
         finally:
+            if self._watcher is not None:
+                self._watcher.stop()
             self.readiness.set("partitions_assigned", False)
             if self._http is not None:
                 self._http.stop()
@@ -197,16 +208,9 @@ class Service:
             metrics=metrics,
         )
         dead_letters = DeadLetters(k, self.settings.log, sink=sink, store=store, metrics=metrics)
-        card = engine.model.card
-        decoder = ReadingDecoder(
-            max_message_bytes=k.max_message_bytes,
-            max_future_seconds=max_future_seconds(k, card),
-            partition_of=streams.partition_of,
-        )
         processor = Processor(
-            decoder=decoder,
+            k,
             engine=engine,
-            encoder=ForecastEncoder(card),
             sink=sink,
             dead_letters=dead_letters,
             streams=streams,
@@ -229,6 +233,8 @@ class Service:
                 self._stop.wait(checkpointer.backoff)
                 continue
             checkpointer.partitions_gone(parts.lifecycle.apply_moves())
+            if self._watcher is not None and (ready := self._watcher.take()) is not None:
+                self._swap(parts, ready)
             if records:
                 parts.offsets.processed(next_offsets(records))
                 gone = parts.processor.process(records)
@@ -242,6 +248,21 @@ class Service:
                     self._checkpoint(parts)
             except CheckpointError as exc:
                 self._checkpoint_failed(parts, exc)
+
+    def _swap(self, parts: _Parts, ready: ReadyModel) -> None:
+        """Serve the watcher's new model from the next micro-batch on."""
+        assert self._engine is not None
+        before = self._engine.card.ref
+        parts.processor.swap_model(ready.model)
+        card = ready.model.card
+        self.metrics.set_model(card.name, card.version, card.kind, ready.model.fingerprint.hex())
+        self.metrics.model_swaps.labels(outcome="ok").inc()
+        log.info(
+            "model swapped from=%s to=%s streams=%d (each re-warmed before its next reading)",
+            before,
+            card.ref,
+            len(self._engine.store),
+        )
 
     def _checkpoint(self, parts: _Parts) -> None:
         """The periodic checkpoint, then what is due with it: idle streams expired, gauges."""

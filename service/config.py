@@ -228,6 +228,13 @@ class ModelSettings(_Section):
         default=False,
         description="Let onnxruntime threads spin between calls (lower latency, busy CPU).",
     )
+    watch_interval: float = Field(
+        default=30.0,
+        ge=0,
+        description="With `model.version` `latest`: seconds between looks in the registry for "
+        "a newer version, which is loaded, verified and swapped in while serving, every "
+        "stream re-warmed from its kept readings (0: never; a pinned version never).",
+    )
 
 
 class EngineSettings(_Section):
@@ -279,6 +286,14 @@ class EngineSettings(_Section):
         "`engine.max_gap_periods`, this many consecutive readings that continue the clock "
         "from before the jump mark the jump as a bad timestamp: the stream's state is reset "
         "and they are applied instead of being dropped as late (0: never).",
+    )
+    history: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Applied readings each stream keeps (in memory and in its changelog "
+        "record) to re-warm its state when the model changes (unset: the served card's "
+        "warm-up steps; 0: none, a model change then resets every stream).",
     )
 
 

@@ -203,8 +203,9 @@ class PartitionLifecycle:
             self._store.load_many(list(part.states.items()), now=time.time())
         except StateError as exc:
             raise StateError(
-                f"changelog {self._reader.topic} partition {part.partition}: {exc}; serve "
-                "the model that wrote it, or point kafka.changelog_topic at an empty topic"
+                f"changelog {self._reader.topic} partition {part.partition}: {exc}; the "
+                "record is malformed: point kafka.changelog_topic at a topic this service "
+                "writes (records of other models are re-warmed, not refused)"
             ) from exc
         self.streams.note_restored(part.states, part.partition)
         label = str(part.partition)

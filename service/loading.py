@@ -28,6 +28,7 @@ def engine_config(settings: EngineSettings) -> EngineConfig:
         out_of_range=e.out_of_range,
         out_of_range_margin=e.out_of_range_margin,
         clock_recovery=e.clock_recovery,
+        history=e.history,
     )
 
 
@@ -48,7 +49,8 @@ def load_engine(settings: ServiceSettings, metrics: ServiceMetrics) -> StreamEng
             "training range (engine.out_of_range=%s has no effect); re-export the model",
             e.out_of_range,
         )
-    metrics.set_model(card.name, card.version, card.kind)
+    engine = StreamEngine(model, engine_config(e))
+    metrics.set_model(card.name, card.version, card.kind, engine.fingerprint.hex())
     log.info(
         "model loaded model=%s kind=%s features=%d horizon=%d dir=%s",
         card.ref,
@@ -57,4 +59,4 @@ def load_engine(settings: ServiceSettings, metrics: ServiceMetrics) -> StreamEng
         card.horizon,
         loaded.ref.directory,
     )
-    return StreamEngine(model, engine_config(e))
+    return engine

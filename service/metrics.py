@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from service import __version__
 from service.core.engine import BatchResult, EngineResult
 from service.core.readings import DropReason, RejectReason
+from service.core.state import REWARM_REASONS
 
 __all__ = ["CONTENT_TYPE", "EVICTION_CAUSES", "METRIC_NAMES", "ArrayHistogram", "ServiceMetrics"]
 
@@ -62,6 +63,9 @@ METRIC_NAMES = (
     "sensorcast_broker_reachable",
     "sensorcast_ready",
     "sensorcast_model_info",
+    "sensorcast_model_swaps",
+    "sensorcast_rewarms",
+    "sensorcast_rewarm_seconds",
     "sensorcast_build_info",
 )
 
@@ -155,6 +159,10 @@ class ServiceMetrics:
             self.evictions.labels(cause=cause)
         for kind in ("state", "tombstone"):
             self.changelog_records.labels(kind=kind)
+        for outcome in ("ok", "failed"):
+            self.model_swaps.labels(outcome=outcome)
+        for reason in REWARM_REASONS.values():
+            self.rewarms.labels(reason=reason)
 
     def _declare_records(self, r: CollectorRegistry) -> None:
         """Records in and out: consumed, forecast, rejected, dropped."""
@@ -348,6 +356,27 @@ class ServiceMetrics:
         )
         self.ready = Gauge("sensorcast_ready", "1 when /readyz reports ready.", registry=r)
         self.model_info = Info("sensorcast_model", "The served model.", registry=r)
+        self.model_swaps = Counter(
+            "sensorcast_model_swaps",
+            "New model versions found in the registry while serving, by outcome: swapped in "
+            "(ok) or refused (failed: not loadable, not verified, not servable here).",
+            ["outcome"],
+            registry=r,
+        )
+        self.rewarms = Counter(
+            "sensorcast_rewarms",
+            "Streams whose state was re-warmed from their kept readings before their next "
+            "reading, by reason: model_change (a hot swap), foreign_state (restored from "
+            "another model's record), missing_history (no usable kept readings: reset).",
+            ["reason"],
+            registry=r,
+        )
+        self.rewarm_seconds = Histogram(
+            "sensorcast_rewarm_seconds",
+            "Model-call seconds of the re-warms one micro-batch ran.",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.build_info = Info("sensorcast_build", "The running build.", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
 
@@ -382,6 +411,10 @@ class ServiceMetrics:
             self.evictions.labels(cause="capacity").inc(len(result.evicted))
         if result.expired:
             self.evictions.labels(cause="ttl").inc(len(result.expired))
+        if result.rewarms:
+            for why, n in result.rewarms.items():
+                self.rewarms.labels(reason=why).inc(n)
+            self.rewarm_seconds.observe(result.rewarm_seconds)
 
     def record_state(
         self, streams: int, state_bytes: int, topic: str, lags: Mapping[int, int]
@@ -393,9 +426,11 @@ class ServiceMetrics:
         for partition, lag in lags.items():
             self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
 
-    def set_model(self, name: str, version: str, kind: str) -> None:
+    def set_model(self, name: str, version: str, kind: str, fingerprint: str = "") -> None:
         """Label ``sensorcast_model_info`` with the served model."""
-        self.model_info.info({"name": name, "version": version, "kind": kind})
+        self.model_info.info(
+            {"name": name, "version": version, "kind": kind, "fingerprint": fingerprint}
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

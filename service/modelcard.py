@@ -23,6 +23,7 @@ export, a graph made by hand) is still valid: the registry loads it unchecked, w
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "Scaler",
     "ScalerSet",
     "StateSpec",
+    "model_fingerprint",
     "validate_onnx",
 ]
 
@@ -392,3 +394,18 @@ def validate_onnx(card: ModelCard, model: onnx.ModelProto) -> None:
             f"{card.ref}: the ONNX graph does not honour the step-model contract: "
             + "; ".join(problems)
         )
+
+
+def model_fingerprint(card: ModelCard, graph: bytes = b"") -> bytes:
+    """The identity of a model's states (16 bytes): a hash of its graph (`model.onnx`'s
+    bytes, when given) and of the card's features, scaler and state specs. Every state
+    record names the model that wrote it with this; a state is only ever continued by the
+    model with the same fingerprint."""
+    digest = hashlib.sha256(graph)
+    digest.update("\n".join(card.features).encode())
+    digest.update(card.scaler.model_dump_json().encode())
+    for spec in card.states:
+        digest.update(spec.model_dump_json().encode())
+    if not graph:  # a model built in code: its card (and seed) is all there is
+        digest.update(card.to_json().encode())
+    return digest.digest()[:16]

@@ -15,11 +15,14 @@ import logging
 import time
 from collections.abc import Sequence
 
-from service.codec import ForecastEncoder, RawRecord, ReadingDecoder
+from service.codec import ForecastEncoder, RawRecord, ReadingDecoder, max_future_seconds
+from service.config import KafkaSettings
 from service.core.engine import StreamEngine
+from service.core.model import StepModel
 from service.core.state import StateStore
 from service.deadletters import DeadLetters
 from service.metrics import ServiceMetrics
+from service.modelcard import ModelCard
 from service.partitions import PartitionStreams
 from service.transport import Sink
 
@@ -33,24 +36,39 @@ class Processor:
 
     def __init__(
         self,
+        settings: KafkaSettings,
         *,
-        decoder: ReadingDecoder,
         engine: StreamEngine,
-        encoder: ForecastEncoder,
         sink: Sink,
         dead_letters: DeadLetters,
         streams: PartitionStreams,
         metrics: ServiceMetrics,
         mirror_partitions: bool,
     ) -> None:
-        self._decoder = decoder
+        self._settings = settings
         self._engine = engine
-        self._encoder = encoder
         self._sink = sink
         self._dead_letters = dead_letters
         self._streams = streams
         self._metrics = metrics
         self._mirror = mirror_partitions
+        self._use(engine.card)
+
+    def _use(self, card: ModelCard) -> None:
+        """Decode readings for, and encode forecasts of, the model of `card`."""
+        k = self._settings
+        self._decoder = ReadingDecoder(
+            max_message_bytes=k.max_message_bytes,
+            max_future_seconds=max_future_seconds(k, card),
+            partition_of=self._streams.partition_of,
+        )
+        self._encoder = ForecastEncoder(card)
+
+    def swap_model(self, model: StepModel) -> None:
+        """Serve `model` from the next micro-batch on (`StreamEngine.replace_model`: every
+        stream is re-warmed by it before its next reading); its forecasts name it."""
+        self._engine.replace_model(model)
+        self._use(model.card)
 
     @property
     def store(self) -> StateStore:

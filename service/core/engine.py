@@ -23,6 +23,12 @@ Per reading, in this order:
    ``ts + k * period`` (k = 1..horizon), ``warm`` once the stream has seen the card's
    warm-up steps since its state was last (re)initialised.
 
+Before any of that, a stream whose state another model wrote (`StateStore`: a restore of
+another model's record, or `replace_model`) is re-warmed: the model runs from its initial
+state over the stream's last kept readings, as many as the card's warm-up steps, one model
+call per step across every such stream of the batch (`RoundRunner.rewarm`); nothing of the
+re-warm is published. Its reading then counts as the next of those steps.
+
 `StreamEngine` sequences the parts, each in a module of its own: `engineconfig` (the
 `EngineConfig`), `checks` (steps 1 to 4 and the gap policy), `waves` (cutting a batch into
 rounds and joining their forecasts), `rounds` (one model call over a wave: step 5),
@@ -39,12 +45,12 @@ import numpy as np
 
 from service.core.checks import ReadingChecks
 from service.core.engineconfig import EngineConfig
-from service.core.model import StepModel
+from service.core.model import StepModel, fingerprint_of
 from service.core.objects import batch_of, result_of
 from service.core.readings import DropReason, ForecastBatch, Reading, ReadingBatch, Reject
 from service.core.results import BatchResult, EngineResult, EngineStats
 from service.core.rounds import RoundRunner
-from service.core.state import StateStore
+from service.core.state import REWARM_MISSING_HISTORY, REWARM_REASONS, StateStore
 from service.core.values import FeatureValues
 from service.core.waves import Round, Wave, in_row_order, is_one_wave, waves
 from service.errors import ConfigError
@@ -61,6 +67,7 @@ class StreamEngine:
     ) -> None:
         self.model = model
         self.card: ModelCard = model.card
+        self.fingerprint = fingerprint_of(model)
         self.config = config = config or EngineConfig()
         card = self.card
         self.store = (
@@ -73,18 +80,59 @@ class StreamEngine:
                 capacity=config.initial_capacity,
                 max_streams=config.max_streams,
                 ttl_seconds=config.ttl_seconds,
+                history=self._history(card),
+                features=card.features,
+                model=self.fingerprint,
             )
         )
+        self.stats = EngineStats()
+        self._use(model)
+
+    def _history(self, card: ModelCard) -> int:
+        """Readings each stream keeps: ``history`` when set, else the card's warm-up steps."""
+        history = self.config.history
+        return card.warmup_steps if history is None else history
+
+    def _use(self, model: StepModel) -> None:
+        """Serve `model` (whose card matches the store's states) from now on."""
+        card, config = model.card, self.config
         if self.store.specs != list(card.states):
             raise ConfigError("the state store's tensors do not match the model card's states")
         if config.impute == "last" and self.store.n_last_values != card.n_features:
             raise ConfigError("last-value imputation needs a store that keeps the last values")
-        self.stats = EngineStats()
         self._values = FeatureValues(card.features, impute=config.impute == "last")
         self._checks = ReadingChecks(card, config)
         self._rounds = RoundRunner(model)
         # a placeholder until a call's forecasts are known
         self._no_forecasts = ForecastBatch.empty(card.horizon, card.n_targets, card.period)
+
+    def check_replacement(self, model: StepModel) -> None:
+        """Raises `ConfigError` when this engine cannot serve `model` in place of its own."""
+        if self.config.impute == "last" and model.card.n_features != self.card.n_features:
+            raise ConfigError(
+                f"{model.card.ref} has {model.card.n_features} features and "
+                f"{self.card.ref} {self.card.n_features}: last-value imputation "
+                "(engine.impute=last) keeps as many last values as the served model's features"
+            )
+
+    def replace_model(self, model: StepModel) -> None:
+        """Serve `model` from now on, in place of the current one (a hot swap).
+
+        Every held stream keeps its bookkeeping and kept readings; its state is re-warmed
+        by `model` before its next reading (see the module doc). Raises `ConfigError` when
+        `model` needs last values the store does not keep, or `model`'s card keeps no
+        warm-up steps and none were asked.
+        """
+        self.check_replacement(model)
+        card = model.card
+        self.store.replace_model(
+            card.states,
+            model=fingerprint_of(model),
+            features=card.features,
+            history=max(self._history(card), self.store.history),
+        )
+        self.model, self.card, self.fingerprint = model, card, fingerprint_of(model)
+        self._use(model)
 
     @property
     def values(self) -> FeatureValues:
@@ -113,6 +161,7 @@ class StreamEngine:
         n, cap = len(ids), store.max_streams
         fits = n > 0 and (cap is None or n <= cap)
         known = store.lookup(ids)  # None when some stream is new
+        rewarms = self._rewarm(ids, known) if store.rewarms_pending else None
         if known is not None:
             slots = known
             rows = store.claim(slots) if fits else None
@@ -126,8 +175,31 @@ class StreamEngine:
             one_wave = fits and is_one_wave(ids, slots, store)
             result = self._rounds_of(batch, slots, one_wave, now)
         result.expired = expired
+        if rewarms is not None:
+            result.rewarms, result.rewarm_seconds = rewarms
         self.stats.add(result, n)
         return result
+
+    def _rewarm(
+        self, ids: Sequence[str], known: np.ndarray | None
+    ) -> tuple[dict[str, int], float] | None:
+        """Re-warm the streams of `ids` that are due one (see the module doc); how many,
+        by reason, and the model calls' seconds."""
+        store = self.store
+        slots = known if known is not None else store.slots_of(ids)
+        slots = np.unique(slots[slots >= 0])
+        reasons = store.rewarm_due(slots)
+        due = reasons > 0
+        if not due.any():
+            return None
+        slots, reasons = slots[due], reasons[due]
+        _, values, kept = store.kept_readings(slots)
+        n = np.minimum(kept, self.card.warmup_steps)
+        n[reasons == REWARM_MISSING_HISTORY] = 0
+        seconds = self._rounds.rewarm(store, slots, values, n)
+        store.rewarmed(slots, n)
+        counts = np.bincount(reasons, minlength=len(REWARM_REASONS) + 1)
+        return {REWARM_REASONS[r]: int(counts[r]) for r in REWARM_REASONS if counts[r]}, seconds
 
     def _clean_round(
         self, batch: ReadingBatch, slots: np.ndarray, rows: np.ndarray, now: float

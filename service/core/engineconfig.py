@@ -34,6 +34,9 @@ class EngineConfig:
     clock_recovery: int = 2
     """Consecutive readings continuing a stream's clock from before a jump ahead of more than
     the gap limit that set the clock back (the jump was a bad timestamp); 0: never."""
+    history: int | None = None
+    """Applied readings each stream keeps to re-warm its state for another model; None: the
+    card's warm-up steps."""
 
     def __post_init__(self) -> None:
         if not self.max_gap_periods > 0:
@@ -56,5 +59,7 @@ class EngineConfig:
             )
         if not self.out_of_range_margin >= 0:
             raise ConfigError(f"out_of_range_margin must be >= 0, got {self.out_of_range_margin}")
+        if self.history is not None and not 0 <= self.history <= 65535:
+            raise ConfigError(f"history must be 0 to 65535 or unset, got {self.history}")
         if self.clock_recovery < 0:
             raise ConfigError(f"clock_recovery must be >= 0, got {self.clock_recovery}")

@@ -14,10 +14,10 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import InferenceError, ModelContractError
-from service.modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard
+from service.modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, model_fingerprint
 from service.registry import LoadedModel
 
-__all__ = ["OnnxStepModel", "StepModel"]
+__all__ = ["OnnxStepModel", "StepModel", "fingerprint_of"]
 
 
 @runtime_checkable
@@ -78,6 +78,7 @@ class OnnxStepModel:
                 f"{card.ref}: onnxruntime cannot load the model: {exc}"
             ) from exc
         self.card = card
+        self.fingerprint = model_fingerprint(card, onnx_bytes)
         self.intra_op_threads = intra_op_threads
         self._state_names = [s.name for s in card.states]
         self._output_names = [OUTPUT_NAME, *(s.output_name for s in card.states)]
@@ -113,3 +114,11 @@ class OnnxStepModel:
                 f"{self.card.ref}: inference failed on a batch of {len(x)}: {exc}"
             ) from exc
         return y, new_states
+
+
+def fingerprint_of(model: StepModel) -> bytes:
+    """The identity of `model`'s states (`service.modelcard.model_fingerprint`): of its
+    graph and card when it is an `OnnxStepModel`, of its card otherwise."""
+    if isinstance(model, OnnxStepModel):
+        return model.fingerprint
+    return model_fingerprint(model.card)

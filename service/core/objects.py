@@ -44,6 +44,8 @@ def result_of(done: BatchResult, readings: Sequence[Reading]) -> EngineResult:
         clock_resets=done.clock_resets,
         evicted=done.evicted,
         expired=done.expired,
+        rewarms=done.rewarms,
+        rewarm_seconds=done.rewarm_seconds,
     )
     for row, reject in zip(done.reject_rows, done.rejects, strict=True):
         reject.reading = readings[row]

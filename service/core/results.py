@@ -25,6 +25,10 @@ class EngineResult:
     """Streams whose clock was set back by `EngineConfig.clock_recovery` (state reset)."""
     evicted: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    rewarms: dict[str, int] = field(default_factory=dict)
+    """Streams re-warmed before their reading, by reason (`service.core.state.REWARM_REASONS`)."""
+    rewarm_seconds: float = 0.0
+    """Seconds the re-warms' model calls took."""
 
 
 @dataclass
@@ -47,6 +51,10 @@ class BatchResult:
     """Streams whose clock was set back by `EngineConfig.clock_recovery` (state reset)."""
     evicted: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    rewarms: dict[str, int] = field(default_factory=dict)
+    """Streams re-warmed before their reading, by reason (`service.core.state.REWARM_REASONS`)."""
+    rewarm_seconds: float = 0.0
+    """Seconds the re-warms' model calls took."""
 
 
 @dataclass

@@ -85,7 +85,7 @@ class RoundRunner:
             ts,
             offsets,
             now,
-            x_raw if store.n_last_values else None,
+            x_raw if store.keeps_values else None,
             offsets_increase=rows is not None,
             rows=rows,
         )
@@ -98,6 +98,27 @@ class RoundRunner:
         values *= buffers.y_std
         values += buffers.y_mean
         return values, warm, seconds
+
+    def rewarm(
+        self, store: StateStore, slots: np.ndarray, values: np.ndarray, n: np.ndarray
+    ) -> float:
+        """Run the model from the initial state of `slots` (distinct) over each one's last
+        `n` readings of `values` (raw, ``[len(slots), K, n_features]``, right-aligned), one
+        model call per step across the slots; the states are scattered back, nothing else
+        is recorded. Returns the model calls' seconds."""
+        store.reset(slots)
+        steps = int(n.max(initial=0))
+        k = values.shape[1]
+        seconds = 0.0
+        for j in range(steps):
+            active = np.flatnonzero(n >= steps - j)
+            x = (values[active, k - steps + j] - self._x_mean) / self._x_std
+            states = store.gather(slots[active])
+            started = time.perf_counter()
+            _, new_states = self.model.step(x[:, None, :].astype(np.float32), states)
+            seconds += time.perf_counter() - started
+            store.scatter(slots[active], new_states)
+        return seconds
 
     def _round_buffers(self, batch: int) -> _RoundBuffers:
         """The model input and the scalers tiled for `batch` readings (the last size's are

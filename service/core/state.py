@@ -14,7 +14,14 @@ work. The store composes one part per concern, each over the same slot axis:
 - `service.core.recency`: the use tick (LRU cap) and the wall-clock time last seen (TTL): a
   round marks each of its streams with a tick of its own, and reading them back tells
   whether the round names a stream twice (`claim`);
+- `service.core.history`: each stream's last K applied readings, kept to re-warm its
+  state when the model changes, and which streams are due a re-warm;
 - `service.core.staterecords`: dump and load as `service.core.statecodec` records.
+
+Every record names the model that wrote it (`model`, a fingerprint). A record of another
+model is *foreign*: its stream keeps its bookkeeping and kept readings, gets initial tensors
+and is due a re-warm (`REWARM_FOREIGN_STATE`, or `REWARM_MISSING_HISTORY` when it has no
+usable readings); `replace_model` makes every held stream due one (`REWARM_MODEL_CHANGE`).
 
 The store itself keeps their interplay: a new stream takes a slot and fresh state in every
 part, a stream let go (dropped, evicted, expired) gives its slot back.
@@ -28,7 +35,9 @@ from typing import Literal
 
 import numpy as np
 
+from service.core import statecodec
 from service.core.bookkeeping import StreamBook
+from service.core.history import History
 from service.core.recency import Recency
 from service.core.slots import SlotTable
 from service.core.staterecords import StateRecords
@@ -36,7 +45,23 @@ from service.core.tensors import StateTensors
 from service.errors import StateError
 from service.modelcard import StateSpec
 
-__all__ = ["StateDType", "StateStore", "StreamInfo"]
+__all__ = [
+    "REWARM_FOREIGN_STATE",
+    "REWARM_MISSING_HISTORY",
+    "REWARM_MODEL_CHANGE",
+    "REWARM_REASONS",
+    "StateDType",
+    "StateStore",
+    "StreamInfo",
+]
+
+#: Why a stream's state is re-warmed (`StateStore.rewarm_due`), as metric labels.
+REWARM_MODEL_CHANGE, REWARM_FOREIGN_STATE, REWARM_MISSING_HISTORY = 1, 2, 3
+REWARM_REASONS = {
+    REWARM_MODEL_CHANGE: "model_change",
+    REWARM_FOREIGN_STATE: "foreign_state",
+    REWARM_MISSING_HISTORY: "missing_history",
+}
 
 StateDType = Literal["float32", "float16"]
 
@@ -70,7 +95,9 @@ class StateStore:
     """Slots of state for any number of streams; see the module docstring.
 
     `n_last_values` > 0 also keeps each stream's last raw feature values (for last-value
-    imputation); they are part of the dumped state. `max_streams` caps the number of
+    imputation); they are part of the dumped state. `history` > 0 keeps each stream's last
+    that many applied readings of `features` (to re-warm it for another model); `model` is
+    the fingerprint its records carry. `max_streams` caps the number of
     streams: `ensure` evicts the least recently used ones to make room, and the evicted ids
     are collected until `drain_evicted`. `ttl_seconds` makes `expire` drop streams not seen
     for that long.
@@ -86,8 +113,13 @@ class StateStore:
         growth: float = 1.25,
         max_streams: int | None = None,
         ttl_seconds: float | None = None,
+        history: int = 0,
+        features: Sequence[str] = (),
+        model: bytes = statecodec.NO_MODEL,
     ) -> None:
         _check_options(dtype, growth, max_streams, ttl_seconds)
+        if history and not features:
+            raise StateError("keeping readings (history > 0) needs the features' names")
         self.specs = list(specs)
         self.dtype = np.dtype(dtype)
         self.n_last_values = n_last_values
@@ -98,7 +130,10 @@ class StateStore:
         self._tensors = StateTensors(self.specs, self.dtype)
         self._book = StreamBook(n_last_values)
         self._recency = Recency(max_streams, ttl_seconds)
-        self._records = StateRecords(self._tensors, self._book)
+        self._history = History(history, len(features))
+        self._records = StateRecords(
+            self._tensors, self._book, self._history, self._layout(model, features)
+        )
         self._grow(max(1, capacity if max_streams is None else min(capacity, max_streams)))
 
     def _grow(self, needed: int) -> None:
@@ -110,6 +145,16 @@ class StateStore:
         self._tensors.grow(new)
         self._book.grow(new)
         self._recency.grow(new)
+        self._history.grow(new)
+
+    def _layout(self, model: bytes, features: Sequence[str]) -> statecodec.RecordLayout:
+        return statecodec.RecordLayout(
+            tuple(spec.size for spec in self.specs),
+            self.n_last_values,
+            model,
+            tuple(features) if self._history.k else (),
+            self._history.k,
+        )
 
     # -- size ---------------------------------------------------------------------------
 
@@ -126,8 +171,19 @@ class StateStore:
 
     @property
     def raw_state_bytes_per_stream(self) -> int:
-        """Bytes of one stream's state tensors at the storage dtype: the floor to compare with."""
-        return self._tensors.bytes_per_stream
+        """Bytes of one stream's state tensors at the storage dtype and of its kept readings:
+        the floor to compare with."""
+        return self._tensors.bytes_per_stream + self._history.bytes_per_stream
+
+    @property
+    def history(self) -> int:
+        """How many applied readings each stream keeps."""
+        return self._history.k
+
+    @property
+    def keeps_values(self) -> bool:
+        """Whether `advance` needs the applied readings' values (last values, kept readings)."""
+        return bool(self.n_last_values or self._history.k)
 
     @property
     def state_bytes(self) -> int:
@@ -146,7 +202,7 @@ class StateStore:
         return self._array_bytes() + self._slots.index_bytes()
 
     def _array_bytes(self) -> int:
-        parts = (self._tensors.nbytes, self._book.nbytes, self._slots.nbytes)
+        parts = (self._tensors.nbytes, self._book.nbytes, self._slots.nbytes, self._history.nbytes)
         return sum(parts) + self._recency.last_seen.nbytes
 
     # -- slots --------------------------------------------------------------------------
@@ -215,6 +271,7 @@ class StateStore:
         out = self._slots.assign(new_ids)
         self._tensors.reset(out)
         self._book.start(out, self._recency.tick)
+        self._history.start(out)
         self._recency.seen(out, now)
         return out
 
@@ -229,6 +286,7 @@ class StateStore:
     def _release(self, slots: np.ndarray) -> None:
         self._slots.release(slots)
         self._book.dirty[slots] = False
+        self._history.unmark(slots)
 
     def drain_evicted(self) -> list[str]:
         """Ids evicted by the capacity cap since the last call."""
@@ -289,12 +347,15 @@ class StateStore:
         Returns the slots' steps seen, this reading included. `offsets_increase` says every
         offset is known to be above its slot's applied offset (it then replaces it as is).
         `rows` are the slots' bookkeeping rows from `claim`, with nothing changed since:
-        they are updated and written back whole.
+        they are updated and written back whole. `values` (raw, ``[n, features]``) are
+        needed when the store `keeps_values`.
         """
         steps = self._book.advance(
             slots, ts, offsets, values, offsets_increase=offsets_increase, rows=rows
         )
         self._recency.seen(slots, now)
+        if values is not None and self._history.k:
+            self._history.push(slots, ts, values)
         return steps
 
     def note_jumps(self, slots: np.ndarray, before: np.ndarray) -> None:
@@ -390,5 +451,69 @@ class StateStore:
         ids = list(latest)
         batch = self._records.decode(ids, list(latest.values()))
         slots = self.ensure(ids, now=now)
-        self._records.load(slots, batch)
+        self._history.unmark(slots)
+        foreign = self._records.load(slots, batch)
         self._recency.seen(slots, now)
+        if foreign.any():
+            started = batch.steps > 0
+            self._history.mark(slots[foreign & started & ~batch.unusable], REWARM_FOREIGN_STATE)
+            self._history.mark(slots[foreign & started & batch.unusable], REWARM_MISSING_HISTORY)
+
+    # -- model changes and re-warms -------------------------------------------------------
+
+    @property
+    def model(self) -> bytes:
+        """The fingerprint of the model whose states the store holds."""
+        return self._records.layout.model
+
+    def replace_model(
+        self,
+        specs: Sequence[StateSpec],
+        *,
+        model: bytes,
+        features: Sequence[str],
+        history: int,
+    ) -> None:
+        """Hold another model's states from now on: tensors of `specs`, initial for every
+        stream, each held stream that applied a reading due a re-warm (`rewarm_due`) from
+        its kept readings, mapped onto `features` by name (a stream whose readings lack one
+        is due a reset instead); `history` readings kept from now on. Bookkeeping (applied
+        offsets, last timestamps, dirty flags) is kept."""
+        held = self._slots.active_slots()
+        old = self._records.layout.features
+        columns = (
+            None if tuple(features) == old else [old.index(f) if f in old else -1 for f in features]
+        )
+        self.specs = list(specs)
+        self._tensors = StateTensors(self.specs, self.dtype)
+        self._tensors.grow(self._slots.capacity)
+        self._tensors.reset(held)
+        lacking = self._history.resize(history, columns, held)
+        self._records = StateRecords(
+            self._tensors, self._book, self._history, self._layout(model, features)
+        )
+        started = held[self._book.steps[held] > 0]
+        self._history.unmark(held)
+        self._history.mark(started, REWARM_MODEL_CHANGE)
+        self._history.mark(np.intersect1d(started, lacking), REWARM_MISSING_HISTORY)
+
+    @property
+    def rewarms_pending(self) -> bool:
+        """Whether any held stream is due a re-warm."""
+        return self._history.n_due > 0
+
+    def rewarm_due(self, slots: np.ndarray) -> np.ndarray:
+        """Why each of `slots` is due a re-warm (`REWARM_REASONS`), 0 where it is not."""
+        return np.asarray(self._history.due[slots])
+
+    def kept_readings(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The kept readings of `slots`: timestamps ``[n, K]`` and raw values ``[n, K,
+        features]``, oldest first and right-aligned, and how many are kept."""
+        return self._history.ordered(slots)
+
+    def rewarmed(self, slots: np.ndarray, steps: np.ndarray) -> None:
+        """`slots` (distinct) were re-warmed over `steps` readings each: no longer due, and
+        changed (their state is written at the next checkpoint)."""
+        self._history.unmark(slots)
+        self._book.steps[slots] = steps
+        self._book.dirty[slots] = True

@@ -1,21 +1,33 @@
 """The binary record of one stream's state, as the changelog stores it.
 
-Layout, little-endian: the magic ``b"SCST"``, the format version (u8), the storage dtype
-(u8: 0 float32, 1 float16), the tensor count (u16), the last-value count (u16), ``last_ts``
-(f64), steps seen (i64) and ``applied_offset`` (i64), 34 bytes in all; then every state
-tensor in card order, in its per-stream shape, C order, at the storage dtype; then the
-stream's last raw feature values (float32) when last-value imputation is on. A 2x64 LSTM's
-record is 34 + 2 * 512 = 1,058 bytes.
+Layout, little-endian, format 2:
 
-Records are encoded and decoded a batch at a time, with numpy, because a checkpoint writes
-and a restore reads many thousands of them.
+- a 58-byte header: the magic ``b"SCST"``, the format version (u8), the storage dtype (u8:
+  0 float32, 1 float16), the tensor count (u16), the last-value count (u16), ``last_ts``
+  (f64), steps seen (i64), ``applied_offset`` (i64), the fingerprint of the model that wrote
+  the state (16 bytes, `service.modelcard.model_fingerprint`), the feature count (u16), the
+  kept readings' capacity K (u16) and how many are kept (u16), and the byte length of the
+  feature names (u16);
+- the model's feature names, UTF-8, one per line;
+- the stream's last K applied readings, oldest first and right-aligned (the kept ones last):
+  their timestamps (K f64) and feature values in original units (K x features f32);
+- the last raw feature values (float32) when last-value imputation is on;
+- every state tensor in card order, in its per-stream shape, C order, at the storage dtype.
+
+A record is *foreign* when another model wrote it (another fingerprint), or when it has the
+format 1 of earlier versions (the 34-byte header, then the tensors and the last values, no
+kept readings). Its tensors mean nothing to this model: `decode` leaves them out, keeps its
+bookkeeping (``applied_offset`` above all) and maps its kept readings onto this model's
+features by name, for the engine to re-warm the stream from them (`StateStore`). Records
+are encoded and decoded a batch at a time, with numpy, because a checkpoint writes and a
+restore reads many thousands of them.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +36,7 @@ from service.errors import StateError
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "NO_MODEL",
     "RecordBatch",
     "RecordBuffer",
     "RecordLayout",
@@ -32,8 +45,10 @@ __all__ = [
 ]
 
 MAGIC = b"SCST"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sBBHHdqq")
+FORMAT_VERSION = 2
+NO_MODEL = bytes(16)
+_V1 = struct.Struct("<4sBBHHdqq")
+_HEADER = struct.Struct("<4sBBHHdqq16sHHHH")
 _HEADER_DTYPE = np.dtype(
     [
         ("magic", "S4"),
@@ -44,27 +59,55 @@ _HEADER_DTYPE = np.dtype(
         ("last_ts", "<f8"),
         ("steps", "<i8"),
         ("applied", "<i8"),
+        ("model", "S16"),
+        ("n_features", "<u2"),
+        ("history", "<u2"),
+        ("history_len", "<u2"),
+        ("names", "<u2"),
     ]
 )
 _DTYPE_CODES: dict[str, int] = {"float32": 0, "float16": 1}
 _CODE_DTYPES = {code: np.dtype(name) for name, code in _DTYPE_CODES.items()}
 
 
+def _names_block(features: Sequence[str]) -> bytes:
+    return "\n".join(features).encode()
+
+
 @dataclass(frozen=True)
 class RecordLayout:
-    """What a store expects in a record: floats per tensor and the number of last values."""
+    """What a store writes and expects: floats per tensor, the number of last values, the
+    model's fingerprint and features, and how many readings a record keeps (K)."""
 
     sizes: tuple[int, ...]
     n_last_values: int
+    model: bytes = NO_MODEL
+    features: tuple[str, ...] = ()
+    history: int = 0
 
     def record_bytes(self, dtype: np.dtype[np.floating]) -> int:
         """Bytes of one encoded record with tensors at `dtype`, header included."""
-        return _HEADER.size + sum(self.sizes) * dtype.itemsize + self.n_last_values * 4
+        return self.prefix_bytes() + sum(self.sizes) * dtype.itemsize
+
+    def prefix_bytes(self) -> int:
+        """Bytes before the tensors."""
+        n_features = len(self.features)
+        return (
+            _HEADER.size
+            + len(_names_block(self.features))
+            + self.history * (8 + 4 * n_features)
+            + 4 * self.n_last_values
+        )
 
 
 @dataclass
 class RecordBatch:
-    """Decoded records: one row per stream. `tensors[k]` is ``[n, sizes[k]]`` at `dtype`."""
+    """Records as rows: `tensors[k]` is ``[n, sizes[k]]`` at `dtype`; `history_ts` is ``[n,
+    K]`` and `history_values` ``[n, K, features]``, right-aligned, `history_len` kept each.
+
+    Decoded records also say which rows are `foreign` (another model's: their tensors rows
+    are zeros) and which of those have no usable kept readings (`unusable`: format 1, or a
+    feature of this model missing from them)."""
 
     dtype: np.dtype[np.floating]
     last_ts: np.ndarray
@@ -72,21 +115,35 @@ class RecordBatch:
     applied: np.ndarray
     tensors: list[np.ndarray]
     last_values: np.ndarray | None
+    history_ts: np.ndarray | None = None
+    history_values: np.ndarray | None = None
+    history_len: np.ndarray | None = None
+    foreign: np.ndarray = field(default_factory=lambda: np.zeros(0, np.bool_))
+    unusable: np.ndarray = field(default_factory=lambda: np.zeros(0, np.bool_))
 
 
-def encode(batch: RecordBatch) -> list[bytes]:
+def encode(batch: RecordBatch, layout: RecordLayout | None = None) -> list[bytes]:
     """One record per row of `batch` (each tensor's rows are one row of the record)."""
-    widths = [t.shape[1] * batch.dtype.itemsize for t in batch.tensors]
     n_values = 0 if batch.last_values is None else batch.last_values.shape[1]
-    buffer = RecordBuffer(batch.dtype, [(1, w) for w in widths], n_values)
+    if layout is None:
+        layout = RecordLayout(tuple(t.shape[1] for t in batch.tensors), n_values)
+    widths = [t.shape[1] * batch.dtype.itemsize for t in batch.tensors]
+    buffer = RecordBuffer(batch.dtype, [(1, w) for w in widths], layout)
     records: list[bytes] = []
     for start in range(0, len(batch.last_ts), buffer.CHUNK):
         rows = slice(start, start + buffer.CHUNK)
+
+        def part(a: np.ndarray | None, rows: slice = rows) -> np.ndarray | None:
+            return None if a is None else a[rows]
+
         n = buffer.fill(
             batch.last_ts[rows],
             batch.steps[rows],
             batch.applied[rows],
-            None if batch.last_values is None else batch.last_values[rows],
+            part(batch.last_values),
+            part(batch.history_ts),
+            part(batch.history_values),
+            part(batch.history_len),
         )
         for tensor, out, width in zip(batch.tensors, buffer.tensors, widths, strict=True):
             rows_as_items = np.ascontiguousarray(tensor[rows], batch.dtype).view((np.void, width))
@@ -99,39 +156,50 @@ class RecordBuffer:
     """Records written in place, `CHUNK` streams at a time, into a buffer kept from call to
     call: what a checkpoint encodes with (`StateStore.dump_many`).
 
-    The caller fills the bookkeeping with `fill` and each tensor's rows in `tensors`, then
-    takes the records with `records`. Fresh arrays the size
-    of a checkpoint cost page faults on every call (10,000 records of 1,058 bytes: 11-63 ms
-    through `encode` and temporaries, 8.5 ms in place); the buffer stays at one chunk however
-    many streams a checkpoint writes.
+    The caller fills the bookkeeping and kept readings with `fill` and each tensor's rows in
+    `tensors`, then takes the records with `records`. Fresh arrays the size of a checkpoint
+    cost page faults on every call; the buffer stays at one chunk however many streams a
+    checkpoint writes.
     """
 
     CHUNK = 8192
 
     def __init__(
-        self, dtype: np.dtype[np.floating], rows: Sequence[tuple[int, int]], n_values: int
+        self, dtype: np.dtype[np.floating], rows: Sequence[tuple[int, int]], layout: RecordLayout
     ) -> None:
         """`rows`: each state tensor's (rows per stream, bytes per row), in card order."""
-        self.size = _HEADER.size + sum(n * width for n, width in rows) + 4 * n_values
+        self.size = layout.prefix_bytes() + sum(n * width for n, width in rows)
         self._buf = np.zeros((self.CHUNK, self.size), np.uint8)
-        buf, stride = self._buf, (self.size,)
-        self.header = np.ndarray((self.CHUNK,), _HEADER_DTYPE, buf, 0, stride)
-        self.header["magic"] = MAGIC
-        self.header["version"] = FORMAT_VERSION
-        self.header["dtype"] = _DTYPE_CODES[dtype.name]
-        self.header["n_tensors"] = len(rows)
-        self.header["n_values"] = n_values
-        self.tensors: list[np.ndarray] = []  # [CHUNK, rows] of whole rows (void items)
+        buf, size = self._buf, self.size
+        self.header = np.ndarray((self.CHUNK,), _HEADER_DTYPE, buf, 0, (size,))
+        header, names = self.header, _names_block(layout.features)
+        header["magic"] = MAGIC
+        header["version"] = FORMAT_VERSION
+        header["dtype"] = _DTYPE_CODES[dtype.name]
+        header["n_tensors"] = len(rows)
+        header["n_values"] = layout.n_last_values
+        header["model"] = layout.model
+        header["n_features"] = len(layout.features)
+        header["history"] = layout.history
+        header["names"] = len(names)
         pos = _HEADER.size
+        if names:
+            buf[:, pos : pos + len(names)] = np.frombuffer(names, np.uint8)
+        pos += len(names)
+        k, f = layout.history, len(layout.features)
+        self.history_ts = np.ndarray((self.CHUNK, k), np.float64, buf, pos, (size, 8))
+        pos += 8 * k
+        self.history_values = np.ndarray((self.CHUNK, k, f), np.float32, buf, pos, (size, 4 * f, 4))
+        pos += 4 * k * f
+        self.values = np.ndarray(
+            (self.CHUNK, layout.n_last_values), np.float32, buf, pos, (size, 4)
+        )
+        pos += 4 * layout.n_last_values
+        self.tensors: list[np.ndarray] = []  # [CHUNK, rows] of whole rows (void items)
         for n, width in rows:
             row = np.dtype((np.void, width))
-            self.tensors.append(np.ndarray((self.CHUNK, n), row, buf, pos, (self.size, width)))
+            self.tensors.append(np.ndarray((self.CHUNK, n), row, buf, pos, (size, width)))
             pos += n * width
-        self.values = (
-            np.ndarray((self.CHUNK, n_values), np.float32, buf, pos, (self.size, 4))
-            if n_values
-            else None
-        )
 
     def fill(
         self,
@@ -139,16 +207,23 @@ class RecordBuffer:
         steps: np.ndarray,
         applied: np.ndarray,
         last_values: np.ndarray | None,
+        history_ts: np.ndarray | None = None,
+        history_values: np.ndarray | None = None,
+        history_len: np.ndarray | None = None,
     ) -> int:
-        """Write the bookkeeping (and last values) of the next chunk's records; return how
-        many records it holds (at most `CHUNK`)."""
+        """Write the bookkeeping, last values and kept readings of the next chunk's
+        records; return how many records it holds (at most `CHUNK`)."""
         n = len(last_ts)
         header = self.header[:n]
         header["last_ts"] = last_ts
         header["steps"] = steps
         header["applied"] = applied
-        if self.values is not None and last_values is not None:
+        if last_values is not None and self.values.shape[1]:
             self.values[:n] = last_values
+        if history_len is not None and history_ts is not None and history_values is not None:
+            header["history_len"] = history_len
+            self.history_ts[:n] = history_ts
+            self.history_values[:n] = history_values
         return n
 
     def records(self, n: int) -> list[bytes]:
@@ -157,70 +232,168 @@ class RecordBuffer:
         return records
 
 
-def _check(stream_id: str, data: bytes, layout: RecordLayout) -> np.dtype[np.floating]:
-    """Validate one record against `layout`; returns its storage dtype."""
-    if len(data) < _HEADER.size:
+@dataclass(frozen=True)
+class _Header:
+    version: int
+    dtype: np.dtype[np.floating]
+    n_tensors: int
+    n_values: int
+    last_ts: float
+    steps: int
+    applied: int
+    model: bytes = NO_MODEL
+    n_features: int = 0
+    history: int = 0
+    history_len: int = 0
+    names: int = 0
+
+
+def _header(stream_id: str, data: bytes) -> _Header:
+    """The header of one record, checked for what any version must hold."""
+    if len(data) < _V1.size:
         raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
-    magic, version, code, n_tensors, n_values, *_ = _HEADER.unpack_from(data)
-    if magic != MAGIC or version != FORMAT_VERSION:
+    magic, version = data[:4], data[4]
+    if magic != MAGIC or version not in (1, FORMAT_VERSION):
         raise StateError(
             f"state record for {stream_id!r} has format {magic!r} v{version}, "
-            f"expected {MAGIC!r} v{FORMAT_VERSION}"
+            f"expected {MAGIC!r} v1 or v{FORMAT_VERSION}"
         )
+    if version == 1:
+        fields = _V1.unpack_from(data)
+    elif len(data) < _HEADER.size:
+        raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
+    else:
+        fields = _HEADER.unpack_from(data)
+    code = fields[2]
     if code not in _CODE_DTYPES:
         raise StateError(f"state record for {stream_id!r} has unknown dtype code {code}")
-    if n_tensors != len(layout.sizes) or n_values != layout.n_last_values:
-        raise StateError(
-            f"state record for {stream_id!r} holds {n_tensors} tensors and {n_values} last "
-            f"values; this model keeps {len(layout.sizes)} and {layout.n_last_values}"
-        )
-    stored = _CODE_DTYPES[code]
-    expected = layout.record_bytes(stored)
+    return _Header(version, _CODE_DTYPES[code], *fields[3:])
+
+
+def _is_own(stream_id: str, data: bytes, header: _Header, layout: RecordLayout) -> bool:
+    """Whether the record was written by `layout`'s model with this layout (then it must be
+    whole); a record of the same model written with other settings (kept readings, last
+    values) is treated as foreign."""
+    if header.version != FORMAT_VERSION or header.model != layout.model:
+        return False
+    if (
+        header.n_tensors != len(layout.sizes)
+        or header.n_values != layout.n_last_values
+        or header.history != layout.history
+        or header.n_features != len(layout.features)
+    ):
+        return False
+    expected = layout.record_bytes(header.dtype)
     if len(data) != expected:
         raise StateError(
             f"state record for {stream_id!r} is {len(data)} bytes, expected {expected} "
             "for this model's state shapes"
         )
-    return stored
+    return True
 
 
 def decode(ids: Sequence[str], blobs: Sequence[bytes], layout: RecordLayout) -> RecordBatch:
-    """Validate and decode records (one per id); raises `StateError` for the first bad one."""
-    stored = [_check(sid, blob, layout) for sid, blob in zip(ids, blobs, strict=True)]
-    if len(set(stored)) > 1:  # float32 and float16 records mixed: decode each, then widen
-        parts = [decode([sid], [blob], layout) for sid, blob in zip(ids, blobs, strict=True)]
-        return RecordBatch(
-            np.dtype(np.float32),
-            np.concatenate([p.last_ts for p in parts]),
-            np.concatenate([p.steps for p in parts]),
-            np.concatenate([p.applied for p in parts]),
-            [
-                np.concatenate([p.tensors[k].astype(np.float32) for p in parts])
-                for k in range(len(layout.sizes))
-            ],
-            None
-            if layout.n_last_values == 0
-            else np.concatenate([p.last_values for p in parts if p.last_values is not None]),
-        )
-    dtype = stored[0] if stored else np.dtype(np.float32)
+    """Validate and decode records (one per id); raises `StateError` for the first record
+    that is malformed (too short, of an unknown format, or of this model but not whole)."""
+    headers = [_header(sid, blob) for sid, blob in zip(ids, blobs, strict=True)]
+    own = np.array(
+        [_is_own(sid, blob, h, layout) for sid, blob, h in zip(ids, blobs, headers, strict=True)],
+        np.bool_,
+    )
+    dtypes = {h.dtype for h, mine in zip(headers, own.tolist(), strict=True) if mine}
+    dtype = np.dtype(np.float32) if len(dtypes) != 1 else dtypes.pop()
+    out = _empty(len(blobs), layout, dtype)
+    out.foreign = ~own
+    mine = np.flatnonzero(own)
+    by_dtype: dict[np.dtype[np.floating], list[int]] = {}
+    for i in mine.tolist():
+        by_dtype.setdefault(headers[i].dtype, []).append(i)
+    for stored, rows in by_dtype.items():
+        _decode_own(out, np.array(rows), [blobs[i] for i in rows], layout, stored)
+    for i in np.flatnonzero(~own).tolist():
+        _decode_foreign(out, i, ids[i], blobs[i], headers[i], layout)
+    return out
+
+
+def _empty(n: int, layout: RecordLayout, dtype: np.dtype[np.floating]) -> RecordBatch:
+    k, f = layout.history, len(layout.features)
+    return RecordBatch(
+        dtype,
+        np.zeros(n, np.float64),
+        np.zeros(n, np.int64),
+        np.zeros(n, np.int64),
+        [np.zeros((n, size), dtype) for size in layout.sizes],
+        np.full((n, layout.n_last_values), np.nan, np.float32) if layout.n_last_values else None,
+        np.zeros((n, k), np.float64),
+        np.zeros((n, k, f), np.float32),
+        np.zeros(n, np.int64),
+        np.zeros(n, np.bool_),
+        np.zeros(n, np.bool_),
+    )
+
+
+def _decode_own(
+    out: RecordBatch,
+    rows: np.ndarray,
+    blobs: list[bytes],
+    layout: RecordLayout,
+    dtype: np.dtype[np.floating],
+) -> None:
+    """Records of this model, vectorised, into `rows` of `out`."""
     n = len(blobs)
     buf = np.frombuffer(b"".join(blobs), np.uint8).reshape(n, layout.record_bytes(dtype))
     header = np.ascontiguousarray(buf[:, : _HEADER.size]).view(_HEADER_DTYPE).reshape(n)
-    tensors = []
-    pos = _HEADER.size
-    for size in layout.sizes:
-        width = size * dtype.itemsize
-        tensors.append(np.ascontiguousarray(buf[:, pos : pos + width]).view(dtype))
+    out.last_ts[rows] = header["last_ts"]
+    out.steps[rows] = header["steps"]
+    out.applied[rows] = header["applied"]
+    k, f = layout.history, len(layout.features)
+    pos = _HEADER.size + len(_names_block(layout.features))
+    assert out.history_ts is not None and out.history_values is not None
+    assert out.history_len is not None
+    out.history_len[rows] = header["history_len"]
+    out.history_ts[rows] = np.ascontiguousarray(buf[:, pos : pos + 8 * k]).view(np.float64)
+    pos += 8 * k
+    width = 4 * k * f
+    values = np.ascontiguousarray(buf[:, pos : pos + width]).view(np.float32)
+    out.history_values[rows] = values.reshape(n, k, f)
+    pos += width
+    if out.last_values is not None:
+        width = 4 * layout.n_last_values
+        out.last_values[rows] = np.ascontiguousarray(buf[:, pos : pos + width]).view(np.float32)
         pos += width
-    last_values = None
-    if layout.n_last_values:
-        width = layout.n_last_values * 4
-        last_values = np.ascontiguousarray(buf[:, pos : pos + width]).view(np.float32)
-    return RecordBatch(
-        dtype,
-        header["last_ts"].astype(np.float64),
-        header["steps"].astype(np.int64),
-        header["applied"].astype(np.int64),
-        tensors,
-        last_values,
-    )
+    for size, tensor in zip(layout.sizes, out.tensors, strict=True):
+        width = size * dtype.itemsize
+        tensor[rows] = np.ascontiguousarray(buf[:, pos : pos + width]).view(dtype)
+        pos += width
+
+
+def _decode_foreign(
+    out: RecordBatch, row: int, stream_id: str, data: bytes, header: _Header, layout: RecordLayout
+) -> None:
+    """Another model's record into `row` of `out`: its bookkeeping, and its kept readings
+    mapped onto this model's features (`unusable` when it has none or lacks a feature)."""
+    out.last_ts[row] = header.last_ts
+    out.steps[row] = header.steps
+    out.applied[row] = header.applied
+    if header.version == 1 or header.history_len == 0 or layout.history == 0:
+        # nothing to re-warm from: unusable unless the stream never applied a reading
+        out.unusable[row] = header.steps > 0
+        return
+    pos = _HEADER.size
+    names = data[pos : pos + header.names].decode("utf-8", "replace").split("\n")
+    pos += header.names
+    k, f = header.history, header.n_features
+    if len(data) < pos + k * (8 + 4 * f) or len(names) != f:
+        raise StateError(f"state record for {stream_id!r} is malformed (its kept readings)")
+    columns = [names.index(name) if name in names else -1 for name in layout.features]
+    if -1 in columns:
+        out.unusable[row] = True
+        return
+    ts = np.frombuffer(data, np.float64, k, pos)
+    values = np.frombuffer(data, np.float32, k * f, pos + 8 * k).reshape(k, f)[:, columns]
+    keep = min(header.history_len, layout.history)
+    assert out.history_ts is not None and out.history_values is not None
+    assert out.history_len is not None
+    out.history_ts[row, layout.history - keep :] = ts[k - keep :]
+    out.history_values[row, layout.history - keep :] = values[k - keep :]
+    out.history_len[row] = keep

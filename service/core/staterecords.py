@@ -9,20 +9,27 @@ import numpy as np
 
 from service.core import statecodec
 from service.core.bookkeeping import StreamBook
+from service.core.history import History
 from service.core.tensors import StateTensors
 
 __all__ = ["StateRecords"]
 
 
 class StateRecords:
-    """Encodes slots of `tensors` and `book` into records, and applies decoded ones."""
+    """Encodes slots of `tensors`, `book` and `history` into records of `layout`, and
+    applies decoded ones."""
 
-    def __init__(self, tensors: StateTensors, book: StreamBook) -> None:
+    def __init__(
+        self,
+        tensors: StateTensors,
+        book: StreamBook,
+        history: History,
+        layout: statecodec.RecordLayout,
+    ) -> None:
         self._tensors = tensors
         self._book = book
-        self.layout = statecodec.RecordLayout(
-            tuple(spec.size for spec in tensors.specs), book.n_last_values
-        )
+        self._history = history
+        self.layout = layout
         self._buffer: statecodec.RecordBuffer | None = None  # what `dump` encodes in
 
     def dump(self, slots: np.ndarray) -> list[bytes]:
@@ -30,17 +37,19 @@ class StateRecords:
         buffer = self._buffer
         if buffer is None:
             buffer = self._buffer = statecodec.RecordBuffer(
-                self._tensors.dtype, self._tensors.record_rows(), self._book.n_last_values
+                self._tensors.dtype, self._tensors.record_rows(), self.layout
             )
-        book = self._book
+        book, history = self._book, self._history
         records: list[bytes] = []
         for start in range(0, len(slots), buffer.CHUNK):
             chunk = slots[start : start + buffer.CHUNK]
+            kept = history.ordered(chunk) if history.k else (None, None, None)
             n = buffer.fill(
                 book.last_ts[chunk],
                 book.steps[chunk],
                 book.applied[chunk],
                 book.last_values[chunk] if book.n_last_values else None,
+                *kept,
             )
             self._tensors.take_rows(chunk, buffer.tensors)
             records += buffer.records(n)
@@ -50,7 +59,19 @@ class StateRecords:
         """Check and decode one record per id; raises `StateError` for the first bad one."""
         return statecodec.decode(ids, blobs, self.layout)
 
-    def load(self, slots: np.ndarray, batch: statecodec.RecordBatch) -> None:
-        """Write decoded records to `slots` (one row of `batch` each): tensors and bookkeeping."""
-        self._tensors.put_rows(slots, batch.tensors)
+    def load(self, slots: np.ndarray, batch: statecodec.RecordBatch) -> np.ndarray:
+        """Write decoded records to `slots` (one row of `batch` each): tensors, bookkeeping
+        and kept readings. The slots of foreign records get initial tensors; returns which
+        rows were foreign."""
+        own = ~batch.foreign
+        if own.all():
+            self._tensors.put_rows(slots, batch.tensors)
+        else:
+            mine = np.flatnonzero(own)
+            self._tensors.put_rows(slots[mine], [t[mine] for t in batch.tensors])
+            self._tensors.reset(slots[batch.foreign])
         self._book.load(slots, batch)
+        if batch.history_len is not None and batch.history_ts is not None:
+            assert batch.history_values is not None
+            self._history.load(slots, batch.history_ts, batch.history_values, batch.history_len)
+        return batch.foreign

@@ -52,9 +52,10 @@ def test_label_values_start_at_zero() -> None:
 
 def test_model_and_build_info() -> None:
     metrics = ServiceMetrics()
-    metrics.set_model("sensors-demo", "3", "lstm")
+    metrics.set_model("sensors-demo", "3", "lstm", "0a1b")
     samples = _samples(metrics)
-    key = ("sensorcast_model_info", (("kind", "lstm"), ("name", "sensors-demo"), ("version", "3")))
+    labels = (("fingerprint", "0a1b"), ("kind", "lstm"), ("name", "sensors-demo"), ("version", "3"))
+    key = ("sensorcast_model_info", labels)
     assert samples[key] == 1
     build = [k for k in samples if k[0] == "sensorcast_build_info"]
     assert len(build) == 1 and ("version", __version__) in build[0][1]

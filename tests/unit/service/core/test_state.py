@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from service.core import statecodec
-from service.core.state import StateStore
+from service.core.state import REWARM_MISSING_HISTORY, StateStore
 from service.errors import StateError
 from service.modelcard import StateSpec
 
@@ -150,7 +150,9 @@ def test_dump_load_round_trip(dtype: str) -> None:
         values=np.array([[1.5, 2.5], [3.0, 4.0]]),
     )
     data = src.dump("b")
-    expected = 4 + 2 + 2 + 2 + 8 * 3 + (8 + 6) * src.dtype.itemsize + 2 * 4
+    # the 58-byte header (the 34 bytes of format 1, then the model, the feature and kept
+    # reading counts and the names' length), the last values, the tensors
+    expected = 4 + 2 + 2 + 2 + 8 * 3 + 16 + 2 * 4 + 2 * 4 + (8 + 6) * src.dtype.itemsize
     assert len(data) == expected
 
     dst = _store(dtype=dtype, n_last_values=2)
@@ -184,12 +186,22 @@ def test_load_rejects_malformed_or_foreign_records() -> None:
         store.load("a", b"XXXX" + good[4:])
     with pytest.raises(StateError, match="bytes, expected"):
         store.load("a", good + b"\0\0\0\0")
-    other = StateStore([StateSpec(name="h", shape=(2, 4), batch_axis=1)])
-    other.ensure(["a"])
-    with pytest.raises(StateError, match="tensors"):
-        store.load("a", other.dump("a"))
     with pytest.raises(StateError, match="no state"):
         store.dump("missing")
+
+
+def test_a_record_of_another_layout_is_foreign_and_its_stream_due_a_reset() -> None:
+    store = _store()
+    other = StateStore([StateSpec(name="h", shape=(2, 4), batch_axis=1)])
+    slots = other.ensure(["a", "b"])
+    other.advance(slots[:1], np.array([60.0]), np.array([7]), now=0.0)  # a applied one
+    store.load_many([("a", other.dump("a")), ("b", other.dump("b"))])
+    info = store.info("a")
+    assert info is not None and (info.last_ts, info.applied_offset) == (60.0, 7)
+    for got, spec in zip(store.states_of("a") or [], SPECS, strict=True):
+        np.testing.assert_array_equal(got, np.full(spec.shape, spec.init, np.float32))
+    # a kept no readings to re-warm from: due a reset; b never applied one: nothing due
+    assert store.rewarm_due(store.slots_of(["a", "b"])).tolist() == [REWARM_MISSING_HISTORY, 0]
 
 
 def test_lru_cap_evicts_least_recently_used_streams() -> None:

@@ -42,15 +42,44 @@ def test_round_trip(dtype: str) -> None:
 
 
 def test_the_header_is_the_documented_little_endian_layout() -> None:
-    record = statecodec.encode(_batch("float32"))[1]
-    magic, version, code, n_tensors, n_values, last_ts, steps, applied = struct.unpack_from(
-        "<4sBBHHdqq", record
-    )
-    assert (magic, version, code, n_tensors, n_values) == (b"SCST", 1, 0, 2, 2)
+    layout = RecordLayout(sizes=(6, 4), n_last_values=2, model=b"M" * 16)
+    record = statecodec.encode(_batch("float32"), layout)[1]
+    fields = struct.unpack_from("<4sBBHHdqq16sHHHH", record)
+    magic, version, code, n_tensors, n_values, last_ts, steps, applied = fields[:8]
+    assert (magic, version, code, n_tensors, n_values) == (b"SCST", 2, 0, 2, 2)
     assert (last_ts, steps, applied) == (60.0, 6, 101)
-    assert len(record) == 34 + (6 + 4) * 4 + 2 * 4
-    first = np.frombuffer(record, np.float32, 6, 34)
+    assert fields[8:] == (b"M" * 16, 0, 0, 0, 0)  # model; features, kept readings, names
+    assert len(record) == 58 + 2 * 4 + (6 + 4) * 4
+    first = np.frombuffer(record, np.float32, 6, 58 + 2 * 4)
     np.testing.assert_array_equal(first, _batch("float32").tensors[0][1])
+
+
+def test_kept_readings_round_trip_and_map_onto_another_models_features() -> None:
+    n, k = 3, 4
+    rng = np.random.default_rng(1)
+    batch = _batch("float32", n)
+    batch.history_ts = np.arange(n * k, dtype=np.float64).reshape(n, k)
+    batch.history_values = rng.normal(size=(n, k, 3)).astype(np.float32)
+    batch.history_len = np.array([0, 2, 4])
+    mine = RecordLayout((6, 4), 2, b"A" * 16, ("temp", "load", "rpm"), k)
+    records = statecodec.encode(batch, mine)
+    back = statecodec.decode(["a", "b", "c"], records, mine)
+    assert not back.foreign.any()
+    assert back.history_len is not None and back.history_values is not None
+    np.testing.assert_array_equal(back.history_values, batch.history_values)
+    # another model with two of the features, in another order, keeping 2 readings
+    theirs = RecordLayout((5,), 0, b"B" * 16, ("rpm", "temp"), 2)
+    other = statecodec.decode(["a", "b", "c"], records, theirs)
+    # a applied readings but kept none: nothing to re-warm it from
+    assert other.foreign.all() and other.unusable.tolist() == [True, False, False]
+    assert other.history_len is not None and other.history_values is not None
+    assert other.history_len.tolist() == [0, 2, 2]
+    np.testing.assert_array_equal(other.history_values[2], batch.history_values[2, 2:][:, [2, 0]])
+    np.testing.assert_array_equal(other.tensors[0], np.zeros((3, 5), np.float32))
+    assert other.applied.tolist() == batch.applied.tolist()
+    # a model needing a feature the records lack cannot re-warm from them
+    lacking = RecordLayout((5,), 0, b"B" * 16, ("temp", "humidity"), 2)
+    assert statecodec.decode(["c"], records[2:], lacking).unusable.tolist() == [True]
 
 
 def test_mixed_storage_dtypes_decode_as_float32() -> None:
@@ -67,7 +96,7 @@ def test_bad_records_name_the_stream() -> None:
         statecodec.decode(["a", "b"], [good, good[:20]], LAYOUT)
     with pytest.raises(StateError, match=r"'a'.*dtype code 7"):
         statecodec.decode(["a"], [good[:5] + b"\x07" + good[6:]], LAYOUT)
-    with pytest.raises(StateError, match="this model keeps 2 and 0"):
-        statecodec.decode(["a"], [good], RecordLayout(sizes=(6, 4), n_last_values=0))
+    # the same model's record with other settings is foreign, not an error
+    assert statecodec.decode(["a"], [good], RecordLayout((6, 4), 0)).foreign.tolist() == [True]
     with pytest.raises(StateError, match="expected"):
         statecodec.decode(["a"], [good], RecordLayout(sizes=(6, 5), n_last_values=2))
