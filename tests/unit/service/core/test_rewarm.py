@@ -17,8 +17,15 @@ from service.core.model import OnnxStepModel, StepModel
 from service.core.readings import Reading
 from service.core.state import REWARM_MISSING_HISTORY
 from service.modelcard import ModelCard
-from service.testing import ElmanLagModel, ListSink, build_onnx_lstm, drive, interleave
-from service.testing import random_batches, readings_for
+from service.testing import (
+    ElmanLagModel,
+    ListSink,
+    build_onnx_lstm,
+    drive,
+    interleave,
+    random_batches,
+    readings_for,
+)
 
 STREAMS = 1000
 STEPS = 7  # readings each stream applies before the change (more than K = 5)
