@@ -466,6 +466,11 @@ class StateStore:
         """The fingerprint of the model whose states the store holds."""
         return self._records.layout.model
 
+    @property
+    def layout(self) -> statecodec.RecordLayout:
+        """The layout of the records the store writes."""
+        return self._records.layout
+
     def replace_model(
         self,
         specs: Sequence[StateSpec],

@@ -37,6 +37,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "NO_MODEL",
+    "PENDING_REWARM",
     "RecordBatch",
     "RecordBuffer",
     "RecordLayout",
@@ -47,6 +48,9 @@ __all__ = [
 MAGIC = b"SCST"
 FORMAT_VERSION = 2
 NO_MODEL = bytes(16)
+#: The model of a stream's record whose state is due a re-warm: no model's, whatever layout
+#: its (initial) tensors have, so that a restore re-warms it too.
+PENDING_REWARM = b"\xff" * 16
 _V1 = struct.Struct("<4sBBHHdqq")
 _HEADER = struct.Struct("<4sBBHHdqq16sHHHH")
 _HEADER_DTYPE = np.dtype(
@@ -178,7 +182,7 @@ class RecordBuffer:
         header["dtype"] = _DTYPE_CODES[dtype.name]
         header["n_tensors"] = len(rows)
         header["n_values"] = layout.n_last_values
-        header["model"] = layout.model
+        header["model"] = self.model = layout.model
         header["n_features"] = len(layout.features)
         header["history"] = layout.history
         header["names"] = len(names)
@@ -210,11 +214,16 @@ class RecordBuffer:
         history_ts: np.ndarray | None = None,
         history_values: np.ndarray | None = None,
         history_len: np.ndarray | None = None,
+        pending: np.ndarray | None = None,
     ) -> int:
         """Write the bookkeeping, last values and kept readings of the next chunk's
-        records; return how many records it holds (at most `CHUNK`)."""
+        records; return how many records it holds (at most `CHUNK`). Rows `pending` a
+        re-warm name no model (`PENDING_REWARM`)."""
         n = len(last_ts)
         header = self.header[:n]
+        header["model"] = self.model
+        if pending is not None and pending.any():
+            header["model"] = np.where(pending, PENDING_REWARM, self.model)
         header["last_ts"] = last_ts
         header["steps"] = steps
         header["applied"] = applied

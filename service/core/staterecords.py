@@ -43,13 +43,16 @@ class StateRecords:
         records: list[bytes] = []
         for start in range(0, len(slots), buffer.CHUNK):
             chunk = slots[start : start + buffer.CHUNK]
-            kept = history.ordered(chunk) if history.k else (None, None, None)
+            ts, values, length = history.ordered(chunk) if history.k else (None, None, None)
             n = buffer.fill(
                 book.last_ts[chunk],
                 book.steps[chunk],
                 book.applied[chunk],
                 book.last_values[chunk] if book.n_last_values else None,
-                *kept,
+                ts,
+                values,
+                length,
+                pending=history.due[chunk] > 0 if history.n_due else None,
             )
             self._tensors.take_rows(chunk, buffer.tensors)
             records += buffer.records(n)

@@ -26,6 +26,7 @@ from service.codec import ReadingDecoder
 from service.core import statecodec
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
+from service.core.readings import Reading
 from service.embedded import free_port
 from service.registry import Registry
 from service.testing import RegisteredLstm
@@ -317,21 +318,52 @@ class Oracle:
     forecasts: dict[tuple[str, float], dict[str, list[float]]] = field(default_factory=dict)
 
     @classmethod
-    def run(cls, bootstrap: str, model: RegisteredLstm, input_topic: str) -> Oracle:
-        loaded = Registry(model.registry).load(model.card.name)
-        engine = StreamEngine(OnnxStepModel.from_loaded(loaded), EngineConfig())
+    def run(
+        cls,
+        bootstrap: str,
+        model: RegisteredLstm,
+        input_topic: str,
+        *,
+        swap: tuple[float, str] | None = None,
+    ) -> Oracle:
+        """The engine over every record; with `swap` (ts, version), the records before ts
+        on the first version, then that version swapped in (`StreamEngine.replace_model`)
+        for the rest."""
+        registry = Registry(model.registry)
+
+        def served(version: str) -> OnnxStepModel:
+            return OnnxStepModel.from_loaded(registry.load(model.card.name, version))
+
+        engine = StreamEngine(served("1" if swap else "latest"), EngineConfig())
         records = sorted(read_topic(bootstrap, input_topic), key=lambda r: (r.partition, r.offset))
-        decoder = ReadingDecoder(max_message_bytes=65_536, max_future_seconds=86_400.0)
-        batch = decoder.decode(records, received=time.time())
-        assert not batch.rejects
-        result = engine.process(batch.readings, now=time.time())
-        assert not result.rejects and not result.drops
+        readings = cls.decode(records)
+        phases = [readings]
+        if swap is not None:
+            phases = [
+                [r for r in readings if r.ts < swap[0]],
+                [r for r in readings if r.ts >= swap[0]],
+            ]
+        forecasts = []
+        for i, readings in enumerate(phases):
+            if i:
+                engine.replace_model(served(swap[1] if swap else "latest"))
+            result = engine.process(readings, now=time.time())
+            assert not result.rejects and not result.drops
+            forecasts += result.forecasts
         targets = list(model.card.targets)
         oracle = cls(engine)
-        for f in result.forecasts:
+        for f in forecasts:
             columns = np.asarray(f.values).T.tolist()
             oracle.forecasts[(f.stream_id, f.ts)] = dict(zip(targets, columns, strict=True))
         return oracle
+
+    @staticmethod
+    def decode(records: list[Any]) -> list[Reading]:
+        """The readings of input `records` (every one valid)."""
+        decoder = ReadingDecoder(max_message_bytes=65_536, max_future_seconds=86_400.0)
+        batch = decoder.decode(records, received=time.time())
+        assert not batch.rejects
+        return batch.readings
 
     def check_forecasts(self, published: dict[tuple[str, float], list[Any]]) -> None:
         """The same distinct (stream id, ts) set, and every copy carries the oracle's values."""
@@ -357,8 +389,8 @@ class Oracle:
         live = {k: v for k, v in latest.items() if v is not None}
         assert set(live) == set(store.ids())
         ids = sorted(live)
-        layout = statecodec.RecordLayout(tuple(s.size for s in store.specs), store.n_last_values)
-        batch = statecodec.decode(ids, [live[s] for s in ids], layout)
+        batch = statecodec.decode(ids, [live[s] for s in ids], store.layout)
+        assert not batch.foreign.any(), "the changelog holds records of another model"
         for row, sid in enumerate(ids):
             info = store.info(sid)
             assert info is not None

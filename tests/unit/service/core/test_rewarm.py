@@ -179,3 +179,21 @@ def test_each_stream_keeps_its_last_readings_in_the_state_bytes() -> None:
     without = StreamEngine(old, EngineConfig(history=0)).store
     kept = WARMUP * (8 + 4 * len(FEATURES))
     assert with_history.raw_state_bytes_per_stream == without.raw_state_bytes_per_stream + kept
+
+
+def test_a_stream_checkpointed_before_its_rewarm_is_rewarmed_after_a_restore(
+    values: dict[str, np.ndarray],
+) -> None:
+    """A stream changed and not yet written when the model is swapped: its record, written
+    before its next reading, names no model, so a restore re-warms it as the swap would."""
+    old, _ = _lstm(seed=1)
+    engine = _served_then(values, old)
+    assert engine.store.dirty_ids() == set(values)  # nothing written since the readings
+    new, oracle = _lstm(seed=2, hidden=5)
+    engine.replace_model(new)
+    records = list(zip(values, engine.store.dump_many(list(values)), strict=True))
+    restarted = StreamEngine(new)
+    restarted.store.load_many(records)
+    sink = _feed(restarted, _readings(values, STEPS), seed=7)
+    _check_first_forecasts(sink, values, oracle, new.card, WARMUP)
+    assert sum((r.rewarms.get("foreign_state", 0) for r in sink.results), 0) == STREAMS
