@@ -43,10 +43,10 @@ from service.errors import SensorcastError
 from service.registry import Registry
 from service.testing import build_onnx_lstm
 
-__all__ = ["main"]
+__all__ = ["Feed", "load_model", "main", "rss"]
 
 
-def _load_model(registry: Path, name: str) -> tuple[OnnxStepModel, str]:
+def load_model(registry: Path, name: str) -> tuple[OnnxStepModel, str]:
     try:
         loaded = Registry(registry).load(name)
     except SensorcastError:
@@ -63,7 +63,7 @@ def _load_model(registry: Path, name: str) -> tuple[OnnxStepModel, str]:
     return OnnxStepModel.from_loaded(loaded), f"{loaded.card.ref} ({loaded.card.kind})"
 
 
-class _Feed:
+class Feed:
     """Makes readings: each stream's next reading comes one period after its previous one."""
 
     def __init__(self, model: OnnxStepModel, ids: Sequence[str], seed: int = 0) -> None:
@@ -127,7 +127,7 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
     on arrays.
     """
     card = model.card
-    feed = _Feed(model, [f"sensor-{i:07d}" for i in range(batch)])
+    feed = Feed(model, [f"sensor-{i:07d}" for i in range(batch)])
     engine = StreamEngine(model, EngineConfig())
     engine.process_batch(feed.columns(), now=0.0)
     rng = np.random.default_rng(1)
@@ -181,7 +181,7 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
     )
 
 
-def _rss() -> int:
+def rss() -> int:
     with open(f"/proc/{os.getpid()}/statm", encoding="ascii") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -190,7 +190,7 @@ def _rss() -> int:
 class _Scale:
     label: str
     engine: StreamEngine
-    feed: _Feed
+    feed: Feed
     rss_per_stream: float
     fill_seconds: float
     rates: list[float]
@@ -198,18 +198,18 @@ class _Scale:
 
 def _build_scale(model: OnnxStepModel, streams: int, dtype: StateDType) -> _Scale:
     """An engine holding `streams` streams, and the RSS it took to create them."""
-    feed = _Feed(model, [f"sensor-{i:07d}" for i in range(streams)], seed=streams)
+    feed = Feed(model, [f"sensor-{i:07d}" for i in range(streams)], seed=streams)
     engine = StreamEngine(model, EngineConfig(state_dtype=dtype))
     chunk = 1024
     engine.process_batch(feed.columns(np.arange(chunk)), now=0.0)  # warm: onnxruntime's buffers
     gc.collect()
-    before = _rss()
+    before = rss()
     t0 = time.perf_counter()
     for start in range(chunk, streams, chunk):
         engine.process_batch(feed.columns(np.arange(start, min(start + chunk, streams))), now=0.0)
     fill = time.perf_counter() - t0
     gc.collect()
-    rss = (_rss() - before) / (streams - chunk)
+    rss = (rss() - before) / (streams - chunk)
     label = f"{streams:,}" + (" f16" if dtype == "float16" else "")
     return _Scale(label, engine, feed, rss, fill, [])
 
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="sensors-demo", help="model name in the registry")
     args = parser.parse_args(argv)
 
-    model, label = _load_model(args.registry, args.model)
+    model, label = load_model(args.registry, args.model)
     batches = [1, 256] if args.quick else [1, 64, 256, 1024]
     scales: list[tuple[int, StateDType]] = [(10_000, "float32"), (100_000, "float32")]
     if not args.quick:

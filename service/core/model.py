@@ -78,6 +78,7 @@ class OnnxStepModel:
                 f"{card.ref}: onnxruntime cannot load the model: {exc}"
             ) from exc
         self.card = card
+        self.graph_bytes = onnx_bytes
         self.fingerprint = model_fingerprint(card, onnx_bytes)
         self.intra_op_threads = intra_op_threads
         self._state_names = [s.name for s in card.states]
