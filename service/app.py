@@ -10,7 +10,8 @@ parts, each in its own module:
 - `service.checkpoint.Checkpointer`: the commit order, written once;
 - `service.lifecycle.PartitionLifecycle`: assignment, restore, pause, moves;
 - `service.offsets.Offsets`: what was processed and committed, per partition;
-- `service.faults.Crashes`: the fault-injection wrappers of ``debug.crash_at``.
+- `service.faults.Crashes`: the fault-injection wrappers of ``debug.crash_at``;
+- `service.watch.ModelWatcher`: newer model versions, verified and swapped in while serving.
 
 `run()` blocks until `stop()` is called (from a signal handler or another thread), then
 finishes the batch in hand, checkpoints, leaves the group and returns 0 (1 when the final
@@ -46,7 +47,7 @@ from service.offsets import Commit, Offsets
 from service.partitions import PartitionStreams
 from service.processing import Processor
 from service.transport import Clients, Transport
-from service.watch import ModelWatcher, ReadyModel
+from service.watch import ModelWatcher
 
 __all__ = ["CRASH_EXIT_STATUS", "Service"]
 
@@ -115,13 +116,7 @@ class Service:
             parts = self._connect(self._engine)
             if parts is None:
                 return 0  # stopped before the broker was ever reached
-            if ModelWatcher.wanted(self.settings.model):
-                self._watcher = ModelWatcher(
-                    self.settings.model,
-                    self._engine.card.version,
-                    self._engine.check_replacement,
-                    self.metrics,
-                ).start()
+            self._watcher = ModelWatcher.serving(self.settings.model, self._engine, self.metrics)
             self._loop(parts)
             return self._shutdown(parts)
         except SensorcastError:
@@ -234,7 +229,7 @@ class Service:
                 continue
             checkpointer.partitions_gone(parts.lifecycle.apply_moves())
             if self._watcher is not None and (ready := self._watcher.take()) is not None:
-                self._swap(parts, ready)
+                parts.processor.swap_model(ready.model)
             if records:
                 parts.offsets.processed(next_offsets(records))
                 gone = parts.processor.process(records)
@@ -248,21 +243,6 @@ class Service:
                     self._checkpoint(parts)
             except CheckpointError as exc:
                 self._checkpoint_failed(parts, exc)
-
-    def _swap(self, parts: _Parts, ready: ReadyModel) -> None:
-        """Serve the watcher's new model from the next micro-batch on."""
-        assert self._engine is not None
-        before = self._engine.card.ref
-        parts.processor.swap_model(ready.model)
-        card = ready.model.card
-        self.metrics.set_model(card.name, card.version, card.kind, ready.model.fingerprint.hex())
-        self.metrics.model_swaps.labels(outcome="ok").inc()
-        log.info(
-            "model swapped from=%s to=%s streams=%d (each re-warmed before its next reading)",
-            before,
-            card.ref,
-            len(self._engine.store),
-        )
 
     def _checkpoint(self, parts: _Parts) -> None:
         """The periodic checkpoint, then what is due with it: idle streams expired, gauges."""

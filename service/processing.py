@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from service.codec import ForecastEncoder, RawRecord, ReadingDecoder, max_future_seconds
 from service.config import KafkaSettings
 from service.core.engine import StreamEngine
-from service.core.model import StepModel
+from service.core.model import OnnxStepModel
 from service.core.state import StateStore
 from service.deadletters import DeadLetters
 from service.metrics import ServiceMetrics
@@ -64,11 +64,21 @@ class Processor:
         )
         self._encoder = ForecastEncoder(card)
 
-    def swap_model(self, model: StepModel) -> None:
+    def swap_model(self, model: OnnxStepModel) -> None:
         """Serve `model` from the next micro-batch on (`StreamEngine.replace_model`: every
         stream is re-warmed by it before its next reading); its forecasts name it."""
+        before = self._engine.card.ref
         self._engine.replace_model(model)
-        self._use(model.card)
+        card = model.card
+        self._use(card)
+        self._metrics.set_model(card.name, card.version, card.kind, model.fingerprint.hex())
+        self._metrics.model_swaps.labels(outcome="ok").inc()
+        log.info(
+            "model swapped from=%s to=%s streams=%d (each re-warmed before its next reading)",
+            before,
+            card.ref,
+            len(self._engine.store),
+        )
 
     @property
     def store(self) -> StateStore:

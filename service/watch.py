@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.config import ModelSettings
+from service.core.engine import StreamEngine
 from service.core.model import OnnxStepModel
 from service.errors import SensorcastError
 from service.metrics import ServiceMetrics
@@ -77,6 +78,15 @@ class ModelWatcher:
     def wanted(settings: ModelSettings) -> bool:
         """Whether the settings ask for watching: the latest version, a positive interval."""
         return settings.version == LATEST and settings.watch_interval > 0
+
+    @classmethod
+    def serving(
+        cls, settings: ModelSettings, engine: StreamEngine, metrics: ServiceMetrics
+    ) -> ModelWatcher | None:
+        """A started watcher for newer versions than `engine`'s model, when `wanted`."""
+        if not cls.wanted(settings):
+            return None
+        return cls(settings, engine.card.version, engine.check_replacement, metrics).start()
 
     def start(self) -> ModelWatcher:
         """Start looking, every ``model.watch_interval`` seconds."""
