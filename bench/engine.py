@@ -43,7 +43,7 @@ from service.errors import SensorcastError
 from service.registry import Registry
 from service.testing import build_onnx_lstm
 
-__all__ = ["Feed", "load_model", "main", "rss"]
+__all__ = ["Feed", "load_model", "main", "rss_bytes"]
 
 
 def load_model(registry: Path, name: str) -> tuple[OnnxStepModel, str]:
@@ -181,7 +181,7 @@ def _bench_batch(model: OnnxStepModel, batch: int, seconds: float) -> _Trial:
     )
 
 
-def rss() -> int:
+def rss_bytes() -> int:
     with open(f"/proc/{os.getpid()}/statm", encoding="ascii") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -203,13 +203,13 @@ def _build_scale(model: OnnxStepModel, streams: int, dtype: StateDType) -> _Scal
     chunk = 1024
     engine.process_batch(feed.columns(np.arange(chunk)), now=0.0)  # warm: onnxruntime's buffers
     gc.collect()
-    before = rss()
+    before = rss_bytes()
     t0 = time.perf_counter()
     for start in range(chunk, streams, chunk):
         engine.process_batch(feed.columns(np.arange(start, min(start + chunk, streams))), now=0.0)
     fill = time.perf_counter() - t0
     gc.collect()
-    rss = (rss() - before) / (streams - chunk)
+    rss = (rss_bytes() - before) / (streams - chunk)
     label = f"{streams:,}" + (" f16" if dtype == "float16" else "")
     return _Scale(label, engine, feed, rss, fill, [])
 

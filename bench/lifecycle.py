@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.engine import Feed, load_model, rss
+from bench.engine import Feed, load_model, rss_bytes
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
 
@@ -111,7 +111,7 @@ def _store_filled(model: OnnxStepModel, streams: int) -> tuple[StreamEngine, flo
     values = rng.normal(size=(65_536, model.card.n_features)).astype(np.float32)
     chunk = 65_536
     gc.collect()
-    before = rss()
+    before = rss_bytes()
     started = time.perf_counter()
     for start in range(0, streams, chunk):
         ids = [f"sensor-{i:07d}" for i in range(start, min(start + chunk, streams))]
@@ -121,7 +121,7 @@ def _store_filled(model: OnnxStepModel, streams: int) -> tuple[StreamEngine, flo
             store.advance(slots, ts, np.full(len(ids), step), 0.0, values[: len(ids)])
     seconds = time.perf_counter() - started
     gc.collect()
-    return engine, (rss() - before) / streams, seconds
+    return engine, (rss_bytes() - before) / streams, seconds
 
 
 def _bench_swap_and_bytes(model: OnnxStepModel, swap_streams: int, byte_streams: int) -> None:

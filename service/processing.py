@@ -108,6 +108,13 @@ class Processor:
             self._dead_letters.rejected(rejects, records)
         if result.drops:
             self._dead_letters.dropped(batch, result.drops, records)
+        if result.rewarms.get("missing_history"):
+            log.warning(
+                "streams reset: their kept readings cannot re-warm them for model=%s "
+                "(a feature missing, or none kept) streams=%d",
+                engine.card.ref,
+                result.rewarms["missing_history"],
+            )
         handed = time.time()
         self._metrics.record_batch(
             len(records), result, handed - received, decoded.ages(forecasts, handed)
