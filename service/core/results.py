@@ -9,13 +9,13 @@ from service.core.readings import DropReason, Forecast, ForecastBatch, Reading, 
 __all__ = ["BatchResult", "EngineResult", "EngineStats"]
 
 
-@dataclass
-class EngineResult:
-    """What one `process` call did. `round_sizes`/`round_seconds` have one entry per model call."""
+@dataclass(kw_only=True)
+class _Outcome:
+    """What any engine call did besides its forecasts, rejects and drops.
 
-    forecasts: list[Forecast] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    drops: list[tuple[Reading, DropReason]] = field(default_factory=list)
+    `round_sizes`/`round_seconds` have one entry per model call.
+    """
+
     round_sizes: list[int] = field(default_factory=list)
     round_seconds: list[float] = field(default_factory=list)
     resets: int = 0
@@ -32,7 +32,16 @@ class EngineResult:
 
 
 @dataclass
-class BatchResult:
+class EngineResult(_Outcome):
+    """What one `process` call did, as objects."""
+
+    forecasts: list[Forecast] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    drops: list[tuple[Reading, DropReason]] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult(_Outcome):
     """What one `process_batch` call did; rejects and drops name rows of the batch.
 
     `reject_rows[i]` is the row of `rejects[i]`; `drops` holds ``(row, reason)`` pairs.
@@ -42,19 +51,6 @@ class BatchResult:
     rejects: list[Reject] = field(default_factory=list)
     reject_rows: list[int] = field(default_factory=list)
     drops: list[tuple[int, DropReason]] = field(default_factory=list)
-    round_sizes: list[int] = field(default_factory=list)
-    round_seconds: list[float] = field(default_factory=list)
-    resets: int = 0
-    gaps: int = 0
-    """Readings that came after a gap longer than ``max_gap_periods`` (reset or not)."""
-    clock_resets: int = 0
-    """Streams whose clock was set back by `EngineConfig.clock_recovery` (state reset)."""
-    evicted: list[str] = field(default_factory=list)
-    expired: list[str] = field(default_factory=list)
-    rewarms: dict[str, int] = field(default_factory=dict)
-    """Streams re-warmed before their reading, by reason (`service.core.state.REWARM_REASONS`)."""
-    rewarm_seconds: float = 0.0
-    """Seconds the re-warms' model calls took."""
 
 
 @dataclass

@@ -47,6 +47,8 @@ def add_sensor_lstm(
     root: Path,
     *,
     name: str = "lstm-it",
+    version: str = "1",
+    seed: int = 0,
     horizon: int = 3,
     hidden: int = 8,
     warmup_steps: int = 2,
@@ -54,11 +56,12 @@ def add_sensor_lstm(
     feature_ranges: Sequence[tuple[float, float]] | None = None,
 ) -> RegisteredLstm:
     """Add a 2-layer LSTM forecasting ``temp`` from `SENSOR_FEATURES` to the registry at
-    `root` (created if missing), as version 1 of `name`.
+    `root` (created if missing), as `version` of `name`, its weights drawn with `seed`
+    (another seed: a retrained model of the same shapes).
 
     `period` is in seconds (the simulator's by default); the card records `feature_ranges`
     as the features' training ranges when given (`SENSOR_RANGES` fits the simulator).
-    Raises `RegistryError` when `name` is already there.
+    Raises `RegistryError` when that version is already there.
     """
     card, model, oracle = build_onnx_lstm(
         features=SENSOR_FEATURES,
@@ -68,6 +71,8 @@ def add_sensor_lstm(
         hidden=hidden,
         warmup_steps=warmup_steps,
         name=name,
+        version=version,
+        seed=seed,
         feature_ranges=feature_ranges,
     )
     Registry(root).add(card, model)

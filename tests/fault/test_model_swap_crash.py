@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.registry import Registry
-from service.simulate import SENSOR_FEATURES
-from service.testing import add_sensor_lstm, build_onnx_lstm
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.fault.faultkit import (
     BASE_TS,
@@ -41,17 +39,6 @@ def test_a_sigkill_during_the_rewarms_of_a_swap_then_restart_matches_the_uninter
     delay: float, kafka: KafkaKit, tmp_path: Path
 ) -> None:
     model = add_sensor_lstm(tmp_path / "models", warmup_steps=WARMUP)
-    card2, proto2, _ = build_onnx_lstm(
-        features=SENSOR_FEATURES,
-        targets=("temp",),
-        horizon=3,
-        period=model.card.period,
-        hidden=8,
-        warmup_steps=WARMUP,
-        name=model.card.name,
-        version="2",
-        seed=11,
-    )
     names = Names.fresh(kafka)
     feed = Feed(kafka.bootstrap, names.input, STREAMS, STEPS)
     log_path = tmp_path / "serve.log"
@@ -64,7 +51,7 @@ def test_a_sigkill_during_the_rewarms_of_a_swap_then_restart_matches_the_uninter
         first.wait_ready(90)
         wait_for_forecasts(kafka.bootstrap, names.output, half, 60)
         wait_committed(kafka.bootstrap, names.group, names.input, half, 60)
-        Registry(model.registry).add(card2, proto2)
+        add_sensor_lstm(model.registry, version="2", seed=11, warmup_steps=WARMUP)
         await_condition(
             lambda: first.metric("sensorcast_model_swaps_total", outcome="ok") == 1,
             30,

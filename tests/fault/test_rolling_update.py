@@ -16,9 +16,9 @@ import pytest
 
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
+from service.core.readings import Reading
 from service.registry import Registry
-from service.simulate import SENSOR_FEATURES
-from service.testing import add_sensor_lstm, build_onnx_lstm
+from service.testing import add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.fault.faultkit import (
     Feed,
@@ -43,18 +43,7 @@ def test_two_replicas_on_two_versions_hand_partitions_over_without_a_loss(
     kafka: KafkaKit, tmp_path: Path
 ) -> None:
     model = add_sensor_lstm(tmp_path / "models", warmup_steps=WARMUP)
-    card2, proto2, _ = build_onnx_lstm(
-        features=SENSOR_FEATURES,
-        targets=("temp",),
-        horizon=3,
-        period=model.card.period,
-        hidden=8,
-        warmup_steps=WARMUP,
-        name=model.card.name,
-        version="2",
-        seed=13,
-    )
-    Registry(model.registry).add(card2, proto2)
+    add_sensor_lstm(model.registry, version="2", seed=13, warmup_steps=WARMUP)
     names = Names.fresh(kafka)
     feed = Feed(kafka.bootstrap, names.input, STREAMS, STEPS, pause=0.25)
     procs: list[ServeProcess] = []
@@ -93,8 +82,8 @@ def test_two_replicas_on_two_versions_hand_partitions_over_without_a_loss(
     for (sid, ts), messages in published.items():
         by_stream.setdefault(sid, []).append((ts, messages[0]["model"]["version"]))
     for sid, seen in by_stream.items():
-        versions = [v for _, v in sorted(seen)]
-        assert versions == sorted(versions), f"{sid} switched back: {versions}"
+        order = [v for _, v in sorted(seen)]
+        assert order == sorted(order), f"{sid} switched back: {order}"
 
     # the oracle: version 2 from its initial state over each stream's readings from K
     # before its switch, as its re-warm then its readings under version 2 apply them
@@ -107,7 +96,7 @@ def test_two_replicas_on_two_versions_hand_partitions_over_without_a_loss(
         read_topic(kafka.bootstrap, names.input), key=lambda r: (r.partition, r.offset)
     )
     readings = Oracle.decode(records)
-    kept: list = []
+    kept: list[Reading] = []
     for sid in {r.stream_id for r in readings}:
         mine = [r for r in readings if r.stream_id == sid]
         at = next(i for i, r in enumerate(mine) if r.ts >= switch[sid])

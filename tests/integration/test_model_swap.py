@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from service.registry import Registry
 from service.simulate import SENSOR_FEATURES
-from service.testing import add_sensor_lstm, build_onnx_lstm
+from service.testing import RegisteredLstm, add_sensor_lstm
 from tests.conftest import KafkaKit
 from tests.integration.servicekit import (
     RunningService,
@@ -39,30 +39,11 @@ def _values(i: int, step: int) -> dict[str, float]:
     }
 
 
-def _offline(card_oracle: tuple, rows: np.ndarray) -> np.ndarray:
-    card, oracle = card_oracle
-    x = card.scaler.features.transform(rows.astype(np.float64))[None].astype(np.float32)
-    states = [np.full(s.batched_shape(1), s.init, np.float32) for s in card.states]
-    y, _ = oracle.step(x, states)
-    return np.asarray(card.scaler.targets.inverse(y[0, -1].astype(np.float64)))
-
-
 def test_a_new_version_is_swapped_in_while_serving_and_a_broken_one_refused(
     kafka: KafkaKit, tmp_path: Path
 ) -> None:
     root = tmp_path / "models"
     v1 = add_sensor_lstm(root, warmup_steps=WARMUP)
-    card2, proto2, oracle2 = build_onnx_lstm(
-        features=SENSOR_FEATURES,
-        targets=("temp",),
-        horizon=3,
-        period=v1.card.period,
-        hidden=8,
-        warmup_steps=WARMUP,
-        name=v1.card.name,
-        version="2",
-        seed=7,
-    )
     settings = settings_for(
         kafka.bootstrap,
         root,
@@ -74,6 +55,7 @@ def test_a_new_version_is_swapped_in_while_serving_and_a_broken_one_refused(
     svc = RunningService(settings).start()
     sent = threading.Event()
     rows: dict[str, list[list[float]]] = {f"s{i:02d}": [] for i in range(STREAMS)}
+    v2: list[RegisteredLstm] = []
 
     def feed() -> None:
         for step in range(STEPS):
@@ -84,7 +66,8 @@ def test_a_new_version_is_swapped_in_while_serving_and_a_broken_one_refused(
                 batch.append((f"s{i:02d}", reading(f"s{i:02d}", T0 + PERIOD * step, values)))
             kafka.produce(k.input_topic, batch)
             if step == STEPS // 3:
-                Registry(root).add(card2, proto2)  # a new version while readings flow
+                # a new version while readings flow
+                v2.append(add_sensor_lstm(root, version="2", seed=7, warmup_steps=WARMUP))
             sent.wait(0.15)
 
     try:
@@ -104,7 +87,7 @@ def test_a_new_version_is_swapped_in_while_serving_and_a_broken_one_refused(
         # a broken version 3 is refused; version 2 keeps serving
         broken = root / v1.card.name / "3"
         broken.mkdir()
-        (broken / "card.json").write_text(card2.model_copy(update={"version": "3"}).to_json())
+        (broken / "card.json").write_text(v2[0].card.model_copy(update={"version": "3"}).to_json())
         (broken / "model.onnx").write_bytes(b"not a model")
         wait_until(
             lambda: svc.metric("sensorcast_model_swaps_total", {"outcome": "failed"}) >= 1,
@@ -122,7 +105,7 @@ def test_a_new_version_is_swapped_in_while_serving_and_a_broken_one_refused(
     finally:
         assert svc.stop() == 0
 
-    by_stream: dict[str, list[dict]] = {}
+    by_stream: dict[str, list[dict[str, Any]]] = {}
     for m in messages:
         by_stream.setdefault(m["stream_id"], []).append(m)
     for sid, ms in by_stream.items():
@@ -134,7 +117,7 @@ def test_a_new_version_is_swapped_in_while_serving_and_a_broken_one_refused(
         assert versions == ["1"] * switch + ["2"] * (STEPS - switch), sid
         first = ms[switch]
         history = np.asarray(rows[sid][max(0, switch - WARMUP) : switch + 1])
-        want = _offline((card2, oracle2), history)
+        want = v2[0].expected(history)[-1]
         np.testing.assert_allclose(
             np.asarray(first["forecast"]["temp"]), want[:, 0], rtol=1e-4, atol=1e-4, err_msg=sid
         )
