@@ -71,15 +71,14 @@ def test_metrics_parse_and_every_metric_is_present(kafka: KafkaKit, tmp_path: Pa
         assert samples[("sensorcast_forecasts_produced_total", ())] == 60
         assert samples[("sensorcast_rejects_total", (("reason", "not_json"),))] == 1
         assert samples[("sensorcast_batch_size_count", ())] >= 1
-        assert (
-            samples[
-                (
-                    "sensorcast_model_info",
-                    (("kind", "lstm"), ("name", model.card.name), ("version", "1")),
-                )
-            ]
-            == 1
+        fingerprint = svc.service.engine.fingerprint.hex() if svc.service.engine else ""
+        info = (
+            ("fingerprint", fingerprint),
+            ("kind", "lstm"),
+            ("name", model.card.name),
+            ("version", "1"),
         )
+        assert len(fingerprint) == 32 and samples[("sensorcast_model_info", info)] == 1
         assert samples[("sensorcast_ready", ())] == 1
         assert {
             p
