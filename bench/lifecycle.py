@@ -45,7 +45,9 @@ def _filled_engine(model: OnnxStepModel, streams: int, steps: int) -> tuple[Stre
     engine = StreamEngine(model, EngineConfig())
     for _ in range(steps):
         for start in range(0, streams, _BATCH):
-            engine.process_batch(feed.columns(np.arange(start, min(start + _BATCH, streams))), now=0.0)
+            engine.process_batch(
+                feed.columns(np.arange(start, min(start + _BATCH, streams))), now=0.0
+            )
     return engine, feed
 
 
