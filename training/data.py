@@ -2,12 +2,18 @@
 
 Sources are a CSV or Parquet file, or a built-in: ``sunspots`` (the yearly record
 1700-2008 shipped with statsmodels; one stream, feature ``sunspots``, ``ts`` = 1 January of
-each year) or ``synthetic`` (the seeded simulator in `service.simulate`).
+each year), ``synthetic`` (the seeded simulator in `service.simulate`) or
+``la-haute-borne`` (four wind turbines' 10-minute SCADA readings 2014-2015, shipped in the
+openoa wheel; `training.haute_borne`).
 
 Bad input fails with one `TrainingDataError` line, unless a repair option says what to do:
 ``sort`` (unsorted timestamps within a stream), ``dedupe="first"|"last"`` (duplicate
 timestamps within a stream), ``fill="ffill"`` (NaNs: carry the last value forward, then the
 first value backward), ``ts_unit`` (numeric ``ts`` in another unit than epoch seconds).
+
+Within a stream, an interval longer than ``max_gap_periods`` periods is a gap; ``gaps``
+says whether streams are cut into segments there or the data refused (`training.gaps`).
+The period is the median interval between readings (a built-in's own).
 
 Timestamps are epoch seconds throughout; `training.timestamps` reads the ``ts`` column
 (numbers in ``ts_unit``, ISO-8601 strings, datetimes) and the split boundaries.
@@ -32,7 +38,9 @@ import pandas as pd
 
 from service.modelcard import Scaler, ScalerSet
 from service.simulate import DEFAULT_PERIOD, simulate
+from training import haute_borne
 from training.errors import TrainingDataError
+from training.gaps import split_at_gaps
 from training.timestamps import SECONDS_PER_YEAR, TS_UNITS, parse_time, to_epoch_seconds
 
 __all__ = [
@@ -48,7 +56,7 @@ __all__ = [
     "parse_time",  # re-exported from training.timestamps for its importers
 ]
 
-BUILTINS = ("sunspots", "synthetic")
+BUILTINS = ("sunspots", "synthetic", haute_borne.NAME)
 
 NEAR_CONSTANT = 1e-6
 """A column is near-constant when its std is at most this fraction of its mean's magnitude.
@@ -140,14 +148,19 @@ def load_dataset(
     n_steps: int = 2000,
     seed: int = 0,
     ts_unit: str = "s",
+    gaps: str = "split",
+    max_gap_periods: float = 10.0,
 ) -> Dataset:
-    """Read `source` (a built-in name or a file), check it and return the clean table."""
+    """Read `source` (a built-in name or a file), check it, cut its streams at gaps (or
+    refuse them, as `gaps` says) and return the clean table."""
     if ts_unit not in TS_UNITS:
         raise TrainingDataError(f"ts_unit must be one of {', '.join(TS_UNITS)}, got {ts_unit!r}")
     if source == "sunspots":
         table, period = _sunspots(), SECONDS_PER_YEAR
     elif source == "synthetic":
         table, period = _synthetic(n_streams, n_steps, seed), DEFAULT_PERIOD
+    elif source == haute_borne.NAME:
+        table, period = haute_borne.load_haute_borne(), haute_borne.PERIOD
     else:
         table, period = _read_file(Path(source)), 0.0
     if source in BUILTINS and ts_unit not in ("s", "auto"):
@@ -163,6 +176,9 @@ def load_dataset(
     table = table[["stream_id", "ts", *feats]].reset_index(drop=True)
     if period == 0.0:
         period = _median_period(table, source)
+    table = split_at_gaps(
+        table, source, period=period, max_gap_periods=max_gap_periods, policy=gaps
+    )
     return Dataset(source, table, feats, tgts, period, _fingerprint(table))
 
 

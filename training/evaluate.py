@@ -1,35 +1,48 @@
 """Scores, baselines, plots and the JSON report.
 
-ARV (average relative variance) is the MSE divided by ONE fixed variance per target: the
-variance of the raw target over every row before ``variance_until`` (for the sunspot
-benchmark, the 1700-1979 record, as in the literature). The report states which variance
-was used. With several targets, ARV is the mean of the per-target ARVs; MAE and RMSE are in
-original units, per target, and averaged over targets.
+ARV (average relative variance) is the MSE divided by ONE fixed variance per target. By
+default that is the variance of the raw target over the training part (every row with
+``ts < val_start``: the rows the scaler was fitted on), so no value of the scored period
+shapes the yardstick it is scored by; ``variance_until`` takes every row before a given time
+instead (for the sunspot benchmark, the 1700-1979 record, as in the literature). Data that
+holds no training rows (a model re-scored on a later file) is scored against the training
+variance recorded in the card's scaler. The report says which in ``arv_variance_from``
+(``train``, ``scaler`` or ``variance_until``) and ``variance.rows``. With several targets,
+ARV is the mean of the per-target ARVs.
+
+Every score counts the (step, horizon) cells of its period whose actual was observed (a
+missing actual, NaN, counts for nothing), pooled over the horizon steps and also given per
+step (``per_horizon``). MAE and RMSE are in each target's own units, per target
+(``mae_per_target``, ``rmse_per_target``); their means over targets (``mae``, ``rmse``)
+mix units when the targets differ, so the console shows them per target only.
 
 Baselines, scored on the same (step, horizon) cells as the model:
 - persistence: every horizon step repeats the last reading;
 - AR(p): for each target and horizon step, ``y[t+1+h]`` regressed by least squares on the
   target's last ``p`` values, pooled over streams, fitted on the data the model trained on
-  (the train part, plus the validation part for a refitted model).
+  (the train part, plus the validation part for a refitted model). Data without a training
+  part has no AR(p) baseline: its scores and skills are left out.
 
-Skill is ``1 - ARV_model / ARV_baseline`` (positive: the model is better). The next-step
-skill per target, ``1 - MAE_model / MAE_baseline`` at horizon step 1, is what the live demo
-shows beside persistence; the report states it for each baseline.
+Skill is ``1 - ARV_model / ARV_baseline`` (positive: the model is better); per target,
+``skill_<baseline>_per_target`` is ``1 - MSE_model / MSE_baseline`` over all horizon steps
+(the same ratio: the variance cancels). The next-step skill per target,
+``1 - MAE_model / MAE_baseline`` at horizon step 1, is what the live demo shows beside
+persistence; the report states it for each baseline.
 
 A ratio whose denominator is rounding noise is undefined, never a huge number: ARV when a
 target is near-constant over the variance rows (`training.data.near_constant`), a skill
-when the baseline's ARV or next-step MAE is no bigger than the error a millionth of the
-target's magnitude (the larger of its mean's magnitude and its std) would make. An
+when the baseline's ARV, RMSE or next-step MAE is no bigger than the error a millionth of
+the target's magnitude (the larger of its mean's magnitude and its std) would make. An
 undefined score is ``null`` in the report and its reason sits in the sibling ``undefined``
-map under the score's name (``next_step_mae_skill_<baseline>.<target>`` for per-target
-skills); the reason starts with its cause (``constant target: ...``, ``exact baseline:
-...``), which the console prints as ``undefined (<cause>)``. The card's metrics leave
-undefined scores out.
+map under the score's name (``<score>.<target>`` for per-target skills); the reason starts
+with its cause (``constant target: ...``, ``exact baseline: ...``), which the console
+prints as ``undefined (<cause>)``. The card's metrics leave undefined scores out.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +53,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from training.data import NEAR_CONSTANT, Dataset, Splits, near_constant, parse_time
+from training.errors import TrainingDataError
 from training.models import Forecaster
 from training.predict import run_streams
+from training.summary import format_score, headline, summary_lines
 
 __all__ = [
     "arv",
     "card_metrics",
     "evaluate",
     "fit_ar",
-    "format_score",
+    "format_score",  # re-exported from training.summary for its importers
     "headline",
     "persistence_forecast",
     "plot_forecasts",
@@ -93,9 +108,10 @@ def fit_ar(
         for h in range(horizon):
             rows, ys = [], []
             for x, y, m in zip(inputs, targets, masks, strict=True):
-                keep = m[:, h].copy()
+                lagged = _lagged(x[:, col].astype(np.float64), order)
+                keep = m[:, h] & np.isfinite(y[:, h, j]) & np.isfinite(lagged).all(axis=1)
                 keep[: order - 1] = False  # a full history only
-                rows.append(_lagged(x[:, col].astype(np.float64), order)[keep])
+                rows.append(lagged[keep])
                 ys.append(y[keep, h, j])
             a, b = np.concatenate(rows), np.concatenate(ys)
             if len(b):
@@ -123,65 +139,68 @@ def evaluate(
     variance_until: Any = None,
     ar_order: int = 12,
     ar_with_val: bool = False,
+    variance_from_scaler: bool = False,
 ) -> dict[str, Any]:
-    """The report: per period, the model's and the baselines' scores, overall and per horizon."""
+    """The report: per period, the model's and the baselines' scores, overall, per target
+    and per horizon step.
+
+    `extra_tests` names more periods, each a start and an end (None: the end of the data).
+    `variance_from_scaler` takes ARV's training variance from the scaler instead of this
+    data's training rows: for data other than the model was trained on.
+    """
     idx = dataset.target_index
     horizon = streams[0].y.shape[1]
-    until = parse_time(variance_until) if variance_until is not None else splits.test_end
-    table = dataset.table if until is None else dataset.table[dataset.table["ts"] < until]
-    rows = f"every row with ts < {until}" if until is not None else "every row"
-    values = table[dataset.targets].to_numpy(np.float64)
-    mean, variance = values.mean(axis=0), values.var(axis=0)
-    flat = near_constant(mean, np.sqrt(variance))
-    constant = _constant_reason(dataset.targets, mean, flat, rows) if flat.any() else None
+    var = _arv_variance(dataset, splits, scaler, variance_until, from_scaler=variance_from_scaler)
     # Errors up to this size are rounding; a baseline this good leaves nothing to divide by.
-    rounding = NEAR_CONSTANT * np.maximum(np.abs(mean), np.sqrt(variance))
-    arv_floor = float(np.mean(rounding**2 / variance)) if constant is None else 0.0
-
-    preds = run_streams(model, [s.x for s in streams])
-    # The AR baseline sees the same data as the model: the train part, plus the validation
-    # part when the model was refitted on it.
-    train_masks = [splits.part(s.target_ts, "train") for s in streams]
-    if ar_with_val:
-        train_masks = [
-            m | splits.part(s.target_ts, "val") for m, s in zip(train_masks, streams, strict=True)
-        ]
-    coef = fit_ar([s.x for s in streams], [s.y for s in streams], train_masks, idx, ar_order)
-    forecasts = {
-        "model": preds,
-        "persistence": [persistence_forecast(s.x, idx, horizon) for s in streams],
-        f"ar{ar_order}": [predict_ar(s.x, coef, idx) for s in streams],
-    }
+    rounding = NEAR_CONSTANT * np.maximum(np.abs(var.mean), np.sqrt(var.value))
+    arv_floor = float(np.mean(rounding**2 / var.value)) if var.constant is None else 0.0
+    forecasts, ar_fitted_on = _forecasts(
+        model, streams, splits, horizon, idx, ar_order, ar_with_val
+    )
+    raw = {label: [scaler.targets.inverse(p) for p in fc] for label, fc in forecasts.items()}
+    actual = [scaler.targets.inverse(s.y) for s in streams]
 
     end = np.inf if splits.test_end is None else splits.test_end
     periods = {"val": (splits.val_start, splits.test_start), "test": (splits.test_start, end)}
     for name, (lo, hi) in (extra_tests or {}).items():
-        periods[name] = (parse_time(lo), parse_time(hi))
+        periods[name] = (parse_time(lo), np.inf if hi is None else parse_time(hi))
 
     report: dict[str, Any] = {
-        "variance": {
-            "targets": dataset.targets,
-            "value": variance.tolist(),
-            "rows": rows,
-        },
+        "targets": dataset.targets,
+        "variance": {"targets": dataset.targets, "value": var.value.tolist(), "rows": var.rows},
+        "arv_variance_from": var.source,
         "ar_order": ar_order,
-        "ar_fitted_on": "train+val" if ar_with_val else "train",
+        "ar_fitted_on": ar_fitted_on,
         "periods": {},
     }
     for name, (lo, hi) in periods.items():
         masks = [(s.target_ts >= lo) & (s.target_ts < hi) for s in streams]
         if not any(m.any() for m in masks):
             continue
-        actual = [scaler.targets.inverse(s.y) for s in streams]
-        scores = {}
-        for label, fc in forecasts.items():
-            raw = [scaler.targets.inverse(p) for p in fc]
-            scores[label] = _scores(raw, actual, masks, variance, constant)
+        scores = {label: _scores(fc, actual, masks, var) for label, fc in raw.items()}
         ours = scores["model"]
-        for base in ("persistence", f"ar{ar_order}"):
+        for base in (b for b in scores if b != "model"):
             ours[f"skill_{base}"] = _skill(ours, scores[base], base, arv_floor)
-            ours[f"next_step_mae_skill_{base}"] = _next_step_skill(
-                ours, scores[base], base, dataset.targets, rounding
+            ours[f"skill_{base}_per_target"] = _target_skills(
+                ours,
+                f"skill_{base}_per_target",
+                (ours["rmse_per_target"], scores[base]["rmse_per_target"]),
+                f"{base}'s RMSE",
+                dataset.targets,
+                rounding,
+                squared=True,
+            )
+            ours[f"next_step_mae_skill_{base}"] = _target_skills(
+                ours,
+                f"next_step_mae_skill_{base}",
+                (
+                    ours["per_horizon"][0]["mae_per_target"],
+                    scores[base]["per_horizon"][0]["mae_per_target"],
+                ),
+                f"{base}'s next-step MAE",
+                dataset.targets,
+                rounding,
+                squared=False,
             )
         for part in scores.values():  # the reasons after the scores they explain
             if "undefined" in part:
@@ -190,26 +209,103 @@ def evaluate(
     return report
 
 
+@dataclass(frozen=True)
+class _Variance:
+    """ARV's divisor per target, where it comes from, and why ARV is undefined (or None)."""
+
+    source: str  # train, scaler or variance_until
+    rows: str
+    mean: np.ndarray
+    value: np.ndarray
+    constant: str | None
+
+
+def _arv_variance(
+    dataset: Dataset, splits: Splits, scaler: Any, variance_until: Any, *, from_scaler: bool
+) -> _Variance:
+    """The variance of each raw target over the training rows, or over the rows before
+    `variance_until` when that is given."""
+    ts = dataset.table["ts"]
+    if variance_until is not None:
+        until = parse_time(variance_until)
+        source, rows, keep = "variance_until", f"every row with ts < {until}", ts < until
+    else:
+        source = "train"
+        rows, keep = f"every training row (ts < {splits.val_start})", ts < splits.val_start
+    values = dataset.table.loc[keep, dataset.targets].to_numpy(np.float64)
+    if source == "train" and (from_scaler or len(values) < 2):
+        return _scaler_variance(dataset.targets, scaler)
+    if len(values) < 2:
+        raise TrainingDataError(f"variance_until={until}: fewer than 2 rows before it")
+    mean, variance = np.nanmean(values, axis=0), np.nanvar(values, axis=0)
+    flat = near_constant(mean, np.sqrt(variance))
+    constant = _constant_reason(dataset.targets, mean, flat, rows) if flat.any() else None
+    return _Variance(source, rows, mean, variance, constant)
+
+
+def _scaler_variance(targets: list[str], scaler: Any) -> _Variance:
+    """The training variance the scaler recorded (`fit_scaler` uses the same rows and the
+    same population variance). It records std 1 for a near-constant column: that target's
+    variance is unknown, so ARV is undefined."""
+    mean = np.asarray(scaler.targets.mean, np.float64)
+    std = np.asarray(scaler.targets.std, np.float64)
+    rows = "the model's training rows, as recorded in its scaler"
+    flat = std == 1.0
+    constant = _constant_reason(targets, mean, flat, rows) if flat.any() else None
+    return _Variance("scaler", rows, mean, std**2, constant)
+
+
+def _forecasts(
+    model: Forecaster,
+    streams: list[Any],
+    splits: Splits,
+    horizon: int,
+    idx: list[int],
+    ar_order: int,
+    ar_with_val: bool,
+) -> tuple[dict[str, list[np.ndarray]], str | None]:
+    """Scaled forecasts of the model and the baselines for every stream, and what the AR(p)
+    baseline was fitted on (None when there was nothing to fit it on: no AR baseline)."""
+    forecasts = {
+        "model": run_streams(model, [s.x for s in streams]),
+        "persistence": [persistence_forecast(s.x, idx, horizon) for s in streams],
+    }
+    # The AR baseline sees the same data as the model: the train part, plus the validation
+    # part when the model was refitted on it.
+    fit_masks = [splits.part(s.target_ts, "train") for s in streams]
+    if ar_with_val:
+        fit_masks = [
+            m | splits.part(s.target_ts, "val") for m, s in zip(fit_masks, streams, strict=True)
+        ]
+    if not any(m.any() for m in fit_masks):
+        return forecasts, None
+    coef = fit_ar([s.x for s in streams], [s.y for s in streams], fit_masks, idx, ar_order)
+    forecasts[f"ar{ar_order}"] = [predict_ar(s.x, coef, idx) for s in streams]
+    return forecasts, "train+val" if ar_with_val else "train"
+
+
 def _scores(
-    preds: list[np.ndarray],
-    actuals: list[np.ndarray],
-    masks: list[np.ndarray],
-    variance: np.ndarray,
-    constant: str | None,
+    preds: list[np.ndarray], actuals: list[np.ndarray], masks: list[np.ndarray], var: _Variance
 ) -> dict[str, Any]:
-    """ARV, MAE, RMSE overall and per horizon step over the masked cells of every stream;
-    ARV is undefined for the reason `constant` when that is given."""
+    """ARV, MAE, RMSE over the masked cells of every stream whose actual was observed:
+    pooled over the horizon steps, and per horizon step; ARV is undefined when
+    ``var.constant`` says why."""
     horizon = preds[0].shape[1]
     per_h: list[dict[str, Any]] = []
-    errs_all = []
+    errs_all, seen_all = [], []
     for h in range(horizon):
-        errs = np.concatenate(
-            [(p[m[:, h], h] - a[m[:, h], h]) for p, a, m in zip(preds, actuals, masks, strict=True)]
-        )
+        cells = [
+            (p[m[:, h], h], a[m[:, h], h]) for p, a, m in zip(preds, actuals, masks, strict=True)
+        ]
+        errs = np.concatenate([p - a for p, a in cells]).astype(np.float64)
+        seen = np.concatenate([np.isfinite(a) for _, a in cells])
         errs_all.append(errs)
-        per_h.append(_summary(errs, variance, constant))
-    out = _summary(np.concatenate(errs_all), variance, constant)
-    out["count"] = int(sum(len(e) for e in errs_all))
+        seen_all.append(seen)
+        per_h.append(_summary(errs, seen, var))
+    seen = np.concatenate(seen_all)
+    out = _summary(np.concatenate(errs_all), seen, var)
+    out["count"] = int(seen.any(axis=1).sum())
+    out["count_per_target"] = seen.sum(axis=0).tolist()
     out["per_horizon"] = per_h
     return out
 
@@ -234,46 +330,50 @@ def _skill(model: dict[str, Any], base: dict[str, Any], name: str, floor: float)
     return 1.0 - float(model["arv"]) / float(base["arv"])
 
 
-def _next_step_skill(
+def _target_skills(
     model: dict[str, Any],
-    base: dict[str, Any],
-    name: str,
+    key: str,
+    errors: tuple[list[float], list[float]],
+    what: str,
     targets: list[str],
     rounding: np.ndarray,
+    *,
+    squared: bool,
 ) -> dict[str, float | None]:
-    """Per target, ``1 - MAE_model / MAE_baseline`` at horizon step 1, or None where the
-    baseline's MAE is rounding (the reason in ``model["undefined"]``)."""
-    ours, theirs = (
-        model["per_horizon"][0]["mae_per_target"],
-        base["per_horizon"][0]["mae_per_target"],
-    )
+    """Per target, ``1 - ours / theirs`` for the `errors` pair (the model's, the baseline's;
+    of their squares when `squared`), or None where the baseline's error is rounding (the
+    reason in ``model["undefined"]`` under ``<key>.<target>``)."""
     out: dict[str, float | None] = {}
-    for t, m, b, r in zip(targets, ours, theirs, rounding, strict=True):
+    for t, m, b, r in zip(targets, *errors, rounding, strict=True):
         if b <= r:
             out[t] = None
             _undefined(
                 model,
-                f"next_step_mae_skill_{name}.{t}",
-                f"exact baseline: {name}'s next-step MAE for {t!r} on this period is "
-                f"{b:.2g}, at rounding level",
+                f"{key}.{t}",
+                f"exact baseline: {what} for {t!r} on this period is {b:.2g}, at rounding level",
             )
         else:
-            out[t] = 1.0 - m / b
+            ratio = m / b
+            out[t] = 1.0 - (ratio**2 if squared else ratio)
     return out
 
 
-def _summary(errs: np.ndarray, variance: np.ndarray, constant: str | None) -> dict[str, Any]:
-    mse = np.mean(errs**2, axis=0)
-    mae = np.mean(np.abs(errs), axis=0)
+def _summary(errs: np.ndarray, seen: np.ndarray, var: _Variance) -> dict[str, Any]:
+    """The scores of errors ``[cells, targets]`` over the cells `seen` (observed actuals)."""
+    count = seen.sum(axis=0)
+    kept = np.where(seen, errs, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a target never observed: NaN
+        mse = (kept**2).sum(axis=0) / count
+        mae = np.abs(kept).sum(axis=0) / count
     out: dict[str, Any] = {
-        "arv": None if constant else float(np.mean(mse / variance)),
+        "arv": None if var.constant else float(np.mean(mse / var.value)),
         "mae": float(np.mean(mae)),
         "rmse": float(np.mean(np.sqrt(mse))),
         "mae_per_target": mae.tolist(),
         "rmse_per_target": np.sqrt(mse).tolist(),
     }
-    if constant:
-        _undefined(out, "arv", constant)
+    if var.constant:
+        _undefined(out, "arv", var.constant)
     return out
 
 
@@ -284,59 +384,19 @@ def _undefined(scores: dict[str, Any], key: str, reason: str) -> None:
 def card_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The headline numbers for the card: ``<period>.<metric>`` and ``<period>.h<k>.arv``.
 
-    Undefined scores (null in the report) are left out.
+    Undefined scores (null in the report) and scores against a baseline the report lacks
+    are left out.
     """
     out: dict[str, float] = {}
     for period, scores in report["periods"].items():
         model = scores["model"]
         for key in (*_HEADLINE, f"skill_ar{report['ar_order']}"):
-            if model[key] is not None:
+            if model.get(key) is not None:
                 out[f"{period}.{key}"] = float(model[key])
         for h, step in enumerate(model["per_horizon"], start=1):
             if step["arv"] is not None:
                 out[f"{period}.h{h}.arv"] = float(step["arv"])
     return out
-
-
-def format_score(scores: dict[str, Any], key: str, spec: str) -> str:
-    """``scores[key]`` for the console (``key`` may be ``<name>.<target>``): the number in
-    format `spec`, or ``undefined (<cause>)``."""
-    name, _, target = key.partition(".")
-    value = scores[name][target] if target else scores[name]
-    if value is not None:
-        return format(value, spec)
-    reason = scores.get("undefined", {}).get(key, "")
-    return f"undefined ({reason.partition(':')[0]})" if reason else "undefined"
-
-
-def headline(report: dict[str, Any]) -> str:
-    """One line of the model's headline scores: ``<period>.<score>=<value>, ...``."""
-    keys = (*_HEADLINE, f"skill_ar{report['ar_order']}")
-    return ", ".join(
-        f"{period}.{key}={format_score(scores['model'], key, '.4g')}"
-        for period, scores in report["periods"].items()
-        for key in keys
-    )
-
-
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """Two console lines per period: the model's scores, then its next-step MAE skill."""
-    ar = f"skill_ar{report['ar_order']}"
-    lines = []
-    for period, scores in report["periods"].items():
-        model = scores["model"]
-        lines.append(
-            f"{period:8} arv={format_score(model, 'arv', '.4f')} "
-            f"mae={format_score(model, 'mae', '.4g')} rmse={format_score(model, 'rmse', '.4g')} "
-            f"skill_persistence={format_score(model, 'skill_persistence', '.3f')} "
-            f"{ar}={format_score(model, ar, '.3f')}"
-        )
-        skill = "next_step_mae_skill_persistence"
-        lines.append(
-            f"{'':8} next-step MAE skill vs persistence: "
-            + " ".join(f"{t}={format_score(model, f'{skill}.{t}', '+.3f')}" for t in model[skill])
-        )
-    return lines
 
 
 def write_report(report: dict[str, Any], path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""The three trainer commands as functions: train (then evaluate and export), evaluate, export."""
+"""The trainer commands as functions: train (then evaluate and export), evaluate (re-score a
+model on its own data and split, or score it on any period of any data), export."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 from service.modelcard import ModelCard
 from service.registry import ModelRef, Registry, write_model
 from training.config import TrainConfig, load_config
-from training.data import load_dataset
+from training.data import Splits, parse_time
+from training.errors import TrainingDataError
 from training.evaluate import card_metrics, evaluate, plot_forecasts, plot_losses, write_report
 from training.export import (
     build_card,
@@ -28,9 +30,10 @@ from training.export import (
 )
 from training.models import Forecaster
 from training.predict import CHECKPOINT_FILE, load_checkpoint, run_streams
-from training.train import TrainResult, prepare_streams, resolve_splits, train
+from training.summary import when
+from training.train import TrainResult, load_data, prepare_streams, resolve_splits, train
 
-__all__ = ["REPORT_FILE", "evaluate_model", "export_model", "train_and_export"]
+__all__ = ["REPORT_FILE", "evaluate_model", "export_model", "score_model", "train_and_export"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,85 @@ def evaluate_model(model_dir: Path) -> dict[str, Any]:
     return report
 
 
+def score_model(
+    model_dir: Path,
+    *,
+    data_options: dict[str, Any] | None = None,
+    test_start: str | float | None = None,
+    test_end: str | float | None = None,
+) -> dict[str, Any]:
+    """Score a saved model on a period of any data, as training scores it; writes nothing.
+
+    The data is loaded and checked as training loads it, with the card's data options
+    overridden by `data_options` (``data``, ``sort``, ``fill``, ...) and the card's
+    features and targets; the period is ``[test_start, test_end)`` (default: the card's test
+    part; with only `test_start`, up to the end of the data). The torch model is rebuilt from
+    checkpoint.pt (onnxruntime matches it to the card's parity error) and scaled with the
+    card's scaler. The AR baseline is fitted on the model's training part of this data (none
+    when the data lacks it); ARV divides by the training variance, taken from the card's
+    scaler unless the data is the very table the model was trained on. The report holds the
+    one period ``test`` and, under ``scored``, what was scored.
+    """
+    card = ModelCard.read(model_dir)
+    model, checkpoint = load_checkpoint(model_dir)
+    trained = load_config(checkpoint["train_config"])
+    config = load_config(
+        {
+            **trained.model_dump(),
+            **(data_options or {}),
+            "features": card.features,
+            "targets": card.targets,
+        }
+    )
+    dataset = load_data(config)
+    recorded = card.provenance.splits
+    splits = Splits(recorded["val_start"], recorded["test_start"], recorded["test_end"])
+    start = splits.test_start if test_start is None else parse_time(test_start)
+    end = parse_time(test_end) if test_end is not None else None
+    if test_start is None and test_end is None:
+        end = splits.test_end
+    if end is not None and not start < end:
+        raise TrainingDataError(
+            f"the period must start before it ends, got {when(start)} to {when(end)}"
+        )
+    if start < splits.test_start:
+        log.warning(
+            "the scored period starts at %s, before the model's test part (%s): the model "
+            "trained or was validated on part of it",
+            when(start),
+            when(splits.test_start),
+        )
+    same_data = dataset.fingerprint == card.provenance.data_fingerprint
+    streams = prepare_streams(dataset.series(), dataset, card.scaler, card.horizon)
+    report = evaluate(
+        model,
+        dataset,
+        streams,
+        splits,
+        card.scaler,
+        extra_tests={"scored": (start, end)},
+        variance_until=trained.variance_until,
+        ar_order=trained.ar_order,
+        ar_with_val=trained.refit_epochs > 0,
+        variance_from_scaler=not same_data,
+    )
+    if "scored" not in report["periods"]:
+        ts = dataset.table["ts"]
+        raise TrainingDataError(
+            f"{dataset.source}: no forecast falls in {when(start)} to "
+            f"{when(end) if end is not None else 'the end'}; the data runs from "
+            f"{when(float(ts.min()))} to {when(float(ts.max()))}"
+        )
+    report["periods"] = {"test": report["periods"]["scored"]}
+    report["scored"] = {
+        "model": card.ref,
+        "data": dataset.source,
+        "data_fingerprint": dataset.fingerprint,
+        "same_data_as_training": same_data,
+    }
+    return report
+
+
 def export_model(
     model_dir: Path, registry_root: Path, *, name: str | None, version: str, overwrite: bool = False
 ) -> ModelRef:
@@ -177,18 +259,7 @@ def _report(model: Forecaster, result: TrainResult, config: TrainConfig) -> dict
 
 
 def _rebuild(config: TrainConfig, card: ModelCard, model: Forecaster) -> TrainResult:
-    dataset = load_dataset(
-        config.data,
-        features=config.features,
-        targets=config.targets,
-        sort=config.sort,
-        dedupe=config.dedupe,
-        fill=config.fill,
-        ts_unit=config.ts_unit,
-        n_streams=config.n_streams,
-        n_steps=config.n_steps,
-        seed=config.data_seed,
-    )
+    dataset = load_data(config)
     if dataset.fingerprint != card.provenance.data_fingerprint:
         log.warning("data fingerprint differs from the card's: the data changed since training")
     splits = resolve_splits(config, dataset)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from training.errors import TrainingDataError
 
-__all__ = ["SECONDS_PER_YEAR", "TS_UNITS", "parse_time", "to_epoch_seconds"]
+__all__ = ["SECONDS_PER_YEAR", "TS_UNITS", "iso_time", "parse_time", "to_epoch_seconds"]
 
 SECONDS_PER_YEAR = 365.2425 * 86_400.0
 """The mean Gregorian year."""
@@ -62,7 +62,8 @@ def parse_time(text: str | float) -> float:
         ) from exc
     if stamp.tzinfo is None:
         stamp = stamp.tz_localize("UTC")
-    return float((stamp - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+    # Not a nanosecond subtraction, which overflows outside the years 1677-2262.
+    return float(stamp.timestamp())
 
 
 def to_epoch_seconds(ts: pd.Series, source: str, unit: str) -> pd.Series:
@@ -115,7 +116,7 @@ def _numeric_epoch(ts: pd.Series, source: str, unit: str) -> pd.Series:
     shown = seconds[np.argmax(np.abs(seconds))]
     raise TrainingDataError(
         f"{source}: column 'ts' looks like epoch {_UNIT_NAMES[seen]}, not {_UNIT_NAMES[unit]} "
-        f"(e.g. {example} is {_iso(float(example) / _PER_SECOND[seen])} in {_UNIT_NAMES[seen]} "
+        f"(e.g. {example} is {iso_time(float(example) / _PER_SECOND[seen])} in {_UNIT_NAMES[seen]} "
         f"but the year {_year(shown)} in {_UNIT_NAMES[unit]}); pass --ts-unit {seen} to convert"
     )
 
@@ -137,7 +138,8 @@ def _not_epoch(raw: np.ndarray, source: str) -> TrainingDataError:
     )
 
 
-def _iso(seconds: float) -> str:
+def iso_time(seconds: float) -> str:
+    """Epoch seconds as ``2023-11-14T22:13:20Z`` (whole seconds, UTC)."""
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -14,6 +14,11 @@ step next to the twelfth; ``loss_weights="persistence"`` divides each (horizon s
 target) cell by persistence's mean squared error there, so every cell counts by how much
 the model improves on repeating the last reading.
 
+Early stopping watches the validation loss: over the validation part by default, or the
+mean of the losses over each of ``val_windows`` (each window's own mean, so a short window
+counts as much as a long one); targets inside a window are then left out of the training
+loss wherever the window lies.
+
 Read `train` top to bottom: data, split, scaler, model, the epoch loop, early stopping.
 """
 
@@ -49,12 +54,14 @@ from training.predict import run_streams
 __all__ = [
     "StreamArrays",
     "TrainResult",
+    "load_data",
     "make_batches",
     "make_chunks",
     "masked_mse",
     "persistence_weights",
     "prepare_streams",
     "resolve_splits",
+    "resolve_val_windows",
     "run_epoch",
     "train",
 ]
@@ -79,6 +86,12 @@ class StreamArrays:
         mask[:burn_in] = False
         return mask
 
+    def window_mask(self, start: float, end: float, burn_in: int) -> np.ndarray:
+        """Which (step, horizon) targets fall in ``[start, end)``, burn-in left out."""
+        mask = (self.target_ts >= start) & (self.target_ts < end)
+        mask[:burn_in] = False
+        return mask
+
 
 @dataclass
 class TrainResult:
@@ -95,23 +108,15 @@ class TrainResult:
     early_stopped: Forecaster | None = None  # the model before the refit, when there is one
 
 
-def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig, *, dataset: Dataset | None = None, progress: bool = True
+) -> TrainResult:
+    """Train on `dataset`, or on the data `config` names when that is None."""
     # Fixed seeds: the same config on the same data gives the same weights.
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
 
-    dataset = load_dataset(
-        config.data,
-        features=config.features,
-        targets=config.targets,
-        sort=config.sort,
-        dedupe=config.dedupe,
-        fill=config.fill,
-        ts_unit=config.ts_unit,
-        n_streams=config.n_streams,
-        n_steps=config.n_steps,
-        seed=config.data_seed,
-    )
+    dataset = dataset or load_data(config)
     splits = resolve_splits(config, dataset)
     # The scaler sees the train part only, so no later value leaks into training.
     scaler = fit_scaler(dataset, splits)
@@ -132,8 +137,18 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 values,
             )
     streams = prepare_streams(dataset.series(), dataset, scaler, config.horizon)
-    train_masks = [s.loss_mask(splits, "train", config.burn_in) for s in streams]
-    val_masks = [s.loss_mask(splits, "val", config.burn_in) for s in streams]
+    # One set of masks per validation window; a target in a window never trains the model.
+    windows = [
+        [s.window_mask(lo, hi, config.burn_in) for s in streams]
+        for lo, hi in resolve_val_windows(config, splits)
+    ]
+    val_masks = [np.logical_or.reduce(masks) for masks in zip(*windows, strict=True)]
+    train_masks = [
+        s.loss_mask(splits, "train", config.burn_in) & ~v
+        for s, v in zip(streams, val_masks, strict=True)
+    ]
+    if config.val_windows is not None and not all(any(m.any() for m in w) for w in windows):
+        raise TrainingDataError("a validation window holds no targets: widen or move it")
     if not any(m.any() for m in train_masks):
         raise TrainingDataError("no training targets: move val_start later or lower burn_in")
     weights = (
@@ -155,7 +170,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         train_loss, grad_norm = run_epoch(
             model, optimiser, streams, train_masks, config, rng, weights
         )
-        val_loss = evaluate_loss(model, streams, val_masks, weights)
+        window_losses = [evaluate_loss(model, streams, masks, weights) for masks in windows]
+        val_loss = float(np.mean(window_losses))
         result.history.append(
             {
                 "epoch": epoch,
@@ -165,6 +181,10 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 "lr": lr,
             }
         )
+        if len(windows) > 1:  # each window's loss too, to see which one drives the choice
+            result.history[-1].update(
+                {f"val_loss_{i}": loss for i, loss in enumerate(window_losses, start=1)}
+            )
         bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
         log.info(
             "epoch=%d train_loss=%.5f val_loss=%.5f grad_norm=%.3f lr=%.3g",
@@ -266,6 +286,25 @@ def run_epoch(
 # -- helpers, in the order `train` uses them ------------------------------------------------------
 
 
+def load_data(config: TrainConfig) -> Dataset:
+    """The table `config` names, loaded and checked with its data options (also how
+    re-scoring and the backtest load data, so they see it as training did)."""
+    return load_dataset(
+        config.data,
+        features=config.features,
+        targets=config.targets,
+        sort=config.sort,
+        dedupe=config.dedupe,
+        fill=config.fill,
+        ts_unit=config.ts_unit,
+        gaps=config.gaps,
+        max_gap_periods=config.max_gap_periods,
+        n_streams=config.n_streams,
+        n_steps=config.n_steps,
+        seed=config.data_seed,
+    )
+
+
 def resolve_splits(config: TrainConfig, dataset: Dataset) -> Splits:
     """The configured boundaries, or 70% / 85% of the time range when left out."""
     ts = dataset.table["ts"].to_numpy()
@@ -278,6 +317,23 @@ def resolve_splits(config: TrainConfig, dataset: Dataset) -> Splits:
     )
     test_end = parse_time(config.test_end) if config.test_end is not None else None
     return Splits(val_start, test_start, test_end)
+
+
+def resolve_val_windows(config: TrainConfig, splits: Splits) -> list[tuple[float, float]]:
+    """The validation windows in epoch seconds: `config.val_windows`, or the validation
+    part. A window must end by the test part's start, so the test part stays unseen."""
+    if config.val_windows is None:
+        return [(splits.val_start, splits.test_start)]
+    windows = []
+    for start, end in config.val_windows:
+        lo, hi = parse_time(start), parse_time(end)
+        if not lo < hi <= splits.test_start:
+            raise TrainingDataError(
+                f"validation window {start},{end}: need start < end <= test_start "
+                f"({splits.test_start})"
+            )
+        windows.append((lo, hi))
+    return windows
 
 
 def prepare_streams(

@@ -179,3 +179,12 @@ def test_train_flags_override_the_config_file_and_nothing_else(tmp_path: Path) -
         "extra_tests": {"a": ("1", "2"), "b": ("3", "4")},
     }
     assert load_config(_train_values(_train_parser().parse_args([]))) == TrainConfig()
+
+
+def test_val_window_flags_become_the_configs_windows() -> None:
+    args = _train_parser().parse_args(
+        ["--val-window", "2024-01-01,2024-02-01", "--val-window", "5, 6"]
+    )
+    config = load_config(_train_values(args))
+    assert config.val_windows == [("2024-01-01", "2024-02-01"), ("5", "6")]
+    assert load_config(_train_values(_train_parser().parse_args([]))).val_windows is None

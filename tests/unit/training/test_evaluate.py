@@ -79,8 +79,9 @@ def test_evaluate_scores_against_hand_computed_values(tmp_path: Path) -> None:
     streams = prepare_streams(data.series(), data, scaler, horizon=2)
     report = evaluate(Persistence(2), data, streams, splits, scaler, ar_order=1)
 
-    variance = values.var()
+    variance = values[:5].var()  # ARV's variance: the training rows, ts < val_start
     assert report["variance"]["value"] == pytest.approx([variance])
+    assert report["arv_variance_from"] == "train"
     test = report["periods"]["test"]
     # Targets at t = 7, 8, 9. Horizon 1 from origins 6, 7, 8; horizon 2 from origins 5, 6, 7.
     e1 = values[[6, 7, 8]] - values[[7, 8, 9]]
@@ -196,7 +197,10 @@ def test_constant_target_leaves_arv_and_skills_undefined_with_the_reason(tmp_pat
 
     test = report["periods"]["test"]
     model = test["model"]
-    constant = "constant target: 'setpoint' is 14.62 in every row; ARV divides by the variance"
+    constant = (
+        "constant target: 'setpoint' is 14.62 in every training row (ts < 1700002160); "
+        "ARV divides by the variance"
+    )
     for scores in (model, test["persistence"], test["ar1"], *model["per_horizon"]):
         assert scores["arv"] is None
         assert scores["undefined"]["arv"] == constant
@@ -247,3 +251,146 @@ def test_skill_is_undefined_where_the_baseline_is_exact(tmp_path: Path) -> None:
     assert max(abs(v) for v in _scores(report["periods"])) < 1e6
     assert "test.skill_persistence" not in card_metrics(report)
     assert "test.skill_persistence=undefined (exact baseline)" in headline(report)
+
+
+# -- the variance ARV divides by ----------------------------------------------------------------
+
+
+def _calm_then_wild(tmp_path: Path) -> tuple[Any, Splits]:
+    """A series whose test rows swing a hundred times wider than its training rows."""
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(10.0, 1.0, 60), rng.normal(10.0, 100.0, 40)])
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"stream_id": "a", "ts": np.arange(100.0), "v": values}).to_csv(path, index=False)
+    return load_dataset(str(path)), Splits(val_start=50.0, test_start=60.0)
+
+
+def test_arv_divides_by_the_training_rows_variance_by_default(tmp_path: Path) -> None:
+    data, splits = _calm_then_wild(tmp_path)
+    scaler = fit_scaler(data, splits)
+    streams = prepare_streams(data.series(), data, scaler, horizon=1)
+    report = evaluate(Persistence(1), data, streams, splits, scaler, ar_order=1)
+
+    values = data.table["v"].to_numpy()
+    train_variance = values[:50].var()
+    assert values.var() > 100 * train_variance  # the test rows would dominate
+    assert report["arv_variance_from"] == "train"
+    assert report["variance"]["value"] == pytest.approx([train_variance])
+    assert report["variance"]["rows"] == "every training row (ts < 50.0)"
+    test = report["periods"]["test"]["model"]
+    assert test["arv"] == pytest.approx(test["rmse"] ** 2 / train_variance, rel=1e-6)
+    # The same variance the scaler recorded, so scoring against it gives the same ARV.
+    from_scaler = evaluate(
+        Persistence(1), data, streams, splits, scaler, ar_order=1, variance_from_scaler=True
+    )
+    assert from_scaler["arv_variance_from"] == "scaler"
+    assert from_scaler["variance"]["value"] == pytest.approx([train_variance])
+    until = evaluate(Persistence(1), data, streams, splits, scaler, variance_until=100.0)
+    assert until["arv_variance_from"] == "variance_until"
+    assert until["variance"]["value"] == pytest.approx([values.var()])
+
+
+def test_data_without_training_rows_scores_against_the_scaler_and_no_ar(tmp_path: Path) -> None:
+    data, splits = _calm_then_wild(tmp_path)
+    scaler = fit_scaler(data, splits)
+    later = Splits(val_start=-10.0, test_start=60.0)  # nothing before val_start
+    streams = prepare_streams(data.series(), data, scaler, horizon=1)
+    report = evaluate(Persistence(1), data, streams, later, scaler, ar_order=3)
+
+    assert report["arv_variance_from"] == "scaler"
+    assert report["variance"]["value"] == pytest.approx([scaler.targets.std[0] ** 2])
+    assert report["ar_fitted_on"] is None
+    test = report["periods"]["test"]
+    assert set(test) == {"from", "to", "model", "persistence"}
+    assert "skill_ar3" not in test["model"] and "test.skill_ar3" not in card_metrics(report)
+    assert "skill_ar3" not in headline(report)
+
+
+# -- per-target scores ----------------------------------------------------------------------------
+
+
+def _two_units(tmp_path: Path) -> tuple[Any, Splits]:
+    """Power in kW (hundreds) and a temperature in °C (tens), one stream."""
+    n = 80
+    t = np.arange(n)
+    rng = np.random.default_rng(2)
+    path = tmp_path / "plant.csv"
+    pd.DataFrame(
+        {
+            "stream_id": "plant",
+            "ts": 600.0 * t,
+            "kw": 500.0 + 200.0 * np.sin(t / 6.0) + rng.normal(0, 20.0, n),
+            "degc": 20.0 + 3.0 * np.cos(t / 9.0) + rng.normal(0, 0.1, n),
+        }
+    ).to_csv(path, index=False)
+    return load_dataset(str(path)), Splits(val_start=600.0 * 50, test_start=600.0 * 64)
+
+
+class Halfway(Forecaster):
+    """Forecasts the current reading times 0.9 (scaled) for both targets at every step."""
+
+    def __init__(self, horizon: int) -> None:
+        super().__init__()
+        self.config = ModelConfig(
+            kind="rnn", n_features=2, n_targets=2, horizon=horizon, hidden=1, layers=1
+        )
+
+    def state_specs(self) -> list[StateSpec]:
+        return [StateSpec(name="h", shape=(1, 1), batch_axis=1)]
+
+    def forward(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        return 0.9 * x[:, :, None, :].expand(-1, -1, self.config.horizon, -1), states[0]
+
+
+def test_per_target_scores_pool_the_horizon_steps_in_each_targets_units(tmp_path: Path) -> None:
+    data, splits = _two_units(tmp_path)
+    scaler = fit_scaler(data, splits)
+    streams = prepare_streams(data.series(), data, scaler, horizon=2)
+    report = evaluate(Halfway(2), data, streams, splits, scaler, ar_order=2)
+    model = report["periods"]["test"]["model"]
+    persistence = report["periods"]["test"]["persistence"]
+
+    raw = data.table[["kw", "degc"]].to_numpy()
+    x = scaler.features.transform(raw.astype(np.float32))
+    forecast = np.asarray(scaler.targets.inverse(0.9 * x))  # the same for both steps
+    # Test targets: rows 64..79; step h forecasts row t from origin t - 1 - h.
+    rows = np.arange(64, 80)
+    errs = np.concatenate([forecast[rows - 1] - raw[rows], forecast[rows - 2] - raw[rows]])
+    base = np.concatenate([raw[rows - 1] - raw[rows], raw[rows - 2] - raw[rows]])
+    assert model["count_per_target"] == [32, 32]
+    np.testing.assert_allclose(model["mae_per_target"], np.abs(errs).mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(model["rmse_per_target"], np.sqrt((errs**2).mean(axis=0)), rtol=1e-5)
+    np.testing.assert_allclose(
+        model["per_horizon"][0]["mae_per_target"], np.abs(errs[:16]).mean(axis=0), rtol=1e-5
+    )
+    skill = 1 - (errs**2).mean(axis=0) / (base**2).mean(axis=0)
+    assert model["skill_persistence_per_target"] == {
+        "kw": pytest.approx(skill[0], rel=1e-4),
+        "degc": pytest.approx(skill[1], rel=1e-4),
+    }
+    ar = report["periods"]["test"]["ar2"]["rmse_per_target"]
+    assert model["skill_ar2_per_target"]["degc"] == pytest.approx(
+        1 - (model["rmse_per_target"][1] / ar[1]) ** 2
+    )
+    assert persistence["rmse_per_target"][0] > 10 * persistence["rmse_per_target"][1]
+
+
+def test_cells_without_an_observed_actual_count_for_nothing(tmp_path: Path) -> None:
+    data, splits = _two_units(tmp_path)
+    scaler = fit_scaler(data, splits)
+    streams = prepare_streams(data.series(), data, scaler, horizon=1)
+    full = evaluate(Halfway(1), data, streams, splits, scaler, ar_order=1)
+    streams[0].y[70, 0, 1] = np.nan  # degc at row 71 was not observed
+    gappy = evaluate(Halfway(1), data, streams, splits, scaler, ar_order=1)
+
+    before, after = full["periods"]["test"]["model"], gappy["periods"]["test"]["model"]
+    assert before["count_per_target"] == [16, 16]
+    assert after["count_per_target"] == [16, 15]
+    assert after["count"] == 16  # the cell still holds an observed kw
+    assert after["mae_per_target"][0] == before["mae_per_target"][0]
+    raw = data.table["degc"].to_numpy()
+    forecast = np.asarray(scaler.targets.inverse(0.9 * streams[0].x))[:, 1]
+    kept = [r for r in range(64, 80) if r != 71]
+    err = forecast[np.array(kept) - 1] - raw[kept]
+    assert after["mae_per_target"][1] == pytest.approx(np.abs(err).mean(), rel=1e-5)
+    assert np.isfinite(after["arv"]) and np.isfinite(after["skill_persistence"])

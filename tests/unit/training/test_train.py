@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from training import train as train_module
 from training.data import Splits, fit_scaler, load_dataset
 from training.errors import TrainingDataError
 from training.train import (
+    load_data,
     make_batches,
     make_chunks,
     masked_mse,
@@ -184,3 +187,59 @@ def test_default_split_and_explicit_boundaries() -> None:
 def test_no_training_targets_is_an_error() -> None:
     with pytest.raises(TrainingDataError, match="no training targets"):
         train(tiny_config(burn_in=100_000), progress=False)
+
+
+# -- validation windows -------------------------------------------------------------------------
+
+
+def test_one_window_over_the_validation_part_is_the_default() -> None:
+    config = tiny_config(max_epochs=3, patience=3)
+    splits = resolve_splits(config, load_data(config))
+    plain = train(config, progress=False)
+    window = [(splits.val_start, splits.test_start)]
+    windowed = train(config.model_copy(update={"val_windows": window}), progress=False)
+    assert windowed.history == plain.history
+    ours, theirs = plain.model.state_dict(), windowed.model.state_dict()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
+
+
+def test_several_windows_pick_the_best_epoch_by_their_mean_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = tiny_config(max_epochs=4, patience=4)
+    data = load_data(config)
+    splits = resolve_splits(config, data)
+    ts = np.sort(data.table["ts"].unique())
+    windows = [(float(ts[60]), float(ts[90])), (splits.val_start, splits.test_start)]
+    trained_on: list[tuple[list[train_module.StreamArrays], list[np.ndarray]]] = []
+    run_epoch = train_module.run_epoch
+
+    def spy(model: Any, optimiser: Any, streams: Any, masks: Any, *rest: Any) -> Any:
+        trained_on.append((streams, masks))
+        return run_epoch(model, optimiser, streams, masks, *rest)
+
+    monkeypatch.setattr(train_module, "run_epoch", spy)
+    result = train(config.model_copy(update={"val_windows": windows}), progress=False)
+
+    vals = [h["val_loss"] for h in result.history]
+    for h in result.history:
+        assert h["val_loss"] == pytest.approx((h["val_loss_1"] + h["val_loss_2"]) / 2)
+    assert result.best_epoch == int(np.argmin(vals)) + 1
+    # No target inside a window is a training target, wherever the window lies.
+    streams, masks = trained_on[0]
+    for s, m in zip(streams, masks, strict=True):
+        for lo, hi in windows:
+            assert not ((s.target_ts >= lo) & (s.target_ts < hi) & m).any()
+    assert any(m.any() for m in masks)
+
+
+def test_a_window_must_end_before_the_test_part_and_hold_targets() -> None:
+    config = tiny_config()
+    splits = resolve_splits(config, load_data(config))
+    late = [(splits.val_start, splits.test_start + 1.0)]
+    with pytest.raises(TrainingDataError, match="need start < end <= test_start"):
+        train(config.model_copy(update={"val_windows": late}), progress=False)
+    empty = [(0.0, 10.0)]
+    with pytest.raises(TrainingDataError, match="holds no targets"):
+        train(config.model_copy(update={"val_windows": empty}), progress=False)
