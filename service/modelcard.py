@@ -19,6 +19,9 @@ states the reference model (torch, at export) computed for them. Loading runs th
 them and refuses a graph that computes something else. A card without them (an older
 export, a graph made by hand) is still valid: the registry loads it unchecked, with a warning.
 ``feature_ranges`` records each feature's observed (min, max) on the training part.
+``head`` says what the network's head learned: ``level`` (the targets) or ``delta`` (their
+change from the current reading, added back inside the graph); ``y`` means the same either
+way, so the service never reads it. A card without it (older exports) is ``level``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -155,6 +158,7 @@ class ModelCard(_Frozen):
     name: str = Field(pattern=_NAME)
     version: str = Field(pattern=_NAME)
     kind: str
+    head: Literal["level", "delta"] = "level"
     description: str = ""
     features: list[str] = Field(min_length=1)
     targets: list[str] = Field(min_length=1)

@@ -14,12 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from training.errors import TrainingConfigError
 
 if TYPE_CHECKING:
+    from service.modelcard import ScalerSet
     from training.models import ModelConfig
 
-__all__ = ["CellKind", "TrainConfig", "load_config"]
+__all__ = ["CellKind", "HeadKind", "TrainConfig", "load_config", "load_saved_config"]
 
 CellKind = Literal["lstm", "gru", "rnn", "tdnn"]
 """The forecasting cells of training/models.py."""
+
+HeadKind = Literal["level", "delta"]
+"""What the head forecasts: the targets, or their change from the current reading."""
 
 
 class TrainConfig(BaseModel):
@@ -121,6 +125,12 @@ class TrainConfig(BaseModel):
         description="a linear path from the inputs (the current reading, or the tdnn's lag "
         "taps) to the head",
     )
+    head: HeadKind = Field(
+        default="delta",
+        description="delta: forecast each target as its current reading plus a learned change "
+        "(a zero change is persistence; every target must be a feature); level: forecast the "
+        "targets themselves",
+    )
     # optimisation
     chunk: int = Field(default=32, ge=1, description="truncated BPTT length in steps")
     burn_in: int = Field(
@@ -154,6 +164,11 @@ class TrainConfig(BaseModel):
         "many epochs; 0 turns the refit off",
     )
     seed: int = Field(default=0, description="torch and sampling seed")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="where training runs (auto: cuda when available); evaluation and export "
+        "always run on the cpu",
+    )
     ar_order: int = Field(default=12, ge=1, description="order p of the AR(p) baseline")
 
     @model_validator(mode="after")
@@ -162,20 +177,25 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lags must be integers >= 1, got {self.lags}")
         return self
 
-    def model_config_for(self, n_features: int, n_targets: int) -> ModelConfig:
-        """The architecture of this run for a table of `n_features` and `n_targets` columns."""
-        from training.models import ModelConfig
+    def model_config_for(
+        self, features: list[str], targets: list[str], scaler: ScalerSet
+    ) -> ModelConfig:
+        """The architecture of this run for a table of these columns, scaled by `scaler`
+        (the delta head carries each target's current value from feature to target scale)."""
+        from training.models import ModelConfig, last_value_map
 
         return ModelConfig(
             kind=self.kind,
-            n_features=n_features,
-            n_targets=n_targets,
+            n_features=len(features),
+            n_targets=len(targets),
             horizon=self.horizon,
             hidden=self.hidden,
             layers=self.layers,
             dropout=self.dropout,
             lags=tuple(self.lags),
             skip=self.skip,
+            head=self.head,
+            last_value=last_value_map(features, targets, scaler) if self.head == "delta" else (),
         )
 
 
@@ -187,3 +207,9 @@ def load_config(values: dict[str, Any]) -> TrainConfig:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         raise TrainingConfigError(f"bad training option {where}: {err['msg']}") from exc
+
+
+def load_saved_config(values: dict[str, Any]) -> TrainConfig:
+    """A config saved in a card or checkpoint: one written before the ``head`` option
+    existed trained a level head, whatever today's default."""
+    return load_config({"head": "level", **values})

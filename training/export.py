@@ -257,6 +257,7 @@ def build_card(
         name=name,
         version=version,
         kind=model.config.kind,
+        head=model.config.head,
         description=description,
         features=features,
         targets=targets,

@@ -43,10 +43,10 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "val_start", "test_start", "test_end", "extra_tests", "variance_until", "val_windows",
         "ar_order",
     ),
-    "model": ("kind", "horizon", "hidden", "layers", "dropout", "lags", "skip"),
+    "model": ("kind", "horizon", "hidden", "layers", "dropout", "lags", "skip", "head"),
     "optimisation": (
         "chunk", "burn_in", "batch_size", "lr", "weight_decay", "clip_norm", "loss_weights",
-        "lr_decay", "max_epochs", "patience", "refit_epochs", "seed",
+        "lr_decay", "max_epochs", "patience", "refit_epochs", "seed", "device",
     ),
     "output": ("name", "version"),
 }  # fmt: skip

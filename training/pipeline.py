@@ -15,7 +15,7 @@ import numpy as np
 
 from service.modelcard import ModelCard
 from service.registry import ModelRef, Registry, write_model
-from training.config import TrainConfig, load_config
+from training.config import TrainConfig, load_config, load_saved_config
 from training.data import Splits, parse_time
 from training.errors import TrainingDataError
 from training.evaluate import card_metrics, evaluate, plot_forecasts, plot_losses, write_report
@@ -108,7 +108,7 @@ def evaluate_model(model_dir: Path) -> dict[str, Any]:
     folder first and each then replaces its old one, so a failure changes nothing."""
     card = ModelCard.read(model_dir)
     model, checkpoint = load_checkpoint(model_dir)
-    config = load_config(checkpoint["train_config"])
+    config = load_saved_config(checkpoint["train_config"])
     result = _rebuild(config, card, model)
     report = _report(model, result, config)
     previous = model_dir / "report.json"
@@ -148,7 +148,7 @@ def score_model(
     """
     card = ModelCard.read(model_dir)
     model, checkpoint = load_checkpoint(model_dir)
-    trained = load_config(checkpoint["train_config"])
+    trained = load_saved_config(checkpoint["train_config"])
     config = load_config(
         {
             **trained.model_dump(),
@@ -214,7 +214,7 @@ def export_model(
     data recorded in the card; the checkpoint, report and plots are copied unchanged."""
     card = ModelCard.read(model_dir)
     model, checkpoint = load_checkpoint(model_dir)
-    result = _rebuild(load_config(checkpoint["train_config"]), card, model)
+    result = _rebuild(load_saved_config(checkpoint["train_config"]), card, model)
     graph = export_onnx(model)
     check_gru_nodes(graph)
     parity = parity_error(model, graph)

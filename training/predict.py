@@ -27,9 +27,10 @@ def run_streams(
     """Scaled forecasts ``[T, horizon, n_targets]`` for each scaled input ``[T, n_features]``.
 
     Streams are padded at the end to share a batch; padding comes after every real step,
-    so it cannot change a real step's forecast.
+    so it cannot change a real step's forecast. Runs on the device the model is on.
     """
     was_training = model.training
+    device = model.device
     model.eval()
     out: list[np.ndarray] = []
     with torch.no_grad():
@@ -39,7 +40,8 @@ def run_streams(
             batch = np.zeros((len(group), longest, group[0].shape[-1]), np.float32)
             for i, x in enumerate(group):
                 batch[i, : len(x)] = x
-            y = model(torch.from_numpy(batch), *model.init_states(len(group)))[0].numpy()
+            states = model.init_states(len(group), device=device)
+            y = model(torch.from_numpy(batch).to(device), *states)[0].cpu().numpy()
             out.extend(y[i, : len(x)] for i, x in enumerate(group))
     model.train(was_training)
     return out

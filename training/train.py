@@ -19,6 +19,9 @@ mean of the losses over each of ``val_windows`` (each window's own mean, so a sh
 counts as much as a long one); targets inside a window are then left out of the training
 loss wherever the window lies.
 
+Training runs on ``config.device`` (a GPU when there is one, by default); the trained model
+comes back on the cpu, where evaluation and export run.
+
 Read `train` top to bottom: data, split, scaler, model, the epoch loop, early stopping.
 """
 
@@ -47,7 +50,7 @@ from training.data import (
     near_constant_columns,
     parse_time,
 )
-from training.errors import TrainingDataError
+from training.errors import TrainingConfigError, TrainingDataError
 from training.models import Forecaster, build_model
 from training.predict import run_streams
 
@@ -60,6 +63,7 @@ __all__ = [
     "masked_mse",
     "persistence_weights",
     "prepare_streams",
+    "resolve_device",
     "resolve_splits",
     "resolve_val_windows",
     "run_epoch",
@@ -115,6 +119,7 @@ def train(
     # Fixed seeds: the same config on the same data gives the same weights.
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)  # before the data: a missing GPU fails fast
 
     dataset = dataset or load_data(config)
     splits = resolve_splits(config, dataset)
@@ -157,7 +162,9 @@ def train(
         else None
     )
 
-    model = build_model(config.model_config_for(len(dataset.features), len(dataset.targets)))
+    model = build_model(config.model_config_for(dataset.features, dataset.targets, scaler))
+    model.to(device)
+    log.info("training on %s", device)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -226,7 +233,7 @@ def train(
         model.eval()
         result.early_stopped = model
         torch.manual_seed(config.seed)
-        model = build_model(model.config)
+        model = build_model(model.config).to(device)
         optimiser = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -244,6 +251,9 @@ def train(
             "refit on train+val for %d epochs: train_loss=%.5f", config.refit_epochs, train_loss
         )
         result.model = model
+        result.early_stopped.cpu()
+    # Evaluation and export run on the cpu, whatever trained the model.
+    model.cpu()
     model.eval()
     return result
 
@@ -259,10 +269,14 @@ def run_epoch(
 ) -> tuple[float, float]:
     """One pass over every stream in chunks; returns the mean loss and mean gradient norm."""
     model.train()
-    cell_weights = None if weights is None else torch.from_numpy(weights.astype(np.float32))
+    device = model.device
+    cell_weights = (
+        None if weights is None else torch.from_numpy(weights.astype(np.float32)).to(device)
+    )
     losses, norms = [], []
     for batch in make_batches(streams, masks, config.batch_size, rng):
-        states = model.init_states(batch.x.shape[0])
+        batch = batch.to(device)
+        states = model.init_states(batch.x.shape[0], device=device)
         # A random first-chunk length moves the chunk boundaries every epoch.
         first = int(rng.integers(1, config.chunk + 1))
         for x, y, mask in make_chunks(batch, config.chunk, first):
@@ -303,6 +317,18 @@ def load_data(config: TrainConfig) -> Dataset:
         n_steps=config.n_steps,
         seed=config.data_seed,
     )
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device `name` (a `TrainConfig.device`) trains on: ``auto`` is cuda when
+    torch sees a GPU, else the cpu. `TrainingConfigError` for cuda without one."""
+    cuda = torch.cuda.is_available()
+    if name == "cuda" and not cuda:
+        raise TrainingConfigError(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device; "
+            "use --device cpu or auto"
+        )
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and cuda) else "cpu")
 
 
 def resolve_splits(config: TrainConfig, dataset: Dataset) -> Splits:
@@ -364,6 +390,10 @@ class Batch:
     x: Tensor
     y: Tensor
     mask: Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device`."""
+        return Batch(self.x.to(device), self.y.to(device), self.mask.to(device))
 
 
 def make_batches(

@@ -31,6 +31,7 @@ def tiny_config(**overrides: Any) -> TrainConfig:
         "max_epochs": 2,
         "patience": 2,
         "lr": 1e-2,
+        "device": "cpu",
     }
     values.update(overrides)
     return TrainConfig(**values)

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
+from service.modelcard import Scaler, ScalerSet
 from training.errors import TrainingConfigError
-from training.models import KINDS, ModelConfig, build_model
+from training.models import KINDS, ModelConfig, build_model, last_value_map
 
 
 def _model(kind: str, **kw: object) -> torch.nn.Module:
@@ -115,3 +119,80 @@ def test_config_round_trip_and_errors() -> None:
         ModelConfig(kind="tdnn", n_features=1, n_targets=1, horizon=1, lags=(0, 2))
     with pytest.raises(TrainingConfigError, match="dropout"):
         ModelConfig(kind="gru", n_features=1, n_targets=1, horizon=1, dropout=1.5)
+
+
+# -- the delta head ---------------------------------------------------------------------------
+
+# Features a, b, c; targets c and a, each with a target scaler of its own. Every mean and std
+# is a power of two (or a sum of few), so scaling integers and carrying them between the
+# scales is exact in float32: the zero-change test can ask for exact equality.
+FEATURES, TARGETS = ["a", "b", "c"], ["c", "a"]
+SCALER = ScalerSet(
+    features=Scaler(mean=[4.0, 1.0, -2.0], std=[2.0, 0.5, 4.0]),
+    targets=Scaler(mean=[2.0, 8.0], std=[8.0, 0.25]),
+)
+
+
+def _delta_model(kind: str, skip: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        kind=kind,
+        n_features=3,
+        n_targets=2,
+        horizon=4,
+        hidden=5,
+        layers=2,
+        lags=(1, 2, 4),
+        skip=skip,
+        head="delta",
+        last_value=last_value_map(FEATURES, TARGETS, SCALER),
+    )
+    return build_model(config).eval()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("skip", [False, True])
+def test_delta_head_with_zero_change_is_persistence_exactly(kind: str, skip: bool) -> None:
+    model = _delta_model(kind, skip)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    raw = np.random.default_rng(1).integers(-20, 30, (3, 17, 3)).astype(np.float32)
+    x = torch.from_numpy(SCALER.features.transform(raw).astype(np.float32))
+    with torch.no_grad():
+        y = model(x, *model.init_states(3))[0].numpy()
+    forecast = SCALER.targets.inverse(y)  # [B, T, horizon, n_targets], original units
+    last = raw[..., [FEATURES.index(t) for t in TARGETS]]
+    np.testing.assert_array_equal(forecast, np.broadcast_to(last[:, :, None], forecast.shape))
+
+
+def test_delta_head_adds_the_change_to_the_last_value() -> None:
+    model = _delta_model("gru")
+    level = build_model(dataclasses.replace(model.config, head="level", last_value=()))
+    level.load_state_dict(model.state_dict())  # the same weights: no extra ones in the delta
+    x = torch.randn(2, 6, 3)
+    with torch.no_grad():
+        change = level.eval()(x, *level.init_states(2))[0]
+        y = model(x, *model.init_states(2))[0]
+    carried = torch.stack([x[..., 2] * 0.5 - 0.5, x[..., 0] * 8.0 - 16.0], dim=-1)
+    torch.testing.assert_close(y, change + carried[:, :, None], rtol=0, atol=1e-5)
+
+
+def test_delta_needs_every_target_among_the_features() -> None:
+    with pytest.raises(TrainingConfigError, match="target 'd' is not a feature") as caught:
+        last_value_map(FEATURES, ["c", "d"], SCALER)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(TrainingConfigError, match="needs 2 last-value entries"):
+        ModelConfig(kind="gru", n_features=3, n_targets=2, horizon=1, head="delta")
+    with pytest.raises(TrainingConfigError, match="unknown head"):
+        ModelConfig(kind="gru", n_features=1, n_targets=1, horizon=1, head="ratio")  # type: ignore[arg-type]
+
+
+def test_delta_config_round_trips() -> None:
+    config = _delta_model("tdnn").config
+    assert config.last_value == ((2, 0.5, -0.5), (0, 8.0, -16.0))
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert (
+        ModelConfig.from_dict({"kind": "gru", "n_features": 1, "n_targets": 1, "horizon": 1}).head
+        == "level"
+    )

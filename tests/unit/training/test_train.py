@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from training import train as train_module
+from training.config import load_config, load_saved_config
 from training.data import Splits, fit_scaler, load_dataset
-from training.errors import TrainingDataError
+from training.errors import TrainingConfigError, TrainingDataError
 from training.train import (
     load_data,
     make_batches,
@@ -18,6 +19,7 @@ from training.train import (
     masked_mse,
     persistence_weights,
     prepare_streams,
+    resolve_device,
     resolve_splits,
     train,
 )
@@ -243,3 +245,37 @@ def test_a_window_must_end_before_the_test_part_and_hold_targets() -> None:
     empty = [(0.0, 10.0)]
     with pytest.raises(TrainingDataError, match="holds no targets"):
         train(config.model_copy(update={"val_windows": empty}), progress=False)
+
+
+# -- device -----------------------------------------------------------------------------------
+
+
+def test_cuda_without_a_gpu_fails_with_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TrainingConfigError, match=r"--device cuda: .* no CUDA device") as caught:
+        train(tiny_config(device="cuda"), progress=False)
+    assert "\n" not in str(caught.value)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+
+
+def test_auto_picks_cuda_when_torch_sees_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_the_trained_model_comes_back_on_the_cpu() -> None:
+    result = train(tiny_config(max_epochs=1, refit_epochs=1), progress=False)
+    for model in (result.model, result.early_stopped):
+        assert model is not None
+        assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"cpu"}
+
+
+# -- head -------------------------------------------------------------------------------------
+
+
+def test_new_runs_train_a_delta_head_and_saved_configs_without_one_a_level_head() -> None:
+    assert load_config({}).head == "delta"
+    assert train(tiny_config(max_epochs=1), progress=False).model.config.head == "delta"
+    assert load_saved_config({}).head == "level"
+    assert load_saved_config({"head": "delta"}).head == "delta"
