@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # Modules that serve the benchmarks (a load generator, the compared pipelines) but are not ones.
-_HELPERS = {"kafkacaps", "loadgen", "pipelines"}
+_HELPERS = {"baselines", "kafkacaps", "loadgen", "pipelines"}
 
 
 def _benchmarks() -> list[str]:
