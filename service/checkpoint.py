@@ -305,28 +305,28 @@ class Checkpointer:
         The records of a begun checkpoint still queued go out first (step 2 sends them
         before anything else); only then are the revoked partitions taken out of it.
         """
+        offsets = {} if self._gave_up else self._revoke_steps(partitions)
+        self._forget_pending(partitions)
+        return offsets
+
+    def _revoke_steps(self, partitions: set[int]) -> dict[int, int]:
+        timeout = self._settings.checkpoint_timeout
         try:
-            if self._gave_up:
-                return {}  # the broker is gone; do not wait for it again while leaving
-            timeout = self._settings.checkpoint_timeout
-            try:
-                # Step 1. flush the forecast producer
-                self._sink.flush(timeout)
-                # Step 2. write the revoked partitions' changed states (a partition still
-                # waiting for its restore has nothing of its own in memory yet)
-                self._write_changelog(partitions - self._owners.restoring(partitions), timeout)
-            except (SinkError, ChangelogError) as exc:
-                self._metrics.checkpoints.labels(outcome="failed").inc()
-                log.warning(
-                    "checkpoint on revoke failed, offsets not committed partitions=%s error=%r",
-                    sorted(partitions),
-                    exc,
-                )
-                return {}
-            # Step 3. is the client's: it commits these before the partitions go
-            return self._offsets.revoked(partitions)
-        finally:
-            self._forget_pending(partitions)
+            # Step 1. flush the forecast producer
+            self._sink.flush(timeout)
+            # Step 2. write the revoked partitions' changed states (a partition still
+            # waiting for its restore has nothing of its own in memory yet)
+            self._write_changelog(partitions - self._owners.restoring(partitions), timeout)
+        except (SinkError, ChangelogError) as exc:
+            self._metrics.checkpoints.labels(outcome="failed").inc()
+            log.warning(
+                "checkpoint on revoke failed, offsets not committed partitions=%s error=%r",
+                sorted(partitions),
+                exc,
+            )
+            return {}
+        # Step 3. is the client's: it commits these before the partitions go
+        return self._offsets.revoked(partitions)
 
     def lost(self, partitions: set[int]) -> None:
         """Partitions lost: nothing more of theirs is written or committed."""

@@ -193,14 +193,7 @@ class MemorySource:
 
     def _rebalance(self, owned: set[int]) -> None:
         """An eager rebalance: the whole assignment revoked, then `owned` assigned."""
-        revoked = set(self._assigned)
-        if revoked:
-            self._broker.note(f"revoked {sorted(revoked)}")
-            offsets = self._handler.partitions_revoked(revoked)
-            self._assigned -= revoked
-            self._paused -= revoked
-            if offsets:
-                self.commit(offsets, 1.0)
+        self._revoke_all(1.0)
         self._assigned = set(owned)
         self._paused = set()
         with self._broker.lock:
@@ -249,13 +242,20 @@ class MemorySource:
 
     def close(self, timeout: float = 5.0) -> None:
         """Leave the group: the revoke callback runs for the whole assignment."""
-        if self._assigned:
-            revoked = set(self._assigned)
-            self._broker.note(f"revoked {sorted(revoked)}")
-            offsets = self._handler.partitions_revoked(revoked)
-            if offsets:
-                self.commit(offsets, timeout)
-            self._assigned = set()
+        self._revoke_all(timeout)
+
+    def _revoke_all(self, timeout: float) -> None:
+        """The revoke callback for the whole assignment, then the offsets it returns
+        committed, as a client does before it lets the partitions go."""
+        revoked = set(self._assigned)
+        if not revoked:
+            return
+        self._broker.note(f"revoked {sorted(revoked)}")
+        offsets = self._handler.partitions_revoked(revoked)
+        self._assigned = set()
+        self._paused = set()
+        if offsets:
+            self.commit(offsets, timeout)
 
 
 class MemorySink:
