@@ -24,10 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 if TYPE_CHECKING:
     from service.modelcard import ScalerSet
 
-__all__ = ["GoldenTensor", "GoldenVectors", "StepFunction"]
+__all__ = ["GoldenTensor", "GoldenVectors", "InputFunction", "StepFunction"]
 
 StepFunction = Callable[[np.ndarray, Sequence[np.ndarray]], tuple[np.ndarray, Sequence[np.ndarray]]]
 """A step model's call: scaled inputs and states in, scaled forecasts and new states out."""
+
+InputFunction = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+"""Raw readings ``[..., n_features]`` and their timestamps ``[...]`` to the model's inputs."""
 
 
 class GoldenTensor(BaseModel):
@@ -81,7 +84,8 @@ class GoldenVectors(BaseModel):
     """Test vectors written at export: what the graph must compute, as the service runs it.
 
     ``x`` holds raw readings ``[batch, time, n_features]`` from the training data, in
-    original units; ``states`` the state each row starts from (card order, batched on each
+    original units, and ``ts`` their timestamps ``[batch, time]`` (epoch seconds; kept when
+    the card derives inputs from them); ``states`` the state each row starts from (card order, batched on each
     state's batch axis: the card's initial state, or the state reached over the earlier
     readings of the row's stream); ``y`` the forecasts ``[batch, time, horizon, n_targets]``
     in original units and ``states_out`` the states after the last step, both computed by
@@ -93,6 +97,7 @@ class GoldenVectors(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     x: GoldenTensor
+    ts: GoldenTensor | None = None
     states: list[GoldenTensor]
     y: GoldenTensor
     states_out: list[GoldenTensor]
@@ -104,15 +109,22 @@ class GoldenVectors(BaseModel):
         """Number of input sequences (rows of ``x``)."""
         return self.x.shape[0]
 
-    def max_error(self, scaler: ScalerSet, step: StepFunction) -> float:
+    def max_error(
+        self, scaler: ScalerSet, step: StepFunction, encode: InputFunction | None = None
+    ) -> float:
         """Run `step` on the vectors twice, the whole sequence in one call and one reading at
         a time (as the service calls it), and return the largest absolute difference from
         the expected forecasts (scaled units) and states.
 
-        Inputs are scaled with `scaler` and forecasts de-normalised with it, the card's
-        scaler: a scaler that is not the one the model was trained with shows as an error.
+        Inputs are encoded with `encode` (the card's `service.core.inputs.InputEncoder`, for a
+        card with derived inputs), scaled with `scaler` and forecasts de-normalised with it,
+        the card's scaler: a scaler that is not the one the model was trained with shows as
+        an error.
         """
-        x = scaler.features.transform(self.x.array().astype(np.float32)).astype(np.float32)
+        raw = self.x.array().astype(np.float32)
+        if encode is not None:
+            raw = encode(raw, None if self.ts is None else self.ts.array())
+        x = scaler.features.transform(raw).astype(np.float32)
         mean = np.asarray(scaler.targets.mean, np.float64)
         std = np.asarray(scaler.targets.std, np.float64)
         want_y = self.y.array().astype(np.float64)

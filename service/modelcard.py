@@ -2,10 +2,10 @@
 
 A step model is one ONNX graph with this signature, whatever its cell:
 
-- input ``x``: float32 ``[batch, time, n_features]``, features scaled with the card's scaler;
+- input ``x``: float32 ``[batch, time, n_inputs]``, the card's inputs scaled with its scaler;
 - one input per state tensor named in ``card.states`` (LSTM: ``h`` and ``c`` as
   ``[layers, batch, hidden]``; GRU and RNN: ``h``; time-delay MLP: ``lags`` as
-  ``[batch, max_lag, n_features]``);
+  ``[batch, max_lag, n_inputs]``);
 - output ``y``: float32 ``[batch, time, horizon, n_targets]``, scaled;
 - one output ``<state>_out`` per state input, same shape.
 
@@ -22,6 +22,13 @@ export, a graph made by hand) is still valid: the registry loads it unchecked, w
 ``head`` says what the network's head learned: ``level`` (the targets) or ``delta`` (their
 change from the current reading, added back inside the graph); ``y`` means the same either
 way, so the service never reads it. A card without it (older exports) is ``level``.
+
+A reading carries the card's ``features``, raw. The model's inputs are those features with
+the ``derived`` encodings applied (`DerivedInputs`): angle features (degrees) become their
+sine and cosine, and calendar phases computed from the reading's ``ts`` (time of day, day of
+week, day of year) are appended as sine and cosine. ``inputs`` names the columns of ``x``;
+the feature scaler is over them. `service.core.inputs` computes them, for training and for
+serving alike. A card without ``derived`` has inputs equal to its features.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ __all__ = [
     "MODEL_FILE",
     "OUTPUT_NAME",
     "SCHEMA_VERSION",
+    "DerivedInputs",
     "ModelCard",
     "Provenance",
     "Scaler",
@@ -66,6 +74,40 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DerivedInputs(_Frozen):
+    """Inputs the model computes from each reading itself, so readings carry only raw
+    features: ``angles`` are features in degrees, each replaced by its sine and cosine (350°
+    and 10° are 20° apart, not 340); ``calendar`` are phases of ``ts`` (UTC), each appended
+    as a sine and cosine."""
+
+    angles: list[str] = Field(default_factory=list)
+    calendar: list[Literal["day", "week", "year"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> DerivedInputs:
+        for label, names in (("angles", self.angles), ("calendar", list[str](self.calendar))):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"derived {label} repeat {', '.join(dupes)}")
+        return self
+
+    @property
+    def empty(self) -> bool:
+        """Whether the inputs are the features themselves."""
+        return not (self.angles or self.calendar)
+
+    def input_names(self, features: list[str]) -> list[str]:
+        """The model's input columns for readings of `features`: each feature, or an angle's
+        ``<name>_sin`` and ``<name>_cos`` in its place, then ``<phase>_sin`` and
+        ``<phase>_cos`` per calendar phase."""
+        names: list[str] = []
+        for name in features:
+            names.extend((f"{name}_sin", f"{name}_cos") if name in self.angles else (name,))
+        for phase in self.calendar:
+            names.extend((f"{phase}_sin", f"{phase}_cos"))
+        return names
 
 
 class Scaler(_Frozen):
@@ -161,6 +203,7 @@ class ModelCard(_Frozen):
     head: Literal["level", "delta"] = "level"
     description: str = ""
     features: list[str] = Field(min_length=1)
+    derived: DerivedInputs = Field(default_factory=DerivedInputs)
     targets: list[str] = Field(min_length=1)
     horizon: int = Field(ge=1)
     period: float = Field(gt=0, description="seconds between consecutive readings")
@@ -183,9 +226,11 @@ class ModelCard(_Frozen):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {label}: {', '.join(dupes)}")
-        if len(self.scaler.features.mean) != len(self.features):
+        self._check_derived()
+        if len(self.scaler.features.mean) != self.n_inputs:
             raise ValueError(
-                f"feature scaler has {len(self.scaler.features.mean)} columns for {len(self.features)} features"
+                f"feature scaler has {len(self.scaler.features.mean)} columns for "
+                f"{self.n_inputs} inputs ({', '.join(self.inputs)})"
             )
         if len(self.scaler.targets.mean) != len(self.targets):
             raise ValueError(
@@ -201,6 +246,22 @@ class ModelCard(_Frozen):
         if self.golden is not None:
             self._check_golden(self.golden)
         return self
+
+    def _check_derived(self) -> None:
+        derived = self.derived
+        unknown = [a for a in derived.angles if a not in self.features]
+        if unknown:
+            raise ValueError(f"derived angles {', '.join(unknown)} are not features")
+        angular = [t for t in self.targets if t in derived.angles]
+        if angular:
+            raise ValueError(
+                f"target(s) {', '.join(angular)} are angles: a forecast of an angle as a "
+                "number is not meaningful across 0/360"
+            )
+        inputs = self.inputs
+        clash = sorted({n for n in inputs if inputs.count(n) > 1})
+        if clash:
+            raise ValueError(f"input(s) {', '.join(clash)} both a feature and derived")
 
     def _check_feature_ranges(self, ranges: list[tuple[float, float]]) -> None:
         if len(ranges) != self.n_features:
@@ -220,6 +281,12 @@ class ModelCard(_Frozen):
             "golden.x": ((batch, steps, self.n_features), golden.x.shape),
             "golden.y": ((batch, steps, self.horizon, self.n_targets), golden.y.shape),
         }
+        if golden.ts is not None:
+            want["golden.ts"] = ((batch, steps), golden.ts.shape)
+        elif self.derived.calendar:
+            raise ValueError(
+                "golden vectors need their readings' ts: the card derives inputs from it"
+            )
         if len(golden.states) != len(self.states) or len(golden.states_out) != len(self.states):
             raise ValueError(
                 f"golden vectors hold {len(golden.states)} initial and {len(golden.states_out)} "
@@ -242,6 +309,17 @@ class ModelCard(_Frozen):
     def n_features(self) -> int:
         """How many features a reading carries."""
         return len(self.features)
+
+    @property
+    def inputs(self) -> list[str]:
+        """The model's input columns (the last axis of ``x``): the features with the
+        ``derived`` encodings applied."""
+        return self.derived.input_names(self.features)
+
+    @property
+    def n_inputs(self) -> int:
+        """How many columns the model's input ``x`` has."""
+        return len(self.inputs)
 
     @property
     def n_targets(self) -> int:
@@ -375,7 +453,7 @@ def validate_onnx(card: ModelCard, model: onnx.ModelProto) -> None:
         problems.append(f"graph outputs are {sorted(outputs)}, the card implies {sorted(want_out)}")
 
     if INPUT_NAME in inputs:
-        _check_tensor(problems, "input", inputs[INPUT_NAME], [None, None, card.n_features], {0, 1})
+        _check_tensor(problems, "input", inputs[INPUT_NAME], [None, None, card.n_inputs], {0, 1})
     if OUTPUT_NAME in outputs:
         _check_tensor(
             problems,
@@ -407,6 +485,8 @@ def model_fingerprint(card: ModelCard, graph: bytes = b"") -> bytes:
     model with the same fingerprint."""
     digest = hashlib.sha256(graph)
     digest.update("\n".join(card.features).encode())
+    if not card.derived.empty:  # (an empty one leaves older fingerprints as they were)
+        digest.update(card.derived.model_dump_json().encode())
     digest.update(card.scaler.model_dump_json().encode())
     for spec in card.states:
         digest.update(spec.model_dump_json().encode())

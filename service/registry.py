@@ -263,11 +263,13 @@ def check_golden(card: ModelCard, onnx_bytes: bytes) -> float | None:
     if golden is None:
         return None
     # Imported here: service.core.model imports this module (for LoadedModel).
+    from service.core.inputs import InputEncoder
     from service.core.model import OnnxStepModel
 
     model = OnnxStepModel(card, onnx_bytes)
+    encode = None if card.derived.empty else InputEncoder(card.features, card.derived).encode
     try:
-        error = golden.max_error(card.scaler, model.step)
+        error = golden.max_error(card.scaler, model.step, encode)
     except InferenceError as exc:
         raise ModelContractError(
             f"{card.ref}: the graph fails on its golden vectors: {exc}"

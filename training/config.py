@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from training.errors import TrainingConfigError
 
 if TYPE_CHECKING:
-    from service.modelcard import ScalerSet
+    from service.modelcard import DerivedInputs, ScalerSet
     from training.models import ModelConfig
 
 __all__ = ["CellKind", "HeadKind", "TrainConfig", "load_config", "load_saved_config"]
@@ -125,6 +125,18 @@ class TrainConfig(BaseModel):
         description="a linear path from the inputs (the current reading, or the tdnn's lag "
         "taps) to the head",
     )
+    angles: list[str] = Field(
+        default_factory=list,
+        description="features in degrees (a wind direction, a heading) the model takes as "
+        "sine and cosine, so 350 and 10 are close; computed from each reading when serving "
+        "(default: none)",
+    )
+    calendar: list[Literal["day", "week", "year"]] = Field(
+        default_factory=list,
+        description="calendar phases of ts (UTC) the model takes as sine and cosine: day "
+        "(time of day), week (day of week), year (day of year); computed from each "
+        "reading's ts when serving, so readings carry only their features (default: none)",
+    )
     head: HeadKind = Field(
         default="delta",
         description="delta: forecast each target as its current reading plus a learned change "
@@ -177,16 +189,22 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lags must be integers >= 1, got {self.lags}")
         return self
 
+    def derived_inputs(self) -> DerivedInputs:
+        """The inputs this run derives from each reading (`angles`, `calendar`)."""
+        from service.modelcard import DerivedInputs
+
+        return DerivedInputs(angles=self.angles, calendar=self.calendar)
+
     def model_config_for(
-        self, features: list[str], targets: list[str], scaler: ScalerSet
+        self, inputs: list[str], targets: list[str], scaler: ScalerSet
     ) -> ModelConfig:
-        """The architecture of this run for a table of these columns, scaled by `scaler`
-        (the delta head carries each target's current value from feature to target scale)."""
+        """The architecture of this run for these input columns, scaled by `scaler` (the
+        delta head carries each target's current value from input to target scale)."""
         from training.models import ModelConfig, last_value_map
 
         return ModelConfig(
             kind=self.kind,
-            n_features=len(features),
+            n_features=len(inputs),
             n_targets=len(targets),
             horizon=self.horizon,
             hidden=self.hidden,
@@ -195,7 +213,7 @@ class TrainConfig(BaseModel):
             lags=tuple(self.lags),
             skip=self.skip,
             head=self.head,
-            last_value=last_value_map(features, targets, scaler) if self.head == "delta" else (),
+            last_value=last_value_map(inputs, targets, scaler) if self.head == "delta" else (),
         )
 
 

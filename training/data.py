@@ -18,6 +18,11 @@ The period is the median interval between readings (a built-in's own).
 Timestamps are epoch seconds throughout; `training.timestamps` reads the ``ts`` column
 (numbers in ``ts_unit``, ISO-8601 strings, datetimes) and the split boundaries.
 
+Readings carry raw features; the model's inputs are those features with the ``derived``
+encodings applied (angles as sine and cosine, calendar phases of ``ts``), computed by
+`service.core.inputs.InputEncoder`, the code the service runs on each reading. The scaler is
+over the inputs, and a target's column is its input column.
+
 The split is chronological with explicit boundaries, applied to the *target* time: a
 forecast belongs to the part its target timestamp falls in. ``train`` is ``ts < val_start``,
 ``val`` is ``val_start <= ts < test_start``, ``test`` is ``test_start <= ts < test_end``.
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.modelcard import Scaler, ScalerSet
+from service.core.inputs import InputEncoder
+from service.modelcard import DerivedInputs, Scaler, ScalerSet
 from service.simulate import DEFAULT_PERIOD, simulate
 from training import haute_borne
 from training.errors import TrainingDataError
@@ -67,11 +73,13 @@ below a millionth of the values' magnitude is rounding, not signal."""
 
 @dataclass(frozen=True)
 class Series:
-    """One stream's rows in time order: ``values[t, feature]`` at ``ts[t]``."""
+    """One stream's rows in time order: raw ``values[t, feature]`` at ``ts[t]``, and the
+    model's ``inputs[t, input]`` (unscaled) computed from them."""
 
     stream_id: str
     ts: np.ndarray
     values: np.ndarray
+    inputs: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -82,22 +90,39 @@ class Dataset:
     targets: list[str]
     period: float
     fingerprint: str
+    derived: DerivedInputs = field(default_factory=DerivedInputs)
+
+    @property
+    def encoder(self) -> InputEncoder:
+        """What turns this table's raw features and timestamps into the model's inputs."""
+        return InputEncoder(self.features, self.derived)
+
+    @property
+    def inputs(self) -> list[str]:
+        """The model's input columns: the features with the derived encodings applied."""
+        return self.derived.input_names(self.features)
 
     def series(self) -> list[Series]:
         out = []
+        encoder = self.encoder
         for sid, rows in self.table.groupby("stream_id", sort=True):
-            out.append(
-                Series(
-                    str(sid),
-                    rows["ts"].to_numpy(np.float64),
-                    rows[self.features].to_numpy(np.float32),
-                )
-            )
+            ts = rows["ts"].to_numpy(np.float64)
+            values = rows[self.features].to_numpy(np.float32)
+            out.append(Series(str(sid), ts, values, encoder.encode(values, ts)))
         return out
+
+    def input_values(self, rows: pd.DataFrame) -> np.ndarray:
+        """The model's inputs ``[n, n_inputs]`` (float64, unscaled) of rows of the table."""
+        values: np.ndarray = rows[self.features].to_numpy(np.float64)
+        if self.derived.empty:
+            return values
+        encoded = self.encoder.encode(values, rows["ts"].to_numpy(np.float64))
+        return encoded.astype(np.float64)
 
     @property
     def target_index(self) -> list[int]:
-        return [self.features.index(t) for t in self.targets]
+        """Each target's column among the inputs (a target is never an encoded angle)."""
+        return [self.inputs.index(t) for t in self.targets]
 
 
 @dataclass(frozen=True)
@@ -150,9 +175,11 @@ def load_dataset(
     ts_unit: str = "s",
     gaps: str = "split",
     max_gap_periods: float = 10.0,
+    derived: DerivedInputs | None = None,
 ) -> Dataset:
     """Read `source` (a built-in name or a file), check it, cut its streams at gaps (or
-    refuse them, as `gaps` says) and return the clean table."""
+    refuse them, as `gaps` says) and return the clean table, whose model inputs are its
+    features with the `derived` encodings applied."""
     if ts_unit not in TS_UNITS:
         raise TrainingDataError(f"ts_unit must be one of {', '.join(TS_UNITS)}, got {ts_unit!r}")
     if source == "sunspots":
@@ -173,17 +200,43 @@ def load_dataset(
     missing = [t for t in tgts if t not in feats]
     if missing:
         raise TrainingDataError(f"{source}: targets {missing} are not among the features {feats}")
+    derived = derived or DerivedInputs()
+    _check_derived(source, derived, feats, tgts)
     table = table[["stream_id", "ts", *feats]].reset_index(drop=True)
     if period == 0.0:
         period = _median_period(table, source)
     table = split_at_gaps(
         table, source, period=period, max_gap_periods=max_gap_periods, policy=gaps
     )
-    return Dataset(source, table, feats, tgts, period, _fingerprint(table))
+    return Dataset(source, table, feats, tgts, period, _fingerprint(table), derived)
+
+
+def _check_derived(
+    source: str, derived: DerivedInputs, features: list[str], targets: list[str]
+) -> None:
+    """One line for angles that are not features, or are targets."""
+    unknown = [a for a in derived.angles if a not in features]
+    if unknown:
+        raise TrainingDataError(
+            f"{source}: --angles {','.join(unknown)}: not among the features {features}"
+        )
+    angular = [t for t in targets if t in derived.angles]
+    if angular:
+        raise TrainingDataError(
+            f"{source}: target(s) {','.join(angular)} cannot be --angles: an angle's forecast "
+            "as a number is not meaningful across 0/360; leave them out of --targets"
+        )
+    names = derived.input_names(features)
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise TrainingDataError(
+            f"{source}: column(s) {','.join(clash)} clash with the derived inputs' names; "
+            "rename them"
+        )
 
 
 def fit_scaler(dataset: Dataset, splits: Splits) -> ScalerSet:
-    """Mean and std of each feature over the train part only (no later value leaks in).
+    """Mean and std of each input over the train part only (no later value leaks in).
 
     A near-constant column (see `near_constant`) gets std 1: its scaled values are the raw
     departures from the training mean, zero while it stays constant.
@@ -193,7 +246,7 @@ def fit_scaler(dataset: Dataset, splits: Splits) -> ScalerSet:
         raise TrainingDataError(
             f"{dataset.source}: fewer than 2 rows before val_start={splits.val_start}; move the boundary"
         )
-    values = rows[dataset.features].to_numpy(np.float64)
+    values = dataset.input_values(rows)
     mean = values.mean(axis=0)
     std = values.std(axis=0)
     std = np.where(near_constant(mean, std), 1.0, std)
@@ -211,10 +264,10 @@ def near_constant(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 
 def near_constant_columns(dataset: Dataset, splits: Splits) -> dict[str, str]:
-    """The near-constant feature columns on the train part, each with a short description
+    """The near-constant input columns on the train part, each with a short description
     of its values (``14.62 in every row`` or ``14.62 +- 3e-09``)."""
     rows = dataset.table[dataset.table["ts"] < splits.val_start]
-    values = rows[dataset.features].to_numpy(np.float64)
+    values = dataset.input_values(rows)
     if not len(values):
         return {}
     mean, std = values.mean(axis=0), values.std(axis=0)
@@ -222,7 +275,7 @@ def near_constant_columns(dataset: Dataset, splits: Splits) -> dict[str, str]:
     for col in np.nonzero(near_constant(mean, std))[0]:
         same = bool((values[:, col] == values[0, col]).all())
         spread = "in every row" if same else f"+- {std[col]:.1g}"
-        out[dataset.features[col]] = f"{mean[col]:.6g} {spread}"
+        out[dataset.inputs[col]] = f"{mean[col]:.6g} {spread}"
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,10 +25,12 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from service.core.inputs import InputEncoder
 from service.golden import GoldenTensor, GoldenVectors, StepFunction
 from service.modelcard import (
     INPUT_NAME,
     OUTPUT_NAME,
+    DerivedInputs,
     ModelCard,
     Provenance,
     ScalerSet,
@@ -160,6 +163,7 @@ def golden_vectors(
     *,
     rows: int = 3,
     steps: int = 16,
+    encoder: InputEncoder | None = None,
 ) -> GoldenVectors:
     """Golden test vectors for the card: `rows` windows of `steps` readings of the training
     part, with the forecasts and final states torch computes for them.
@@ -169,39 +173,44 @@ def golden_vectors(
     (the last ends where the training part ends), each starting from the state torch
     reached over the stream's earlier readings. The tolerance is max(GOLDEN_FLOOR,
     GOLDEN_MARGIN x onnxruntime's error on the same vectors, stepping as the service does);
-    raises `ExportError` when that error is above GOLDEN_FLOOR.
+    raises `ExportError` when that error is above GOLDEN_FLOOR. `encoder` is the card's
+    (None: inputs are the features), with which the check computes the inputs from the
+    vectors' readings, as the service does.
     """
     model.eval()
-    parts = [s.values[splits.part(s.ts, "train")] for s in series]
-    parts = [p for p in parts if len(p)]
+    parts = [_Part.train(s, splits) for s in series]
+    parts = [p for p in parts if len(p.ts)]
     if not parts:
         raise ExportError("no training readings to take the golden vectors from")
-    steps = min(steps, max(len(p) for p in parts))
-    parts = [p for p in parts if len(p) >= steps]
+    steps = min(steps, max(len(p.ts) for p in parts))
+    parts = [p for p in parts if len(p.ts) >= steps]
     specs = model.state_specs()
-    x_rows, state_rows = [], []
+    windows, state_rows = [], []
     with torch.no_grad():
         for i in range(rows):
             part = parts[i % len(parts)]
-            start = 0 if i == 0 else round(i / max(rows - 1, 1) * (len(part) - steps))
+            start = 0 if i == 0 else round(i / max(rows - 1, 1) * (len(part.ts) - steps))
             states = model.init_states(1)
             if start:
-                prefix = _scaled(scaler, part[:start])
+                prefix = _scaled(scaler, part.inputs[:start])
                 _, *states = model(torch.from_numpy(prefix[None]), *states)
-            x_rows.append(part[start : start + steps])
+            windows.append(part.window(start, steps))
             state_rows.append([s.numpy() for s in states])
-        x = np.stack(x_rows).astype(np.float32)
+        x = np.stack([w.values for w in windows]).astype(np.float32)
+        ts = np.stack([w.ts for w in windows])
+        inputs = np.stack([w.inputs for w in windows])
         states_in = [
             np.concatenate([r[k] for r in state_rows], axis=spec.batch_axis)
             for k, spec in enumerate(specs)
         ]
         y, *states_out = model(
-            torch.from_numpy(_scaled(scaler, x)), *(torch.from_numpy(s) for s in states_in)
+            torch.from_numpy(_scaled(scaler, inputs)), *(torch.from_numpy(s) for s in states_in)
         )
     mean = np.asarray(scaler.targets.mean, np.float64)
     std = np.asarray(scaler.targets.std, np.float64)
     golden = GoldenVectors(
         x=GoldenTensor.of(x),
+        ts=GoldenTensor.of(ts) if encoder is not None and encoder.needs_ts else None,
         states=[GoldenTensor.of(s) for s in states_in],
         y=GoldenTensor.of(y.numpy().astype(np.float64) * std + mean),
         states_out=[GoldenTensor.of(s.numpy()) for s in states_out],
@@ -210,13 +219,37 @@ def golden_vectors(
     )
     # Real readings reach further than the parity check's random ones (a fault spike is
     # many stds out); onnxruntime must still agree to the floor every graph is held to.
-    error = golden.max_error(scaler, _onnx_step(graph, specs))
+    error = golden.max_error(
+        scaler,
+        _onnx_step(graph, specs),
+        None if encoder is None or encoder.identity else encoder.encode,
+    )
     if not error <= GOLDEN_FLOOR:
         raise ExportError(
             f"onnxruntime differs from torch by {error:.3g} on readings of the training data "
             f"(tolerance {GOLDEN_FLOOR})"
         )
     return golden.model_copy(update={"tolerance": max(GOLDEN_FLOOR, GOLDEN_MARGIN * error)})
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Readings of one stream: raw values, their timestamps, the model's inputs."""
+
+    values: np.ndarray
+    ts: np.ndarray
+    inputs: np.ndarray
+
+    @classmethod
+    def train(cls, series: Series, splits: Splits) -> _Part:
+        """The training part of `series`."""
+        keep = splits.part(series.ts, "train")
+        return cls(series.values[keep], series.ts[keep], series.inputs[keep])
+
+    def window(self, start: int, steps: int) -> _Part:
+        """`steps` readings from `start`."""
+        cut = slice(start, start + steps)
+        return _Part(self.values[cut], self.ts[cut], self.inputs[cut])
 
 
 def feature_ranges(dataset: Dataset, splits: Splits) -> list[tuple[float, float]]:
@@ -242,6 +275,7 @@ def build_card(
     targets: list[str],
     period: float,
     scaler: Any,
+    derived: DerivedInputs | None = None,
     warmup_steps: int,
     data: str,
     fingerprint: str,
@@ -260,6 +294,7 @@ def build_card(
         head=model.config.head,
         description=description,
         features=features,
+        derived=derived or DerivedInputs(),
         targets=targets,
         horizon=model.config.horizon,
         period=period,
@@ -297,7 +332,7 @@ def save_model(card: ModelCard, graph: onnx.ModelProto, model: Forecaster, direc
 
 
 def _scaled(scaler: ScalerSet, raw: np.ndarray) -> np.ndarray:
-    """Raw readings scaled as the service scales them (float32)."""
+    """Model inputs scaled as the service scales them (float32)."""
     return np.asarray(scaler.features.transform(np.asarray(raw, np.float32)), np.float32)
 
 

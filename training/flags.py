@@ -43,7 +43,10 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "val_start", "test_start", "test_end", "extra_tests", "variance_until", "val_windows",
         "ar_order",
     ),
-    "model": ("kind", "horizon", "hidden", "layers", "dropout", "lags", "skip", "head"),
+    "model": (
+        "kind", "horizon", "hidden", "layers", "dropout", "lags", "skip", "head", "angles",
+        "calendar",
+    ),
     "optimisation": (
         "chunk", "burn_in", "batch_size", "lr", "weight_decay", "clip_norm", "loss_weights",
         "lr_decay", "max_epochs", "patience", "refit_epochs", "seed", "device",
@@ -118,7 +121,7 @@ def add_field_flag(
     if default is not None:
         help_text = re.sub(r" \(default: [^)]*\)$", "", help_text)
         help_text += f" (default: {default})" if default else ""
-    elif field_default is not None and field_default != {}:
+    elif field_default not in (None, {}, []):
         help_text += f" (default {_shown(field_default)})"
     group.add_argument(
         _FLAG_NAMES.get(name, "--" + name.replace("_", "-")), help=help_text, **kwargs

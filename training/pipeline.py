@@ -70,7 +70,12 @@ def train_and_export(
     check_gru_nodes(graph)
     parity = parity_error(result.model, graph)
     golden = golden_vectors(
-        result.model, graph, result.scaler, result.dataset.series(), result.splits
+        result.model,
+        graph,
+        result.scaler,
+        result.dataset.series(),
+        result.splits,
+        encoder=result.dataset.encoder,
     )
     card = build_card(
         model=result.model,
@@ -81,6 +86,7 @@ def train_and_export(
         targets=result.dataset.targets,
         period=result.dataset.period,
         scaler=result.scaler,
+        derived=result.dataset.derived,
         warmup_steps=_warmup(config, result.model),
         data=result.dataset.source,
         fingerprint=result.dataset.fingerprint,

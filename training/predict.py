@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.core.inputs import InputEncoder
 from service.modelcard import ModelCard
 from training.errors import TrainingDataError
 from training.models import Forecaster, ModelConfig, build_model
@@ -60,15 +61,22 @@ def load_checkpoint(model_dir: Path) -> tuple[Forecaster, dict[str, Any]]:
     return model, checkpoint
 
 
-def offline_forecast(model_dir: Path, series: np.ndarray) -> np.ndarray:
-    """De-normalised forecasts ``[T, horizon, n_targets]`` for one stream's raw ``[T, n_features]``."""
+def offline_forecast(
+    model_dir: Path, series: np.ndarray, ts: np.ndarray | None = None
+) -> np.ndarray:
+    """De-normalised forecasts ``[T, horizon, n_targets]`` for one stream's raw readings
+    ``[T, n_features]`` taken at `ts` ``[T]`` (epoch seconds; needed when the card derives
+    calendar inputs)."""
     card = ModelCard.read(Path(model_dir))
     series = np.asarray(series, np.float32)
     if series.ndim != 2 or series.shape[1] != card.n_features:
         raise TrainingDataError(
             f"series must be [T, {card.n_features}] ({', '.join(card.features)}), got {series.shape}"
         )
+    encoder = InputEncoder(card.features, card.derived)
+    if encoder.needs_ts and (ts is None or np.shape(ts) != (len(series),)):
+        raise TrainingDataError(f"{card.ref} derives calendar inputs: give the {len(series)} ts")
     model, _ = load_checkpoint(Path(model_dir))
-    scaled = card.scaler.features.transform(series).astype(np.float32)
+    scaled = card.scaler.features.transform(encoder.encode(series, ts)).astype(np.float32)
     y = run_streams(model, [scaled])[0]
     return np.asarray(card.scaler.targets.inverse(y), np.float32)

@@ -162,7 +162,7 @@ def train(
         else None
     )
 
-    model = build_model(config.model_config_for(dataset.features, dataset.targets, scaler))
+    model = build_model(config.model_config_for(dataset.inputs, dataset.targets, scaler))
     model.to(device)
     log.info("training on %s", device)
     optimiser = torch.optim.AdamW(
@@ -316,6 +316,7 @@ def load_data(config: TrainConfig) -> Dataset:
         n_streams=config.n_streams,
         n_steps=config.n_steps,
         seed=config.data_seed,
+        derived=config.derived_inputs(),
     )
 
 
@@ -365,11 +366,12 @@ def resolve_val_windows(config: TrainConfig, splits: Splits) -> list[tuple[float
 def prepare_streams(
     series: list[Series], dataset: Dataset, scaler: Any, horizon: int
 ) -> list[StreamArrays]:
-    """Scale each stream and line up its direct multi-horizon targets: y[t, h] = target[t + 1 + h]."""
+    """Scale each stream's inputs and line up its direct multi-horizon targets:
+    y[t, h] = target[t + 1 + h]."""
     out = []
     idx = dataset.target_index
     for s in series:
-        x = scaler.features.transform(s.values).astype(np.float32)
+        x = scaler.features.transform(s.inputs).astype(np.float32)
         n = len(x)
         y = np.zeros((n, horizon, len(idx)), np.float32)
         target_ts = np.full((n, horizon), np.inf)

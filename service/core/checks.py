@@ -193,12 +193,15 @@ class ReadingChecks:
 
 def _value_bounds(card: ModelCard, config: EngineConfig) -> tuple[np.ndarray, np.ndarray] | None:
     """The lowest and highest value accepted per feature: the card's training range widened
-    by `out_of_range_margin` training standard deviations (None: no check)."""
+    by `out_of_range_margin` training standard deviations (None: no check). An angle the card
+    encodes as sine and cosine has no range: every angle is one of its training range's."""
     ranges = card.feature_ranges
     if ranges is None or config.out_of_range == "accept":
         return None
     span = np.asarray(ranges, np.float64)
-    margin = config.out_of_range_margin * np.asarray(card.scaler.features.std, np.float64)
+    inputs, std = card.inputs, card.scaler.features.std
+    feature_std = [std[inputs.index(f)] if f in inputs else np.inf for f in card.features]
+    margin = config.out_of_range_margin * np.asarray(feature_std, np.float64)
     return (span[:, 0] - margin).astype(np.float32), (span[:, 1] + margin).astype(np.float32)
 
 

@@ -193,10 +193,10 @@ class StreamEngine:
         if not due.any():
             return None
         slots, reasons = slots[due], reasons[due]
-        _, values, kept = store.kept_readings(slots)
+        ts, values, kept = store.kept_readings(slots)
         n = np.minimum(kept, self.card.warmup_steps)
         n[reasons == REWARM_MISSING_HISTORY] = 0
-        seconds = self._rounds.rewarm(store, slots, values, n)
+        seconds = self._rounds.rewarm(store, slots, ts, values, n)
         store.rewarmed(slots, n)
         counts = np.bincount(reasons, minlength=len(REWARM_REASONS) + 1)
         return {REWARM_REASONS[r]: int(counts[r]) for r in REWARM_REASONS if counts[r]}, seconds

@@ -1,7 +1,8 @@
 """One round: one model call that applies one reading to each of a set of distinct streams.
 
-`RoundRunner.run` gathers the streams' states from the `StateStore`, scales the readings'
-values with the card's scaler, calls the `StepModel` once, scatters the new states back,
+`RoundRunner.run` gathers the streams' states from the `StateStore`, turns the readings'
+values into the model's inputs (`service.core.inputs`, when the card derives any) and
+scales them with the card's scaler, calls the `StepModel` once, scatters the new states back,
 records the readings in the streams' bookkeeping and de-normalises the forecasts. The model
 input and the scalers tiled to the round's size are kept from round to round.
 """
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from service.core.inputs import InputEncoder
 from service.core.model import StepModel
 from service.core.state import StateStore
 from service.errors import InferenceError
@@ -24,9 +26,9 @@ class _RoundBuffers(NamedTuple):
     """What a round of `batch` readings reuses: the model input and the tiled scalers."""
 
     batch: int
-    x: np.ndarray  # [batch, 1, n_features], the model input
-    x_rows: np.ndarray  # the same memory as [batch, n_features]
-    x_mean: np.ndarray  # [batch, n_features]
+    x: np.ndarray  # [batch, 1, n_inputs], the model input
+    x_rows: np.ndarray  # the same memory as [batch, n_inputs]
+    x_mean: np.ndarray  # [batch, n_inputs]
     x_std: np.ndarray
     y_shape: tuple[int, ...]  # what the model must return
     values_shape: tuple[int, int, int]  # [batch, horizon, n_targets]
@@ -40,13 +42,14 @@ class RoundRunner:
     def __init__(self, model: StepModel) -> None:
         self.model = model
         self.card = card = model.card
+        self._inputs = InputEncoder(card.features, card.derived)
         self._x_mean = np.asarray(card.scaler.features.mean, np.float32)
         self._x_std = np.asarray(card.scaler.features.std, np.float32)
         # tiled over the horizon, so de-normalising runs over rows of horizon * n_targets
         # values rather than an inner loop of n_targets (~10x faster with 3 targets)
         self._y_mean = np.tile(np.asarray(card.scaler.targets.mean, np.float32), card.horizon)
         self._y_std = np.tile(np.asarray(card.scaler.targets.std, np.float32), card.horizon)
-        self._x_flat = np.empty((0, card.n_features), np.float32)
+        self._x_flat = np.empty((0, card.n_inputs), np.float32)
         self._y_shape = (card.horizon, card.n_targets)
         self._buffers = self._round_buffers(0)
 
@@ -69,7 +72,11 @@ class RoundRunner:
         n = len(slots)
         buffers = self._buffers if self._buffers.batch == n else self._round_buffers(n)
         states = store.gather(slots, reuse=True)
-        x_rows = np.subtract(x_raw, buffers.x_mean, out=buffers.x_rows)
+        if self._inputs.identity:
+            x_rows = np.subtract(x_raw, buffers.x_mean, out=buffers.x_rows)
+        else:
+            x_rows = self._inputs.encode(x_raw, ts, out=buffers.x_rows)
+            x_rows -= buffers.x_mean
         x_rows /= buffers.x_std
         started = time.perf_counter()
         y, new_states = self.model.step(buffers.x, states)
@@ -100,19 +107,27 @@ class RoundRunner:
         return values, warm, seconds
 
     def rewarm(
-        self, store: StateStore, slots: np.ndarray, values: np.ndarray, n: np.ndarray
+        self,
+        store: StateStore,
+        slots: np.ndarray,
+        ts: np.ndarray,
+        values: np.ndarray,
+        n: np.ndarray,
     ) -> float:
         """Run the model from the initial state of `slots` (distinct) over each one's last
-        `n` readings of `values` (raw, ``[len(slots), K, n_features]``, right-aligned), one
-        model call per step across the slots; the states are scattered back, nothing else
-        is recorded. Returns the model calls' seconds."""
+        `n` readings of `values` (raw, ``[len(slots), K, n_features]``, right-aligned, taken
+        at `ts` ``[len(slots), K]``), one model call per step across the slots; the states
+        are scattered back, nothing else is recorded. Returns the model calls' seconds."""
         store.reset(slots)
         steps = int(n.max(initial=0))
         k = values.shape[1]
         seconds = 0.0
         for j in range(steps):
             active = np.flatnonzero(n >= steps - j)
-            x = (values[active, k - steps + j] - self._x_mean) / self._x_std
+            at = k - steps + j
+            x = (
+                self._inputs.encode(values[active, at], ts[active, at]) - self._x_mean
+            ) / self._x_std
             states = store.gather(slots[active])
             started = time.perf_counter()
             _, new_states = self.model.step(x[:, None, :].astype(np.float32), states)
@@ -128,7 +143,7 @@ class RoundRunner:
             # during the call): fresh memory each round costs the model call ~2% at batch
             # 256, in cache misses
             self._x_flat = np.empty(
-                (max(batch, 2 * len(self._x_flat)), self.card.n_features), np.float32
+                (max(batch, 2 * len(self._x_flat)), self.card.n_inputs), np.float32
             )
         rows = self._x_flat[:batch]
         horizon, targets = self._y_shape

@@ -47,7 +47,7 @@ def test_onnx_without_card_is_a_clear_error():
                     "targets": {"mean": [0.0], "std": [1.0]},
                 }
             },
-            "feature scaler has 1 columns for 2 features",
+            "feature scaler has 1 columns for 2 inputs",
         ),
         (
             {

@@ -97,7 +97,8 @@ def test_export_refuses_a_graph_that_differs_from_torch_on_training_readings() -
     with torch.no_grad():
         model.head.bias += 1e-3  # torch now differs from the exported graph
     rng = np.random.default_rng(0)
-    series = [Series("a", np.arange(40.0), rng.normal(10, 2, (40, 2)).astype(np.float32))]
+    values = rng.normal(10, 2, (40, 2)).astype(np.float32)
+    series = [Series("a", np.arange(40.0), values, values)]
     scaler = ScalerSet(
         features=Scaler(mean=[10.0, 10.0], std=[2.0, 2.0]), targets=Scaler(mean=[10.0], std=[2.0])
     )
