@@ -18,7 +18,7 @@ from service.registry import ModelRef, Registry, write_model
 from training.config import TrainConfig, load_config, load_saved_config
 from training.data import Splits, parse_time
 from training.errors import TrainingDataError
-from training.evaluate import card_metrics, evaluate, plot_forecasts, plot_losses, write_report
+from training.evaluate import card_metrics, evaluate, write_report
 from training.export import (
     build_card,
     check_gru_nodes,
@@ -29,6 +29,7 @@ from training.export import (
     save_model,
 )
 from training.models import Forecaster
+from training.plots import plot_forecasts, plot_losses
 from training.predict import CHECKPOINT_FILE, load_checkpoint, run_streams
 from training.summary import when
 from training.train import TrainResult, load_data, prepare_streams, resolve_splits, train

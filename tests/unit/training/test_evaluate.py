@@ -19,11 +19,10 @@ from training.evaluate import (
     fit_ar,
     headline,
     persistence_forecast,
-    plot_forecasts,
-    plot_losses,
     predict_ar,
 )
 from training.models import Forecaster, ModelConfig, build_model
+from training.plots import plot_forecasts, plot_losses
 from training.train import prepare_streams
 
 
