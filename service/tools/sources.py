@@ -2,9 +2,10 @@
 
 A long table has a ``stream_id`` column, a ``ts`` column (epoch seconds or ISO-8601) and
 one numeric column per feature; an empty cell is a feature missing from that reading.
-Built-ins: ``synthetic`` (the seeded simulator in `service.simulate`) and ``sunspots`` (the
+Built-ins: ``synthetic`` (the seeded simulator in `service.simulate`), ``sunspots`` (the
 yearly record shipped with statsmodels: one stream, feature ``sunspots``, ``ts`` = 1 January
-of each year). Files need pandas (and pyarrow for Parquet), from the ``train`` extra.
+of each year) and ``la-haute-borne`` (four wind turbines' 10-minute SCADA readings
+2014-2015 from the openoa wheel, repaired as training repairs them: `training.haute_borne`). Files need pandas (and pyarrow for Parquet), from the ``train`` extra.
 
 Whatever the source, a `ReadingTable` holds the readings in replay order: by time, streams
 interleaved, each stream's own order kept.
@@ -25,7 +26,7 @@ from service.errors import DataSourceError
 
 __all__ = ["BUILTINS", "ReadingTable", "load_source", "parse_time", "read_table", "synthetic"]
 
-BUILTINS = ("synthetic", "sunspots")
+BUILTINS = ("synthetic", "sunspots", "la-haute-borne")
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,22 @@ def _sunspots() -> ReadingTable:
     return ReadingTable("sunspots", ["sunspots"] * len(years), ts, values, ("sunspots",))
 
 
+def _haute_borne() -> ReadingTable:
+    try:
+        from training.errors import TrainingDataError
+        from training.haute_borne import load_haute_borne
+    except ImportError as exc:
+        raise DataSourceError(
+            f"la-haute-borne is read by the trainer's loader: pip install 'sensorcast[train]' "
+            f"({_first_line(exc)})"
+        ) from exc
+    try:
+        frame = load_haute_borne()
+    except TrainingDataError as exc:  # the openoa wheel is missing: it says how to install it
+        raise DataSourceError(str(exc)) from exc
+    return _from_frame(frame, "la-haute-borne")
+
+
 def read_table(path: Path) -> ReadingTable:
     """Read a CSV or Parquet long table; any problem raises one `DataSourceError` line."""
     pd = _pandas()
@@ -244,6 +261,11 @@ def load_source(
     """A built-in by name, or a file by path; limited to `streams` and `steps`, shifted to `start_ts`."""
     if source == "synthetic":
         return synthetic(streams or 100, steps or 288, seed=seed, start_ts=start_ts, period=period)
-    table = _sunspots() if source == "sunspots" else read_table(Path(source))
+    if source == "sunspots":
+        table = _sunspots()
+    elif source == "la-haute-borne":
+        table = _haute_borne()
+    else:
+        table = read_table(Path(source))
     table = table.limit(streams, steps)
     return table if start_ts is None else table.shifted(start_ts)

@@ -141,3 +141,20 @@ def test_parse_time() -> None:
         parse_time("soon")
     with pytest.raises(DataSourceError, match="not a finite number"):
         parse_time("nan")
+
+
+def test_la_haute_borne_builtin_replays_the_table_training_reads() -> None:
+    from training.data import load_dataset
+
+    table = load_source("la-haute-borne", streams=4, steps=500)
+    assert table.features == ("P_avg", "Ot_avg", "Ws_avg", "Ba_avg", "Wa_avg")
+    assert table.n_streams == 4 and len(table) == 2000
+    assert (np.diff(table.ts) >= 0).all()  # in time order, turbines interleaved
+    trained = load_dataset("la-haute-borne", gaps="refuse", max_gap_periods=1e9).table
+    for sid in sorted(set(table.stream_ids)):
+        mine = np.asarray([s == sid for s in table.stream_ids])
+        theirs = trained[trained["stream_id"] == sid].head(500)
+        np.testing.assert_array_equal(table.ts[mine], theirs["ts"].to_numpy())
+        np.testing.assert_allclose(
+            table.values[mine], theirs[list(table.features)].to_numpy(), equal_nan=True
+        )
