@@ -19,9 +19,12 @@ Per reading, in this order:
 3. ``ts == last_ts``: dropped as a duplicate; ``ts < last_ts``: dropped as late;
 4. a gap of more than ``max_gap_periods`` card periods since ``last_ts`` resets the stream's
    state under the ``reset`` gap policy;
-5. the reading is applied and its forecast made, de-normalised with the card's scaler, for
+5. the stream's outstanding forecasts are scored against the reading and the reading gets
+   its anomaly score (`service.core.scoring`; the sums come back in `BatchResult.scores`);
+6. the reading is applied and its forecast made, de-normalised with the card's scaler, for
    ``ts + k * period`` (k = 1..horizon), ``warm`` once the stream has seen the card's
-   warm-up steps since its state was last (re)initialised.
+   warm-up steps since its state was last (re)initialised; a warm forecast is kept to be
+   scored.
 
 Before any of that, a stream whose state another model wrote (`StateStore`: a restore of
 another model's record, or `replace_model`) is re-warmed: the model runs from its initial
@@ -50,6 +53,7 @@ from service.core.objects import batch_of, result_of
 from service.core.readings import DropReason, ForecastBatch, Reading, ReadingBatch, Reject
 from service.core.results import BatchResult, EngineResult, EngineStats
 from service.core.rounds import RoundRunner
+from service.core.scoring import Outstanding, ScoreSums, one_step_variance
 from service.core.state import REWARM_MISSING_HISTORY, REWARM_REASONS, StateStore
 from service.core.values import FeatureValues
 from service.core.waves import Round, Wave, in_row_order, is_one_wave, waves
@@ -83,10 +87,25 @@ class StreamEngine:
                 history=self._history(card),
                 features=card.features,
                 model=self.fingerprint,
+                outstanding=self._outstanding(card),
             )
         )
         self.stats = EngineStats()
         self._use(model)
+
+    def _outstanding(self, card: ModelCard) -> Outstanding | None:
+        """What keeps `card`'s forecasts to be scored: None when they are not scored
+        (`score_forecasts` off, or a target the readings do not carry)."""
+        config = self.config
+        if not config.score_forecasts or any(t not in card.features for t in card.targets):
+            return None
+        return Outstanding(
+            card.horizon,
+            card.n_targets,
+            card.period,
+            seed=one_step_variance(card),
+            threshold=config.anomaly_threshold,
+        )
 
     def _history(self, card: ModelCard) -> int:
         """Readings each stream keeps: ``history`` when set, else the card's warm-up steps."""
@@ -102,7 +121,7 @@ class StreamEngine:
             raise ConfigError("last-value imputation needs a store that keeps the last values")
         self._values = FeatureValues(card.features, impute=config.impute == "last")
         self._checks = ReadingChecks(card, config)
-        self._rounds = RoundRunner(model)
+        self._rounds = RoundRunner(model, replace_anomalies=config.anomaly_policy == "replace")
         # a placeholder until a call's forecasts are known
         self._no_forecasts = ForecastBatch.empty(card.horizon, card.n_targets, card.period)
 
@@ -130,6 +149,7 @@ class StreamEngine:
             model=fingerprint_of(model),
             features=card.features,
             history=max(self._history(card), self.store.history),
+            outstanding=self._outstanding(card),
         )
         self.model, self.card, self.fingerprint = model, card, fingerprint_of(model)
         self._use(model)
@@ -162,18 +182,21 @@ class StreamEngine:
         fits = n > 0 and (cap is None or n <= cap)
         known = store.lookup(ids)  # None when some stream is new
         rewarms = self._rewarm(ids, known) if store.rewarms_pending else None
+        card = self.card
+        sums = ScoreSums(card.horizon, card.n_targets) if store.scoring.enabled else None
         if known is not None:
             slots = known
             rows = store.claim(slots) if fits else None
             one_wave = rows is not None
             if rows is not None and self._checks.clean(batch, rows):
-                result = self._clean_round(batch, slots, rows, now)
+                result = self._clean_round(batch, slots, rows, now, sums)
             else:
-                result = self._rounds_of(batch, slots, one_wave, now)
+                result = self._rounds_of(batch, slots, one_wave, now, sums)
         else:
             slots = store.slots_of(ids)
             one_wave = fits and is_one_wave(ids, slots, store)
-            result = self._rounds_of(batch, slots, one_wave, now)
+            result = self._rounds_of(batch, slots, one_wave, now, sums)
+        result.scores = sums
         result.expired = expired
         if rewarms is not None:
             result.rewarms, result.rewarm_seconds = rewarms
@@ -202,33 +225,54 @@ class StreamEngine:
         return {REWARM_REASONS[r]: int(counts[r]) for r in REWARM_REASONS if counts[r]}, seconds
 
     def _clean_round(
-        self, batch: ReadingBatch, slots: np.ndarray, rows: np.ndarray, now: float
+        self,
+        batch: ReadingBatch,
+        slots: np.ndarray,
+        rows: np.ndarray,
+        now: float,
+        sums: ScoreSums | None,
     ) -> BatchResult:
         """The common case as one round: `batch` passed `ReadingChecks.clean`, `slots` are
         its streams' and `rows` their bookkeeping, from `StateStore.claim`. The forecasts
         share the batch's columns."""
         ts, offsets = batch.ts, batch.offsets
-        values, warm, seconds = self._rounds.run(
-            self.store, slots, ts, offsets, batch.values, now, rows
+        out = self._rounds.run(
+            self.store,
+            slots,
+            ts,
+            offsets,
+            batch.values,
+            now,
+            rows,
+            partitions=batch.partitions,
+            sums=sums,
         )
+        anomaly = out.anomaly
         return BatchResult(
             ForecastBatch(
                 batch.stream_ids,
                 ts,
-                values,
-                warm,
+                out.values,
+                out.warm,
                 batch.partitions,
                 offsets,
                 batch.received,
                 self.card.period,
+                None if anomaly is None else anomaly.score,
+                None if anomaly is None else anomaly.over,
             ),
             round_sizes=[len(slots)],
-            round_seconds=[seconds],
+            round_seconds=[out.seconds],
             evicted=self.store.drain_evicted(),
         )
 
     def _rounds_of(
-        self, batch: ReadingBatch, slots: np.ndarray, one_wave: bool, now: float
+        self,
+        batch: ReadingBatch,
+        slots: np.ndarray,
+        one_wave: bool,
+        now: float,
+        sums: ScoreSums | None,
     ) -> BatchResult:
         """The general path: rejects, drops, gaps, new streams, several readings of a stream.
 
@@ -243,7 +287,7 @@ class StreamEngine:
         rejects: list[tuple[int, Reject]] = []
         drops: list[tuple[int, DropReason]] = []
         for idx in split:
-            done = self._apply(batch, idx, now, result, rejects, drops, slots)
+            done = self._apply(batch, idx, now, result, rejects, drops, slots, sums)
             if done is not None:
                 rounds.append(done)
         card = self.card
@@ -270,6 +314,7 @@ class StreamEngine:
         rejects: list[tuple[int, Reject]],
         drops: list[tuple[int, DropReason]],
         batch_slots: np.ndarray,
+        sums: ScoreSums | None,
     ) -> Round | None:
         """One round over the rows `idx` of `batch` (all of them, in order, when None);
         `batch_slots` are the batch's slots as looked up before its first round.
@@ -283,7 +328,8 @@ class StreamEngine:
         fresh = wave.ts > wave.last_ts
         fresh &= wave.ts < np.inf
         fresh &= wave.offsets > wave.applied
-        if np.isnan(wave.x).any():
+        missing = np.isnan(wave.x)
+        if missing.any():
             checks.fill_missing(wave, store)
         if wave.problems or not fresh.all():
             # 1. already applied; 2. bad values and timestamps; 3. duplicate or late
@@ -298,13 +344,28 @@ class StreamEngine:
         if n_gaps:
             result.resets += checks.apply_gap_policy(store, slots, gap)
 
-        # 5. one model call over the wave
-        values, warm, seconds = self._rounds.run(store, slots, wave.ts, wave.offsets, wave.x, now)
+        # 5. and 6. scoring, and one model call over the wave
+        observed = None
+        if sums is not None and missing.any():  # imputed values are not observations
+            read = batch.values if wave.rows is None else batch.values[wave.rows]
+            observed = ~np.isnan(read[:, self._rounds.targets])
+        partitions = batch.partitions if wave.rows is None else batch.partitions[wave.rows]
+        out = self._rounds.run(
+            store,
+            slots,
+            wave.ts,
+            wave.offsets,
+            wave.x,
+            now,
+            partitions=partitions,
+            observed=observed,
+            sums=sums,
+        )
         if n_gaps:
             checks.remember_jumps(store, slots, gap, wave.last_ts)
         result.round_sizes.append(len(slots))
-        result.round_seconds.append(seconds)
-        return wave.rows, values, warm
+        result.round_seconds.append(out.seconds)
+        return wave.rows, out.values, out.warm, out.anomaly
 
     # -- objects: tests and tools -------------------------------------------------------
 

@@ -10,6 +10,15 @@ from service.errors import ConfigError
 
 __all__ = ["EngineConfig"]
 
+# the settings that take one of a few values, and those values
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "gap_policy": ("reset", "keep"),
+    "impute": ("reject", "last"),
+    "state_dtype": ("float32", "float16"),
+    "out_of_range": ("reject", "clip", "accept"),
+    "anomaly_policy": ("apply", "replace"),
+}
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -37,29 +46,32 @@ class EngineConfig:
     history: int | None = None
     """Applied readings each stream keeps to re-warm its state for another model; None: the
     card's warm-up steps."""
+    score_forecasts: bool = True
+    """Score each warm forecast against the readings that follow it (`service.core.scoring`);
+    off saves each stream's outstanding forecasts (horizon x (horizon + 1) x targets floats)."""
+    anomaly_threshold: float = 6.0
+    """A reading whose residual from its one-step forecast is more than this many running
+    one-step error scales away, in any target, is flagged as an anomaly."""
+    anomaly_policy: Literal["apply", "replace"] = "apply"
+    """A flagged reading updates the state as it is (apply), or with its flagged targets'
+    values replaced by the forecast made for them one step earlier (replace)."""
 
     def __post_init__(self) -> None:
-        if not self.max_gap_periods > 0:
-            raise ConfigError(f"max_gap_periods must be > 0, got {self.max_gap_periods}")
-        if self.gap_policy not in ("reset", "keep"):
-            raise ConfigError(f"gap_policy must be 'reset' or 'keep', got {self.gap_policy!r}")
-        if self.impute not in ("reject", "last"):
-            raise ConfigError(f"impute must be 'reject' or 'last', got {self.impute!r}")
-        if self.ttl_seconds is not None and not self.ttl_seconds > 0:
-            raise ConfigError(f"ttl_seconds must be > 0 or unset, got {self.ttl_seconds}")
-        if self.max_streams is not None and self.max_streams < 1:
-            raise ConfigError(f"max_streams must be >= 1 or unset, got {self.max_streams}")
-        if self.state_dtype not in ("float32", "float16"):
-            raise ConfigError(f"state_dtype must be float32 or float16, got {self.state_dtype!r}")
-        if self.initial_capacity < 1:
-            raise ConfigError(f"initial_capacity must be >= 1, got {self.initial_capacity}")
-        if self.out_of_range not in ("reject", "clip", "accept"):
-            raise ConfigError(
-                f"out_of_range must be 'reject', 'clip' or 'accept', got {self.out_of_range!r}"
-            )
-        if not self.out_of_range_margin >= 0:
-            raise ConfigError(f"out_of_range_margin must be >= 0, got {self.out_of_range_margin}")
-        if self.history is not None and not 0 <= self.history <= 65535:
-            raise ConfigError(f"history must be 0 to 65535 or unset, got {self.history}")
-        if self.clock_recovery < 0:
-            raise ConfigError(f"clock_recovery must be >= 0, got {self.clock_recovery}")
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                names = [repr(a) for a in allowed]
+                ways = f"{', '.join(names[:-1])} or {names[-1]}"
+                raise ConfigError(f"{name} must be {ways}, got {value!r}")
+        for name, ok, rule in (
+            ("max_gap_periods", self.max_gap_periods > 0, "> 0"),
+            ("ttl_seconds", self.ttl_seconds is None or self.ttl_seconds > 0, "> 0 or unset"),
+            ("max_streams", self.max_streams is None or self.max_streams >= 1, ">= 1 or unset"),
+            ("initial_capacity", self.initial_capacity >= 1, ">= 1"),
+            ("out_of_range_margin", self.out_of_range_margin >= 0, ">= 0"),
+            ("history", self.history is None or 0 <= self.history <= 65535, "0 to 65535 or unset"),
+            ("anomaly_threshold", self.anomaly_threshold > 0, "> 0"),
+            ("clock_recovery", self.clock_recovery >= 0, ">= 0"),
+        ):
+            if not ok:
+                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)}")

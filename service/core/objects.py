@@ -46,6 +46,7 @@ def result_of(done: BatchResult, readings: Sequence[Reading]) -> EngineResult:
         expired=done.expired,
         rewarms=done.rewarms,
         rewarm_seconds=done.rewarm_seconds,
+        scores=done.scores,
     )
     for row, reject in zip(done.reject_rows, done.rejects, strict=True):
         reject.reading = readings[row]

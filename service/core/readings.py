@@ -68,7 +68,9 @@ class Reading:
 class Forecast:
     """The forecast made right after applying one reading, in original units.
 
-    `values[k, j]` is target j at `horizon_ts[k]`.
+    `values[k, j]` is target j at `horizon_ts[k]`. `anomaly` is the reading's anomaly score
+    and `anomalous[j]` says whether its target j was over the threshold (None when
+    forecasts are not scored).
     """
 
     stream_id: str
@@ -79,6 +81,8 @@ class Forecast:
     partition: int = -1
     offset: int = -1
     received: float = 0.0
+    anomaly: float = 0.0
+    anomalous: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -165,7 +169,9 @@ class ForecastBatch:
 
     `values[i, k, j]` is target j, in original units, at ``ts[i] + (k + 1) * period``
     (see `horizon_ts`); `warm[i]` says whether the stream had seen the card's warm-up steps.
-    The other columns echo the reading's.
+    The other columns echo the reading's. When forecasts are scored, `anomaly[i]` is the
+    anomaly score of the reading the forecast was made at and `anomalous[i, j]` says
+    whether its target j was over the threshold (`service.core.scoring`); None otherwise.
     """
 
     stream_ids: list[str]
@@ -176,6 +182,8 @@ class ForecastBatch:
     offsets: np.ndarray
     received: np.ndarray
     period: float
+    anomaly: np.ndarray | None = None
+    anomalous: np.ndarray | None = None
 
     @classmethod
     def empty(cls, horizon: int, n_targets: int, period: float) -> ForecastBatch:
@@ -201,6 +209,7 @@ class ForecastBatch:
 
     def forecasts(self) -> list[Forecast]:
         """The rows as `Forecast` objects (for tests and tools; the hot path stays columnar)."""
+        n = len(self)
         return list(
             map(
                 Forecast,
@@ -212,5 +221,7 @@ class ForecastBatch:
                 self.partitions.tolist(),
                 self.offsets.tolist(),
                 self.received.tolist(),
+                [0.0] * n if self.anomaly is None else self.anomaly.tolist(),
+                [None] * n if self.anomalous is None else list(self.anomalous),
             )
         )

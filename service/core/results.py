@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.core.readings import DropReason, Forecast, ForecastBatch, Reading, Reject, RejectReason
+from service.core.scoring import ScoreSums
 
 __all__ = ["BatchResult", "EngineResult", "EngineStats"]
 
@@ -29,6 +30,8 @@ class _Outcome:
     """Streams re-warmed before their reading, by reason (`service.core.state.REWARM_REASONS`)."""
     rewarm_seconds: float = 0.0
     """Seconds the re-warms' model calls took."""
+    scores: ScoreSums | None = None
+    """The pairs scored and the anomalies counted, by partition (None: not scored)."""
 
 
 @dataclass

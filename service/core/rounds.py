@@ -1,9 +1,11 @@
 """One round: one model call that applies one reading to each of a set of distinct streams.
 
-`RoundRunner.run` gathers the streams' states from the `StateStore`, turns the readings'
-values into the model's inputs (`service.core.inputs`, when the card derives any) and
+`RoundRunner.run` scores the streams' outstanding forecasts against the readings (and
+gives each reading its anomaly score, `service.core.scoring`), gathers the streams' states
+from the `StateStore`, turns the readings' values into the model's inputs (`service.core.inputs`, when the card derives any) and
 scales them with the card's scaler, calls the `StepModel` once, scatters the new states back,
-records the readings in the streams' bookkeeping and de-normalises the forecasts. The model
+records the readings in the streams' bookkeeping, de-normalises the forecasts and keeps
+the warm ones to be scored. The model
 input and the scalers tiled to the round's size are kept from round to round.
 """
 
@@ -16,10 +18,21 @@ import numpy as np
 
 from service.core.inputs import InputEncoder
 from service.core.model import StepModel
+from service.core.scoring import AnomalyScores, ScoreSums
 from service.core.state import StateStore
 from service.errors import InferenceError
 
-__all__ = ["RoundRunner"]
+__all__ = ["RoundOutput", "RoundRunner"]
+
+
+class RoundOutput(NamedTuple):
+    """One round's forecasts in original units ``[n, horizon, n_targets]``, warm flags,
+    model call seconds, and the readings' anomaly scores (None when not scored)."""
+
+    values: np.ndarray
+    warm: np.ndarray
+    seconds: float
+    anomaly: AnomalyScores | None
 
 
 class _RoundBuffers(NamedTuple):
@@ -39,9 +52,14 @@ class _RoundBuffers(NamedTuple):
 class RoundRunner:
     """Runs the rounds of one step model over a `StateStore`'s streams."""
 
-    def __init__(self, model: StepModel) -> None:
+    def __init__(self, model: StepModel, *, replace_anomalies: bool = False) -> None:
         self.model = model
         self.card = card = model.card
+        self.replace_anomalies = replace_anomalies
+        features = card.features
+        self.targets = np.asarray(
+            [features.index(t) if t in features else -1 for t in card.targets], np.intp
+        )
         self._inputs = InputEncoder(card.features, card.derived)
         self._x_mean = np.asarray(card.scaler.features.mean, np.float32)
         self._x_std = np.asarray(card.scaler.features.std, np.float32)
@@ -62,14 +80,30 @@ class RoundRunner:
         x_raw: np.ndarray,
         now: float,
         rows: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Apply one reading to each of `slots` (distinct, ready): gather, scale, one model
-        call, scatter, bookkeeping. `ts` are epoch seconds, `x_raw` the raw values
+        *,
+        partitions: np.ndarray | None = None,
+        observed: np.ndarray | None = None,
+        sums: ScoreSums | None = None,
+    ) -> RoundOutput:
+        """Apply one reading to each of `slots` (distinct, ready): score, gather, scale, one
+        model call, scatter, bookkeeping. `ts` are epoch seconds, `x_raw` the raw values
         ``[n, n_features]``, `now` the wall-clock time. `rows`, the slots' bookkeeping from
-        `StateStore.claim`, come with every offset known to be new. Returns the forecasts in
-        original units ``[n, horizon, n_targets]``, the warm flags and the model call's
-        seconds; raises `InferenceError` when the model's output has the wrong shape."""
+        `StateStore.claim`, come with every offset known to be new. With `sums` (and a store
+        that scores), the streams' outstanding forecasts are scored against the readings,
+        by `partitions`, counting only target values `observed` ``[n, n_targets]`` (None:
+        all). Raises `InferenceError` when the model's output has the wrong shape."""
         n = len(slots)
+        scoring = store.scoring
+        anomaly = None
+        if sums is not None and scoring.enabled:
+            parts = np.zeros(n, np.int32) if partitions is None else partitions
+            actual = x_raw[:, self.targets]
+            residual = scoring.score(slots, ts, actual, observed, parts, sums)
+            anomaly = scoring.anomalies(slots, residual, parts, sums)
+            if self.replace_anomalies and anomaly.over.any():
+                x_raw = x_raw.copy()  # the batch's values stay as they were read
+                expected = actual - np.nan_to_num(residual)
+                x_raw[:, self.targets] = np.where(anomaly.over, expected, actual)
         buffers = self._buffers if self._buffers.batch == n else self._round_buffers(n)
         states = store.gather(slots, reuse=True)
         if self._inputs.identity:
@@ -104,7 +138,10 @@ class RoundRunner:
         values = y.reshape(buffers.values_shape)
         values *= buffers.y_std
         values += buffers.y_mean
-        return values, warm, seconds
+        if anomaly is not None:
+            kept = np.flatnonzero(warm)
+            scoring.remember(slots[kept], ts[kept], values[kept], x_raw[kept][:, self.targets])
+        return RoundOutput(values, warm, seconds, anomaly)
 
     def rewarm(
         self,

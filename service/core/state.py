@@ -16,6 +16,8 @@ work. The store composes one part per concern, each over the same slot axis:
   whether the round names a stream twice (`claim`);
 - `service.core.history`: each stream's last K applied readings, kept to re-warm its
   state when the model changes, and which streams are due a re-warm;
+- `service.core.scoring`: each stream's outstanding forecasts, scored against the readings
+  that follow, and its running one-step error scale (anomaly scores);
 - `service.core.staterecords`: dump and load as `service.core.statecodec` records.
 
 Every record names the model that wrote it (`model`, a fingerprint). A record of another
@@ -39,6 +41,7 @@ from service.core import statecodec
 from service.core.bookkeeping import StreamBook
 from service.core.history import History
 from service.core.recency import Recency
+from service.core.scoring import Outstanding
 from service.core.slots import SlotTable
 from service.core.staterecords import StateRecords
 from service.core.tensors import StateTensors
@@ -97,7 +100,9 @@ class StateStore:
     `n_last_values` > 0 also keeps each stream's last raw feature values (for last-value
     imputation); they are part of the dumped state. `history` > 0 keeps each stream's last
     that many applied readings of `features` (to re-warm it for another model); `model` is
-    the fingerprint its records carry. `max_streams` caps the number of
+    the fingerprint its records carry. `outstanding`, when given, keeps each stream's
+    outstanding forecasts for scoring (`service.core.scoring`; its slot axis is the store's).
+    `max_streams` caps the number of
     streams: `ensure` evicts the least recently used ones to make room, and the evicted ids
     are collected until `drain_evicted`. `ttl_seconds` makes `expire` drop streams not seen
     for that long.
@@ -116,6 +121,7 @@ class StateStore:
         history: int = 0,
         features: Sequence[str] = (),
         model: bytes = statecodec.NO_MODEL,
+        outstanding: Outstanding | None = None,
     ) -> None:
         _check_options(dtype, growth, max_streams, ttl_seconds)
         if history and not features:
@@ -131,8 +137,9 @@ class StateStore:
         self._book = StreamBook(n_last_values)
         self._recency = Recency(max_streams, ttl_seconds)
         self._history = History(history, len(features))
+        self.scoring = outstanding or Outstanding(1, 1, 1.0, enabled=False)
         self._records = StateRecords(
-            self._tensors, self._book, self._history, self._layout(model, features)
+            self._tensors, self._book, self._history, self.scoring, self._layout(model, features)
         )
         self._grow(max(1, capacity if max_streams is None else min(capacity, max_streams)))
 
@@ -146,6 +153,7 @@ class StateStore:
         self._book.grow(new)
         self._recency.grow(new)
         self._history.grow(new)
+        self.scoring.grow(new)
 
     def _layout(self, model: bytes, features: Sequence[str]) -> statecodec.RecordLayout:
         return statecodec.RecordLayout(
@@ -154,6 +162,8 @@ class StateStore:
             model,
             tuple(features) if self._history.k else (),
             self._history.k,
+            self.scoring.horizon,
+            self.scoring.n_targets if self.scoring.enabled else 0,
         )
 
     # -- size ---------------------------------------------------------------------------
@@ -173,7 +183,11 @@ class StateStore:
     def raw_state_bytes_per_stream(self) -> int:
         """Bytes of one stream's state tensors at the storage dtype and of its kept readings:
         the floor to compare with."""
-        return self._tensors.bytes_per_stream + self._history.bytes_per_stream
+        return (
+            self._tensors.bytes_per_stream
+            + self._history.bytes_per_stream
+            + self.scoring.bytes_per_stream
+        )
 
     @property
     def history(self) -> int:
@@ -203,7 +217,7 @@ class StateStore:
 
     def _array_bytes(self) -> int:
         parts = (self._tensors.nbytes, self._book.nbytes, self._slots.nbytes, self._history.nbytes)
-        return sum(parts) + self._recency.last_seen.nbytes
+        return sum(parts) + self._recency.last_seen.nbytes + self.scoring.nbytes
 
     # -- slots --------------------------------------------------------------------------
 
@@ -272,6 +286,7 @@ class StateStore:
         self._tensors.reset(out)
         self._book.start(out, self._recency.tick)
         self._history.start(out)
+        self.scoring.clear(out)
         self._recency.seen(out, now)
         return out
 
@@ -478,12 +493,14 @@ class StateStore:
         model: bytes,
         features: Sequence[str],
         history: int,
+        outstanding: Outstanding | None = None,
     ) -> None:
         """Hold another model's states from now on: tensors of `specs`, initial for every
         stream, each held stream that applied a reading due a re-warm (`rewarm_due`) from
         its kept readings, mapped onto `features` by name (a stream whose readings lack one
-        is due a reset instead); `history` readings kept from now on. Bookkeeping (applied
-        offsets, last timestamps, dirty flags) is kept."""
+        is due a reset instead); `history` readings kept from now on; the old model's
+        outstanding forecasts dropped (`outstanding` keeps the new model's). Bookkeeping
+        (applied offsets, last timestamps, dirty flags) is kept."""
         held = self._slots.active_slots()
         old = self._records.layout.features
         columns = (
@@ -494,8 +511,11 @@ class StateStore:
         self._tensors.grow(self._slots.capacity)
         self._tensors.reset(held)
         lacking = self._history.resize(history, columns, held)
+        self.scoring = outstanding or Outstanding(1, 1, 1.0, enabled=False)
+        self.scoring.grow(self._slots.capacity)
+        self.scoring.clear(held)
         self._records = StateRecords(
-            self._tensors, self._book, self._history, self._layout(model, features)
+            self._tensors, self._book, self._history, self.scoring, self._layout(model, features)
         )
         started = held[self._book.steps[held] > 0]
         self._history.unmark(held)

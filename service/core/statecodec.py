@@ -1,22 +1,28 @@
 """The binary record of one stream's state, as the changelog stores it.
 
-Layout, little-endian, format 2:
+Layout, little-endian, format 3:
 
-- a 58-byte header: the magic ``b"SCST"``, the format version (u8), the storage dtype (u8:
+- a 62-byte header: the magic ``b"SCST"``, the format version (u8), the storage dtype (u8:
   0 float32, 1 float16), the tensor count (u16), the last-value count (u16), ``last_ts``
   (f64), steps seen (i64), ``applied_offset`` (i64), the fingerprint of the model that wrote
   the state (16 bytes, `service.modelcard.model_fingerprint`), the feature count (u16), the
-  kept readings' capacity K (u16) and how many are kept (u16), and the byte length of the
-  feature names (u16);
+  kept readings' capacity K (u16) and how many are kept (u16), the byte length of the
+  feature names (u16), the outstanding forecasts' capacity E (u16, 0 when forecasts are not
+  scored) and the target count T (u16);
 - the model's feature names, UTF-8, one per line;
 - the stream's last K applied readings, oldest first and right-aligned (the kept ones last):
   their timestamps (K f64) and feature values in original units (K x features f32);
 - the last raw feature values (float32) when last-value imputation is on;
-- every state tensor in card order, in its per-stream shape, C order, at the storage dtype.
+- every state tensor in card order, in its per-stream shape, C order, at the storage dtype;
+- the outstanding forecasts (`service.core.scoring`), oldest first: the times they were made
+  at (E f64, NaN for none), the highest step scored (E u8), their readings' target values
+  (E x T f32) and the forecasts (E x E x T f32, E = the horizon); then the running one-step
+  error scale (T f32).
 
 A record is *foreign* when another model wrote it (another fingerprint), or when it has the
-format 1 of earlier versions (the 34-byte header, then the tensors and the last values, no
-kept readings). Its tensors mean nothing to this model: `decode` leaves them out, keeps its
+format 1 or 2 of earlier versions (format 2: the same without the outstanding forecasts and
+their two header fields; format 1: a 34-byte header, then the tensors and the last values,
+no kept readings). Its tensors mean nothing to this model: `decode` leaves them out, keeps its
 bookkeeping (``applied_offset`` above all) and maps its kept readings onto this model's
 features by name, for the engine to re-warm the stream from them (`StateStore`). Records
 are encoded and decoded a batch at a time, with numpy, because a checkpoint writes and a
@@ -38,6 +44,7 @@ __all__ = [
     "MAGIC",
     "NO_MODEL",
     "PENDING_REWARM",
+    "OutstandingRows",
     "RecordBatch",
     "RecordBuffer",
     "RecordLayout",
@@ -46,13 +53,14 @@ __all__ = [
 ]
 
 MAGIC = b"SCST"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 NO_MODEL = bytes(16)
 #: The model of a stream's record whose state is due a re-warm: no model's, whatever layout
 #: its (initial) tensors have, so that a restore re-warms it too.
 PENDING_REWARM = b"\xff" * 16
 _V1 = struct.Struct("<4sBBHHdqq")
-_HEADER = struct.Struct("<4sBBHHdqq16sHHHH")
+_V2 = struct.Struct("<4sBBHHdqq16sHHHH")
+_HEADER = struct.Struct("<4sBBHHdqq16sHHHHHH")
 _HEADER_DTYPE = np.dtype(
     [
         ("magic", "S4"),
@@ -68,6 +76,8 @@ _HEADER_DTYPE = np.dtype(
         ("history", "<u2"),
         ("history_len", "<u2"),
         ("names", "<u2"),
+        ("outstanding", "<u2"),
+        ("n_targets", "<u2"),
     ]
 )
 _DTYPE_CODES: dict[str, int] = {"float32": 0, "float16": 1}
@@ -81,17 +91,25 @@ def _names_block(features: Sequence[str]) -> bytes:
 @dataclass(frozen=True)
 class RecordLayout:
     """What a store writes and expects: floats per tensor, the number of last values, the
-    model's fingerprint and features, and how many readings a record keeps (K)."""
+    model's fingerprint and features, how many readings a record keeps (K), and the
+    outstanding forecasts' capacity (E, the horizon; 0: not scored) and targets (T)."""
 
     sizes: tuple[int, ...]
     n_last_values: int
     model: bytes = NO_MODEL
     features: tuple[str, ...] = ()
     history: int = 0
+    outstanding: int = 0
+    n_targets: int = 0
 
     def record_bytes(self, dtype: np.dtype[np.floating]) -> int:
         """Bytes of one encoded record with tensors at `dtype`, header included."""
-        return self.prefix_bytes() + sum(self.sizes) * dtype.itemsize
+        return self.prefix_bytes() + sum(self.sizes) * dtype.itemsize + self.suffix_bytes()
+
+    def suffix_bytes(self) -> int:
+        """Bytes after the tensors: the outstanding forecasts and the error scale."""
+        e, t = self.outstanding, self.n_targets
+        return e * (8 + 1 + 4 * t + 4 * e * t) + 4 * t if e else 0
 
     def prefix_bytes(self) -> int:
         """Bytes before the tensors."""
@@ -101,6 +119,36 @@ class RecordLayout:
             + len(_names_block(self.features))
             + self.history * (8 + 4 * n_features)
             + 4 * self.n_last_values
+        )
+
+
+@dataclass
+class OutstandingRows:
+    """Records' outstanding forecasts as rows (`service.core.scoring.OutstandingRows.ordered`):
+    made ``[n, E]``, done ``[n, E]``, base ``[n, E, T]``, values ``[n, E, E, T]``, scale
+    ``[n, T]``."""
+
+    made: np.ndarray
+    done: np.ndarray
+    base: np.ndarray
+    values: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int, e: int, t: int) -> OutstandingRows:
+        """`n` rows of nothing outstanding."""
+        return cls(
+            np.full((n, e), np.nan),
+            np.zeros((n, e), np.int8),
+            np.zeros((n, e, t), np.float32),
+            np.zeros((n, e, e, t), np.float32),
+            np.zeros((n, t), np.float32),
+        )
+
+    def rows(self, rows: slice | np.ndarray) -> OutstandingRows:
+        """The rows `rows`."""
+        return OutstandingRows(
+            self.made[rows], self.done[rows], self.base[rows], self.values[rows], self.scale[rows]
         )
 
 
@@ -122,6 +170,7 @@ class RecordBatch:
     history_ts: np.ndarray | None = None
     history_values: np.ndarray | None = None
     history_len: np.ndarray | None = None
+    outstanding: OutstandingRows | None = None
     foreign: np.ndarray = field(default_factory=lambda: np.zeros(0, np.bool_))
     unusable: np.ndarray = field(default_factory=lambda: np.zeros(0, np.bool_))
 
@@ -148,6 +197,7 @@ def encode(batch: RecordBatch, layout: RecordLayout | None = None) -> list[bytes
             part(batch.history_ts),
             part(batch.history_values),
             part(batch.history_len),
+            outstanding=None if batch.outstanding is None else batch.outstanding.rows(rows),
         )
         for tensor, out, width in zip(batch.tensors, buffer.tensors, widths, strict=True):
             rows_as_items = np.ascontiguousarray(tensor[rows], batch.dtype).view((np.void, width))
@@ -172,7 +222,9 @@ class RecordBuffer:
         self, dtype: np.dtype[np.floating], rows: Sequence[tuple[int, int]], layout: RecordLayout
     ) -> None:
         """`rows`: each state tensor's (rows per stream, bytes per row), in card order."""
-        self.size = layout.prefix_bytes() + sum(n * width for n, width in rows)
+        self.size = (
+            layout.prefix_bytes() + sum(n * width for n, width in rows) + layout.suffix_bytes()
+        )
         self._buf = np.zeros((self.CHUNK, self.size), np.uint8)
         buf, size = self._buf, self.size
         self.header = np.ndarray((self.CHUNK,), _HEADER_DTYPE, buf, 0, (size,))
@@ -186,6 +238,8 @@ class RecordBuffer:
         header["n_features"] = len(layout.features)
         header["history"] = layout.history
         header["names"] = len(names)
+        header["outstanding"] = e = layout.outstanding
+        header["n_targets"] = t = layout.n_targets if e else 0
         pos = _HEADER.size
         if names:
             buf[:, pos : pos + len(names)] = np.frombuffer(names, np.uint8)
@@ -204,6 +258,7 @@ class RecordBuffer:
             row = np.dtype((np.void, width))
             self.tensors.append(np.ndarray((self.CHUNK, n), row, buf, pos, (size, width)))
             pos += n * width
+        self.outstanding = _views(buf, self.CHUNK, size, pos, e, t)
 
     def fill(
         self,
@@ -215,10 +270,11 @@ class RecordBuffer:
         history_values: np.ndarray | None = None,
         history_len: np.ndarray | None = None,
         pending: np.ndarray | None = None,
+        outstanding: OutstandingRows | None = None,
     ) -> int:
-        """Write the bookkeeping, last values and kept readings of the next chunk's
-        records; return how many records it holds (at most `CHUNK`). Rows `pending` a
-        re-warm name no model (`PENDING_REWARM`)."""
+        """Write the bookkeeping, last values, kept readings and outstanding forecasts of
+        the next chunk's records; return how many records it holds (at most `CHUNK`). Rows
+        `pending` a re-warm name no model (`PENDING_REWARM`)."""
         n = len(last_ts)
         header = self.header[:n]
         header["model"] = self.model
@@ -233,12 +289,35 @@ class RecordBuffer:
             header["history_len"] = history_len
             self.history_ts[:n] = history_ts
             self.history_values[:n] = history_values
+        if outstanding is not None and self.outstanding is not None:
+            mine = self.outstanding
+            mine.made[:n] = outstanding.made
+            mine.done[:n] = outstanding.done
+            mine.base[:n] = outstanding.base
+            mine.values[:n] = outstanding.values
+            mine.scale[:n] = outstanding.scale
         return n
 
     def records(self, n: int) -> list[bytes]:
         """The first `n` records, each as its own bytes."""
         records: list[bytes] = np.ndarray((n,), np.dtype((np.void, self.size)), self._buf).tolist()
         return records
+
+
+def _views(buf: np.ndarray, n: int, size: int, pos: int, e: int, t: int) -> OutstandingRows | None:
+    """The outstanding-forecast fields of `n` records of `size` bytes in `buf`, from `pos`."""
+    if not e:
+        return None
+    made = np.ndarray((n, e), np.float64, buf, pos, (size, 8))
+    pos += 8 * e
+    done = np.ndarray((n, e), np.int8, buf, pos, (size, 1))
+    pos += e
+    base = np.ndarray((n, e, t), np.float32, buf, pos, (size, 4 * t, 4))
+    pos += 4 * e * t
+    values = np.ndarray((n, e, e, t), np.float32, buf, pos, (size, 4 * e * t, 4 * t, 4))
+    pos += 4 * e * e * t
+    scale = np.ndarray((n, t), np.float32, buf, pos, (size, 4))
+    return OutstandingRows(made, done, base, values, scale)
 
 
 @dataclass(frozen=True)
@@ -255,6 +334,13 @@ class _Header:
     history: int = 0
     history_len: int = 0
     names: int = 0
+    outstanding: int = 0
+    n_targets: int = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes of this version's header."""
+        return {1: _V1.size, 2: _V2.size}.get(self.version, _HEADER.size)
 
 
 def _header(stream_id: str, data: bytes) -> _Header:
@@ -262,17 +348,15 @@ def _header(stream_id: str, data: bytes) -> _Header:
     if len(data) < _V1.size:
         raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
     magic, version = data[:4], data[4]
-    if magic != MAGIC or version not in (1, FORMAT_VERSION):
+    if magic != MAGIC or version not in (1, 2, FORMAT_VERSION):
         raise StateError(
             f"state record for {stream_id!r} has format {magic!r} v{version}, "
-            f"expected {MAGIC!r} v1 or v{FORMAT_VERSION}"
+            f"expected {MAGIC!r} v1 to v{FORMAT_VERSION}"
         )
-    if version == 1:
-        fields = _V1.unpack_from(data)
-    elif len(data) < _HEADER.size:
+    form = {1: _V1, 2: _V2}.get(version, _HEADER)
+    if len(data) < form.size:
         raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
-    else:
-        fields = _HEADER.unpack_from(data)
+    fields = form.unpack_from(data)
     code = fields[2]
     if code not in _CODE_DTYPES:
         raise StateError(f"state record for {stream_id!r} has unknown dtype code {code}")
@@ -290,6 +374,7 @@ def _is_own(stream_id: str, data: bytes, header: _Header, layout: RecordLayout) 
         or header.n_values != layout.n_last_values
         or header.history != layout.history
         or header.n_features != len(layout.features)
+        or header.outstanding != layout.outstanding
     ):
         return False
     expected = layout.record_bytes(header.dtype)
@@ -325,7 +410,8 @@ def decode(ids: Sequence[str], blobs: Sequence[bytes], layout: RecordLayout) -> 
 
 
 def _empty(n: int, layout: RecordLayout, dtype: np.dtype[np.floating]) -> RecordBatch:
-    k, f = layout.history, len(layout.features)
+    k, f, e = layout.history, len(layout.features), layout.outstanding
+    outstanding = OutstandingRows.empty(n, e, layout.n_targets) if e else None
     return RecordBatch(
         dtype,
         np.zeros(n, np.float64),
@@ -336,6 +422,7 @@ def _empty(n: int, layout: RecordLayout, dtype: np.dtype[np.floating]) -> Record
         np.zeros((n, k), np.float64),
         np.zeros((n, k, f), np.float32),
         np.zeros(n, np.int64),
+        outstanding,
         np.zeros(n, np.bool_),
         np.zeros(n, np.bool_),
     )
@@ -374,6 +461,13 @@ def _decode_own(
         width = size * dtype.itemsize
         tensor[rows] = np.ascontiguousarray(buf[:, pos : pos + width]).view(dtype)
         pos += width
+    got = _views(
+        np.ascontiguousarray(buf), n, buf.shape[1], pos, layout.outstanding, layout.n_targets
+    )
+    if got is not None and out.outstanding is not None:
+        mine = out.outstanding
+        mine.made[rows], mine.done[rows], mine.base[rows] = got.made, got.done, got.base
+        mine.values[rows], mine.scale[rows] = got.values, got.scale
 
 
 def _decode_foreign(
@@ -388,7 +482,7 @@ def _decode_foreign(
         # nothing to re-warm from: unusable unless the stream never applied a reading
         out.unusable[row] = header.steps > 0
         return
-    pos = _HEADER.size
+    pos = header.size
     names = data[pos : pos + header.names].decode("utf-8", "replace").split("\n")
     pos += header.names
     k, f = header.history, header.n_features

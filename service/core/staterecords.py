@@ -10,25 +10,28 @@ import numpy as np
 from service.core import statecodec
 from service.core.bookkeeping import StreamBook
 from service.core.history import History
+from service.core.scoring import Outstanding
 from service.core.tensors import StateTensors
 
 __all__ = ["StateRecords"]
 
 
 class StateRecords:
-    """Encodes slots of `tensors`, `book` and `history` into records of `layout`, and
-    applies decoded ones."""
+    """Encodes slots of `tensors`, `book`, `history` and `outstanding` into records of
+    `layout`, and applies decoded ones."""
 
     def __init__(
         self,
         tensors: StateTensors,
         book: StreamBook,
         history: History,
+        outstanding: Outstanding,
         layout: statecodec.RecordLayout,
     ) -> None:
         self._tensors = tensors
         self._book = book
         self._history = history
+        self._outstanding = outstanding
         self.layout = layout
         self._buffer: statecodec.RecordBuffer | None = None  # what `dump` encodes in
 
@@ -53,6 +56,11 @@ class StateRecords:
                 values,
                 length,
                 pending=history.due[chunk] > 0 if history.n_due else None,
+                outstanding=(
+                    statecodec.OutstandingRows(*self._outstanding.ordered(chunk))
+                    if self._outstanding.enabled
+                    else None
+                ),
             )
             self._tensors.take_rows(chunk, buffer.tensors)
             records += buffer.records(n)
@@ -64,8 +72,8 @@ class StateRecords:
 
     def load(self, slots: np.ndarray, batch: statecodec.RecordBatch) -> np.ndarray:
         """Write decoded records to `slots` (one row of `batch` each): tensors, bookkeeping
-        and kept readings. The slots of foreign records get initial tensors; returns which
-        rows were foreign."""
+        kept readings and outstanding forecasts. The slots of foreign records get initial
+        tensors and nothing outstanding; returns which rows were foreign."""
         own = ~batch.foreign
         if own.all():
             self._tensors.put_rows(slots, batch.tensors)
@@ -77,4 +85,8 @@ class StateRecords:
         if batch.history_len is not None and batch.history_ts is not None:
             assert batch.history_values is not None
             self._history.load(slots, batch.history_ts, batch.history_values, batch.history_len)
+        rows = batch.outstanding
+        if rows is not None:
+            self._outstanding.load(slots, rows.made, rows.done, rows.base, rows.values, rows.scale)
+        self._outstanding.clear(slots[batch.foreign])
         return batch.foreign

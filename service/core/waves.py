@@ -14,14 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.core.readings import ForecastBatch, ReadingBatch
+from service.core.scoring import AnomalyScores
 from service.core.state import StateStore
 from service.core.values import Problems
 
 __all__ = ["Round", "Wave", "in_row_order", "is_one_wave", "waves"]
 
-Round = tuple[np.ndarray | None, np.ndarray, np.ndarray]
+Round = tuple[np.ndarray | None, np.ndarray, np.ndarray, AnomalyScores | None]
 """What one round hands back: the batch rows it applied (None: all, in order), their
-forecast values in original units and their warm flags."""
+forecast values in original units, their warm flags and their readings' anomaly scores
+(None when forecasts are not scored)."""
 
 
 @dataclass(slots=True)
@@ -134,14 +136,21 @@ def is_one_wave(ids: list[str], slots: np.ndarray, store: StateStore) -> bool:
 
 def in_row_order(batch: ReadingBatch, rounds: list[Round], period: float) -> ForecastBatch:
     """The forecasts of `rounds` over `batch` as one batch in row order; `period` in seconds."""
+    scored = rounds[0][3] is not None
     if len(rounds) == 1:
-        rows, values, warm = rounds[0]
+        rows, values, warm, anomaly = rounds[0]
+        score = None if anomaly is None else anomaly.score
+        over = None if anomaly is None else anomaly.over
     else:
         rows = np.concatenate([r[0] for r in rounds])
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
         values = np.concatenate([r[1] for r in rounds])[order]
         warm = np.concatenate([r[2] for r in rounds])[order]
+        score = over = None
+        if scored:
+            score = np.concatenate([r[3].score for r in rounds if r[3] is not None])[order]
+            over = np.concatenate([r[3].over for r in rounds if r[3] is not None])[order]
     if rows is None:  # every row of the batch, in order
         return ForecastBatch(
             batch.stream_ids,
@@ -152,6 +161,8 @@ def in_row_order(batch: ReadingBatch, rounds: list[Round], period: float) -> For
             batch.offsets,
             batch.received,
             period,
+            score,
+            over,
         )
     ids = batch.stream_ids
     return ForecastBatch(
@@ -163,4 +174,6 @@ def in_row_order(batch: ReadingBatch, rounds: list[Round], period: float) -> For
         batch.offsets[rows],
         batch.received[rows],
         period,
+        score,
+        over,
     )

@@ -44,14 +44,67 @@ def test_round_trip(dtype: str) -> None:
 def test_the_header_is_the_documented_little_endian_layout() -> None:
     layout = RecordLayout(sizes=(6, 4), n_last_values=2, model=b"M" * 16)
     record = statecodec.encode(_batch("float32"), layout)[1]
-    fields = struct.unpack_from("<4sBBHHdqq16sHHHH", record)
+    fields = struct.unpack_from("<4sBBHHdqq16sHHHHHH", record)
     magic, version, code, n_tensors, n_values, last_ts, steps, applied = fields[:8]
-    assert (magic, version, code, n_tensors, n_values) == (b"SCST", 2, 0, 2, 2)
+    assert (magic, version, code, n_tensors, n_values) == (b"SCST", 3, 0, 2, 2)
     assert (last_ts, steps, applied) == (60.0, 6, 101)
-    assert fields[8:] == (b"M" * 16, 0, 0, 0, 0)  # model; features, kept readings, names
-    assert len(record) == 58 + 2 * 4 + (6 + 4) * 4
-    first = np.frombuffer(record, np.float32, 6, 58 + 2 * 4)
+    # model; features, kept readings, names; outstanding forecasts, targets
+    assert fields[8:] == (b"M" * 16, 0, 0, 0, 0, 0, 0)
+    assert len(record) == 62 + 2 * 4 + (6 + 4) * 4
+    first = np.frombuffer(record, np.float32, 6, 62 + 2 * 4)
     np.testing.assert_array_equal(first, _batch("float32").tensors[0][1])
+
+
+def test_outstanding_forecasts_round_trip_after_the_tensors() -> None:
+    n, e, t = 3, 4, 2
+    rng = np.random.default_rng(5)
+    batch = _batch("float32", n)
+    rows = statecodec.OutstandingRows(
+        np.where(rng.random((n, e)) < 0.3, np.nan, rng.uniform(0, 1e9, (n, e))),
+        rng.integers(0, e + 1, (n, e)).astype(np.int8),
+        rng.normal(size=(n, e, t)).astype(np.float32),
+        rng.normal(size=(n, e, e, t)).astype(np.float32),
+        rng.uniform(0.1, 2, (n, t)).astype(np.float32),
+    )
+    batch.outstanding = rows
+    layout = RecordLayout((6, 4), 2, b"M" * 16, outstanding=e, n_targets=t)
+    records = statecodec.encode(batch, layout)
+    assert len(records[0]) == 62 + 2 * 4 + (6 + 4) * 4 + e * (8 + 1 + 4 * t + 4 * e * t) + 4 * t
+    tail = e * (8 + 1 + 4 * t + 4 * e * t) + 4 * t
+    assert np.frombuffer(
+        records[1], np.float64, e, len(records[1]) - tail
+    ).tolist() == pytest.approx(rows.made[1].tolist(), nan_ok=True)
+    back = statecodec.decode(["a", "b", "c"], records, layout)
+    assert back.outstanding is not None and not back.foreign.any()
+    for got, want in zip(
+        (back.outstanding.made, back.outstanding.done, back.outstanding.base),
+        (rows.made, rows.done, rows.base),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(back.outstanding.values, rows.values)
+    np.testing.assert_array_equal(back.outstanding.scale, rows.scale)
+    np.testing.assert_array_equal(back.tensors[1], batch.tensors[1])
+    # the same model without scoring reads them as another layout's: foreign, re-warmed
+    unscored = RecordLayout((6, 4), 2, b"M" * 16)
+    assert statecodec.decode(["a"], records[:1], unscored).foreign.all()
+
+
+def test_a_format_2_record_is_foreign_with_its_kept_readings_usable() -> None:
+    """What an earlier version wrote: the 58-byte header, no outstanding forecasts."""
+    k = 2
+    layout = RecordLayout((6, 4), 2, b"M" * 16, ("temp", "load"), k)
+    names = b"temp\nload"
+    header = struct.pack(
+        "<4sBBHHdqq16sHHHH", b"SCST", 2, 0, 2, 2, 60.0, 6, 101, b"M" * 16, 2, k, 2, len(names)
+    )
+    kept = np.array([0.0, 60.0]).tobytes() + np.array([[1, 2], [3, 4]], np.float32).tobytes()
+    record = header + names + kept + np.zeros(2 + 10, np.float32).tobytes()
+    back = statecodec.decode(["a"], [record], layout)
+    assert back.foreign.tolist() == [True] and back.unusable.tolist() == [False]
+    assert back.applied.tolist() == [101] and back.last_ts.tolist() == [60.0]
+    assert back.history_values is not None
+    np.testing.assert_array_equal(back.history_values[0], [[1, 2], [3, 4]])
 
 
 def test_kept_readings_round_trip_and_map_onto_another_models_features() -> None:
