@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from service.accuracy import Scorekeeper
 from service.checkpoint import Checkpointer
 from service.codec import next_offsets
 from service.config import ServiceSettings
@@ -184,6 +185,7 @@ class Service:
             )
         store, streams = engine.store, PartitionStreams()
         offsets = Offsets(k.input_topic, commit)
+        scores = Scorekeeper(metrics.accuracy)
         lifecycle = PartitionLifecycle(
             k,
             source=clients.source,
@@ -201,6 +203,7 @@ class Service:
             store=store,
             owners=lifecycle,
             metrics=metrics,
+            ledgers=scores,
         )
         dead_letters = DeadLetters(k, self.settings.log, sink=sink, store=store, metrics=metrics)
         processor = Processor(
@@ -211,6 +214,7 @@ class Service:
             streams=streams,
             metrics=metrics,
             mirror_partitions=clients.mirror_partitions,
+            scores=scores,
         )
         return _Parts(clients, offsets, lifecycle, checkpointer, processor, dead_letters)
 

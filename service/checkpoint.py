@@ -27,6 +27,11 @@ Three paths run the steps, each marked ``# Step N`` below:
 
 A failure raises `CheckpointError` (or `GroupChangingError` when a rebalance refused the
 commit, which the revoke commits instead); the service pauses consumption and retries.
+
+The forecast scores of the processed readings (`service.accuracy.ScoreLedger`) follow their
+offsets: taken when a checkpoint takes its positions, counted when it commits them, carried
+to the next checkpoint when it fails, and counted or dropped with a revoke's partitions as
+its commit goes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.accuracy import ScoreLedger
 from service.config import KafkaSettings
 from service.core.state import StateStore
 from service.errors import (
@@ -133,8 +139,10 @@ class Checkpointer:
         store: StateStore,
         owners: Owners,
         metrics: ServiceMetrics,
+        ledgers: Iterable[ScoreLedger] = (),
     ) -> None:
         self._settings = settings
+        self.ledgers = ledgers  # read at each use: a model swap adds one
         self._sink = sink
         self._changelog = changelog
         self._offsets = offsets
@@ -204,6 +212,8 @@ class Checkpointer:
             if pending is not None:
                 self._complete(pending, timeout)
             positions = self._offsets.positions()
+            for ledger in self.ledgers:
+                ledger.begin()
             # Step 2 of the next checkpoint, begun: its records go out a slice at a time
             sent = self._send_changelog(None, spread=True)
             self._pending = _Pending(positions, sent)
@@ -241,7 +251,13 @@ class Checkpointer:
             raise
         self._acknowledged(pending.sent)
         # Step 3. commit the positions taken with the states
-        self._offsets.commit(timeout, pending.offsets)
+        try:
+            self._offsets.commit(timeout, pending.offsets)
+        except (GroupChangingError, TransportError):
+            self._reopen_scores()
+            raise
+        for ledger in self.ledgers:
+            ledger.commit()
         self._metrics.checkpoints.labels(outcome="ok").inc()
 
     def send_slice(self) -> None:
@@ -305,11 +321,13 @@ class Checkpointer:
         The records of a begun checkpoint still queued go out first (step 2 sends them
         before anything else); only then are the revoked partitions taken out of it.
         """
-        offsets = {} if self._gave_up else self._revoke_steps(partitions)
+        offsets = None if self._gave_up else self._revoke_steps(partitions)
+        for ledger in self.ledgers:
+            ledger.settle(partitions, committed=offsets is not None)
         self._forget_pending(partitions)
-        return offsets
+        return offsets or {}
 
-    def _revoke_steps(self, partitions: set[int]) -> dict[int, int]:
+    def _revoke_steps(self, partitions: set[int]) -> dict[int, int] | None:
         timeout = self._settings.checkpoint_timeout
         try:
             # Step 1. flush the forecast producer
@@ -324,12 +342,14 @@ class Checkpointer:
                 sorted(partitions),
                 exc,
             )
-            return {}
+            return None
         # Step 3. is the client's: it commits these before the partitions go
         return self._offsets.revoked(partitions)
 
     def lost(self, partitions: set[int]) -> None:
-        """Partitions lost: nothing more of theirs is written or committed."""
+        """Partitions lost: nothing more of theirs is written, committed or counted."""
+        for ledger in self.ledgers:
+            ledger.settle(partitions, committed=False)
         self._forget_pending(partitions)
 
     def _forget_pending(self, partitions: set[int]) -> None:
@@ -350,6 +370,8 @@ class Checkpointer:
         """
         started = time.monotonic()
         pending, self._pending = self._pending, None
+        for ledger in self.ledgers:
+            ledger.begin()  # everything processed, the begun checkpoint's included
         try:
             # Step 1. flush the forecast producer
             self._sink.flush(timeout)
@@ -358,6 +380,7 @@ class Checkpointer:
         except (SinkError, ChangelogError) as exc:
             if pending is not None:
                 self._abandon(pending)
+            self._reopen_scores()
             self._gave_up = True
             raise CheckpointError(f"final checkpoint failed: {exc!r}", retry_in=0.0) from exc
         if pending is not None:
@@ -366,10 +389,14 @@ class Checkpointer:
         try:
             self._offsets.commit(timeout)
         except GroupChangingError:
+            self._reopen_scores()
             raise
         except TransportError as exc:
+            self._reopen_scores()
             self._gave_up = True
             raise CheckpointError(f"final commit failed: {exc!r}", retry_in=0.0) from exc
+        for ledger in self.ledgers:
+            ledger.commit()
         self._metrics.checkpoint_seconds.observe(time.monotonic() - started)
         self._metrics.checkpoints.labels(outcome="ok").inc()
 
@@ -456,9 +483,15 @@ class Checkpointer:
             self._queued = None
 
     def _abandon(self, pending: _Pending) -> None:
-        """A begun checkpoint that will not complete: its states are due again."""
+        """A begun checkpoint that will not complete: its states are due again, and its
+        scores wait for the next."""
         self._queued = None
         self._unsend(pending.sent)
+        self._reopen_scores()
+
+    def _reopen_scores(self) -> None:
+        for ledger in self.ledgers:
+            ledger.reopen()
 
     def _acknowledged(self, sent: _Sent | None) -> None:
         if sent is not None:

@@ -18,6 +18,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from service import __version__
+from service.accuracy import ACCURACY_METRICS, AccuracyCollector
 from service.core.engine import BatchResult, EngineResult
 from service.core.readings import DropReason, RejectReason
 from service.core.state import REWARM_REASONS
@@ -67,6 +68,7 @@ METRIC_NAMES = (
     "sensorcast_rewarms",
     "sensorcast_rewarm_seconds",
     "sensorcast_build_info",
+    *ACCURACY_METRICS,
 )
 
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
@@ -148,6 +150,7 @@ class ServiceMetrics:
         self._declare_checkpoints(self.registry)
         self._declare_changelog(self.registry)
         self._declare_health(self.registry)
+        self.accuracy = AccuracyCollector()  # every model's scores (`service.accuracy`)
         # Every label value exists from the start, so rates and alerts work from zero.
         for outcome in ("ok", "failed"):
             self.checkpoints.labels(outcome=outcome)
@@ -434,4 +437,4 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.accuracy.render()

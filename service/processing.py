@@ -4,7 +4,8 @@
 columns, runs one engine call over every stream with a new reading, encodes the forecasts
 and hands them to the sink (to the reading's partition number when the output topic mirrors
 the input's partitions), notes which partition each stream lives on, dead-letters the
-rejects, reports the drops and records the batch's metrics. It returns the streams the
+rejects, reports the drops, hands the forecast scores to the model's ledger (counted when
+their checkpoint commits, `service.accuracy`) and records the batch's metrics. It returns the streams the
 engine let go (evicted for capacity, expired by TTL), whose tombstones the next checkpoint
 writes.
 """
@@ -15,6 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from service.accuracy import Scorekeeper
 from service.codec import ForecastEncoder, RawRecord, ReadingDecoder, max_future_seconds
 from service.config import KafkaSettings
 from service.core.engine import StreamEngine
@@ -44,9 +46,11 @@ class Processor:
         streams: PartitionStreams,
         metrics: ServiceMetrics,
         mirror_partitions: bool,
+        scores: Scorekeeper,
     ) -> None:
         self._settings = settings
         self._engine = engine
+        self._scores = scores
         self._sink = sink
         self._dead_letters = dead_letters
         self._streams = streams
@@ -63,6 +67,7 @@ class Processor:
             partition_of=self._streams.partition_of,
         )
         self._encoder = ForecastEncoder(card)
+        self._ledger = self._scores.ledger(card)
 
     def swap_model(self, model: OnnxStepModel) -> None:
         """Serve `model` from the next micro-batch on (`StreamEngine.replace_model`: every
@@ -92,6 +97,7 @@ class Processor:
         decoded = self._decoder.decode_columns(records, received=received, values=engine.values)
         batch = decoded.batch
         result = engine.process_batch(batch, now=received)
+        self._ledger.add(result.scores)
         forecasts = result.forecasts
         messages = self._encoder.encode_batch(forecasts)
         if self._mirror:

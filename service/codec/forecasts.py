@@ -18,7 +18,8 @@ __all__ = ["ForecastEncoder"]
 
 class ForecastEncoder:
     """Forecast -> JSON bytes: stream id, ts, model, horizon_ts, forecast per target, warm,
-    source partition and offset."""
+    source partition and offset, and (when forecasts are scored) the reading's anomaly:
+    ``{"flag": <bool>, "score": <float>, "targets": [<names over the threshold>]}``."""
 
     def __init__(self, card: ModelCard) -> None:
         self._model = {"name": card.name, "version": card.version}
@@ -37,7 +38,23 @@ class ForecastEncoder:
             "partition": forecast.partition,
             "offset": forecast.offset,
         }
+        if forecast.anomalous is not None:
+            message["anomaly"] = self._anomaly(round(forecast.anomaly, 3), forecast.anomalous)
         return pydantic_core.to_json(message)
+
+    def _anomaly(self, score: float, over: np.ndarray) -> dict[str, object]:
+        flagged = [t for t, o in zip(self._targets, over.tolist(), strict=True) if o]
+        return {"flag": bool(flagged), "score": score, "targets": flagged}
+
+    def _anomalies(self, forecasts: ForecastBatch) -> list[dict[str, object] | None]:
+        """Each row's anomaly object (None when forecasts are not scored)."""
+        if forecasts.anomaly is None or forecasts.anomalous is None:
+            return [None] * len(forecasts)
+        scores = np.round(forecasts.anomaly.astype(np.float64), 3).tolist()
+        over = forecasts.anomalous
+        if not over.any():
+            return [{"flag": False, "score": s, "targets": []} for s in scores]
+        return [self._anomaly(s, o) for s, o in zip(scores, over, strict=True)]
 
     def encode_batch(self, forecasts: ForecastBatch) -> list[bytes]:
         """Every row of `forecasts`, as `encode` would write it, in one pass over columns.
@@ -49,28 +66,30 @@ class ForecastEncoder:
         model, targets = self._model, self._targets
         dumps, numpy_option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
         by_target = np.ascontiguousarray(forecasts.values.transpose(0, 2, 1))
-        return [
-            dumps(
-                {
-                    "stream_id": stream_id,
-                    "ts": ts,
-                    "model": model,
-                    "horizon_ts": horizon_ts,
-                    "forecast": dict(zip(targets, columns, strict=True)),
-                    "warm": warm,
-                    "partition": partition,
-                    "offset": offset,
-                },
-                option=numpy_option,
-            )
-            for stream_id, ts, horizon_ts, columns, warm, partition, offset in zip(
-                forecasts.stream_ids,
-                forecasts.ts.tolist(),
-                forecasts.horizon_ts(),
-                by_target,
-                forecasts.warm.tolist(),
-                forecasts.partitions.tolist(),
-                forecasts.offsets.tolist(),
-                strict=True,
-            )
-        ]
+        rows = zip(
+            forecasts.stream_ids,
+            forecasts.ts.tolist(),
+            forecasts.horizon_ts(),
+            by_target,
+            forecasts.warm.tolist(),
+            forecasts.partitions.tolist(),
+            forecasts.offsets.tolist(),
+            self._anomalies(forecasts),
+            strict=True,
+        )
+        out = []
+        for stream_id, ts, horizon_ts, columns, warm, partition, offset, anomaly in rows:
+            message = {
+                "stream_id": stream_id,
+                "ts": ts,
+                "model": model,
+                "horizon_ts": horizon_ts,
+                "forecast": dict(zip(targets, columns, strict=True)),
+                "warm": warm,
+                "partition": partition,
+                "offset": offset,
+            }
+            if anomaly is not None:
+                message["anomaly"] = anomaly
+            out.append(dumps(message, option=numpy_option))
+        return out

@@ -49,7 +49,7 @@ class EngineConfig:
     score_forecasts: bool = True
     """Score each warm forecast against the readings that follow it (`service.core.scoring`);
     off saves each stream's outstanding forecasts (horizon x (horizon + 1) x targets floats)."""
-    anomaly_threshold: float = 6.0
+    anomaly_threshold: float = 5.0
     """A reading whose residual from its one-step forecast is more than this many running
     one-step error scales away, in any target, is flagged as an anomaly."""
     anomaly_policy: Literal["apply", "replace"] = "apply"

@@ -22,9 +22,9 @@ def _samples(metrics: ServiceMetrics) -> dict[tuple[str, tuple[tuple[str, str], 
 
 
 def test_every_metric_is_exposed_with_help() -> None:
-    families = {
-        f.name: f for f in text_string_to_metric_families(ServiceMetrics().render().decode())
-    }
+    metrics = ServiceMetrics()
+    metrics.accuracy.declare("sensors:1", ["temp", "load"], 3)  # as serving a model does
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
     # prometheus_client adds a `<name>_created` gauge per counter and histogram.
     names = {n for n in families if not n.endswith("_created")}
     assert sorted(names) == sorted(METRIC_NAMES)
