@@ -1,6 +1,8 @@
 """A whole `Service` (poll loop, checkpoints, rebalances, restores) on the in-memory
 transport, no broker: the checkpoint's order, a failure at each of its steps, a revoke, a
-lost partition and a restore, each compared with an uninterrupted run of the same readings.
+lost partition and a restore, each compared with an uninterrupted run of the same readings:
+its forecasts, its states, and its forecast scores as the metrics count them (each pair once,
+over every process that served the readings).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from service.app import Service
@@ -87,6 +90,12 @@ class Running:
     def metric(self, name: str, **labels: str) -> float:
         return self.service.metrics.registry.get_sample_value(name, labels) or 0.0
 
+    def scores(self) -> np.ndarray:
+        """The forecast scores the metrics counted, ``[4, horizon, targets]``."""
+        totals = self.service.metrics.accuracy.totals("lstm-it:1")
+        assert totals is not None
+        return totals
+
     def start(self) -> None:
         self._thread.start()
 
@@ -133,21 +142,29 @@ def _states(broker: MemoryBroker) -> dict[str, bytes]:
     return states
 
 
-def _uninterrupted(registry: Path, steps: range) -> MemoryBroker:
-    """The oracle: the same readings through one service that nothing disturbs."""
+def _uninterrupted(registry: Path, steps: range) -> tuple[MemoryBroker, np.ndarray]:
+    """The oracle: the same readings through one service that nothing disturbs; its broker
+    and the scores it counted."""
     broker = MemoryBroker(partitions=2)
     _produce(broker, steps)
     with running(_settings(registry), broker) as svc:
         _wait(_committed_all(broker), "every reading committed")
         assert svc.stop() == 0
-    return broker
+    return broker, svc.scores()
 
 
-def _same_as_uninterrupted(broker: MemoryBroker, registry: Path, steps: range) -> None:
-    oracle = _uninterrupted(registry, steps)
+def _same_as_uninterrupted(
+    broker: MemoryBroker, registry: Path, steps: range, *services: Running
+) -> None:
+    """Forecasts, states and (summed over `services`) counted scores as the oracle's."""
+    oracle, scores = _uninterrupted(registry, steps)
     assert _distinct_forecasts(broker) == _distinct_forecasts(oracle)
     assert len(_distinct_forecasts(broker)) == STREAMS * len(steps)
     assert _states(broker) == _states(oracle)
+    assert scores[0].sum() > 0
+    counted = sum((svc.scores() for svc in services), np.zeros_like(scores))
+    np.testing.assert_array_equal(counted[0], scores[0])
+    np.testing.assert_allclose(counted, scores, rtol=1e-6)
 
 
 def _checkpoint_steps(calls: list[str]) -> list[str]:
@@ -175,7 +192,7 @@ def test_every_commit_comes_after_its_forecasts_and_states_are_acknowledged(
         elif call.startswith("commit") and sent_since and call != "commit {}":
             assert flushed[-2:] == ["flush forecasts", "flush changelog"], steps
     assert any(c.startswith("commit {0:") for c in steps)
-    _same_as_uninterrupted(broker, registry, range(6))
+    _same_as_uninterrupted(broker, registry, range(6), svc)
 
 
 @pytest.mark.parametrize("point", ["sink.flush", "changelog.send", "changelog.flush", "commit"])
@@ -186,7 +203,7 @@ def test_a_failure_at_any_checkpoint_step_commits_nothing_until_it_succeeds(
     _produce(broker, range(3))
     with running(_settings(registry), broker) as svc:
         _wait(_committed_all(broker), "the first readings committed")
-        before = dict(broker.committed)
+        before, scored = dict(broker.committed), svc.scores()
         broker.fail(point)
         _produce(broker, range(3, 6))
         _wait(
@@ -194,12 +211,13 @@ def test_a_failure_at_any_checkpoint_step_commits_nothing_until_it_succeeds(
             "failed checkpoints",
         )
         assert broker.committed == before
+        np.testing.assert_array_equal(svc.scores(), scored)  # counted with their commit
         assert svc.service.readiness.snapshot()["broker_reachable"] is False
         broker.recover(point)
         _wait(_committed_all(broker), "every reading committed after the recovery")
         assert svc.service.readiness.snapshot()["broker_reachable"] is True
         assert svc.stop() == 0
-    _same_as_uninterrupted(broker, registry, range(6))
+    _same_as_uninterrupted(broker, registry, range(6), svc)
 
 
 def test_a_restarted_service_restores_its_streams_and_skips_nothing(registry: Path) -> None:
@@ -216,7 +234,7 @@ def test_a_restarted_service_restores_its_streams_and_skips_nothing(registry: Pa
         assert second.stop() == 0
     assert broker.calls[calls : calls + 2] == ["assigned [0, 1]", "restore [0, 1]"]
     assert restored == STREAMS // 2
-    _same_as_uninterrupted(broker, registry, range(6))
+    _same_as_uninterrupted(broker, registry, range(6), first, second)
 
 
 def test_a_revoke_checkpoints_and_commits_the_revoked_partitions_then_drops_them(
@@ -245,7 +263,9 @@ def test_a_revoke_checkpoints_and_commits_the_revoked_partitions_then_drops_them
         assert engine is not None
         _wait(lambda: sorted(engine.store.ids()) == ["s0", "s2", "s4"], "partition 1 dropped")
         assert svc.stop() == 0
-    assert _states(broker) == _states(_uninterrupted(registry, range(3)))
+    oracle, scores = _uninterrupted(registry, range(3))
+    assert _states(broker) == _states(oracle)
+    np.testing.assert_allclose(svc.scores(), scores, rtol=1e-6)  # counted with the revoke
 
 
 def test_a_lost_partition_is_dropped_without_a_commit_and_restored_when_it_returns(
@@ -265,4 +285,4 @@ def test_a_lost_partition_is_dropped_without_a_commit_and_restored_when_it_retur
         broker.assign({0, 1})
         _wait(_committed_all(broker), "every reading committed")
         assert svc.stop() == 0
-    _same_as_uninterrupted(broker, registry, range(6))
+    _same_as_uninterrupted(broker, registry, range(6), svc)
