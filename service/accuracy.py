@@ -1,12 +1,15 @@
 """Live forecast accuracy: the engine's scored pairs as Prometheus counters, counted once.
 
 The engine scores every warm forecast against the readings that follow it
-(`service.core.scoring`). A `ScoreLedger` holds one model's sums from the readings processed
-since the last checkpoint, by input partition, and hands them to the counters only when the
-checkpoint that commits those readings' offsets has committed (`service.checkpoint`): a
-reading replayed after a crash is scored again by the process that replays it, and only
-that process counts it, so no pair is counted twice; a partition revoked or lost before
-its commit drops its sums, which the partition's next owner scores again.
+(`service.core.scoring`), and each stream's state records which steps of its outstanding
+forecasts were scored. A `ScoreLedger` holds one model's sums from the readings processed
+since the last checkpoint, by input partition, and hands them to the counters only when
+the changelog has acknowledged the states that hold them (`service.checkpoint`): a reading
+whose state a crash lost is replayed and scored again by the process that replays it, and
+only that process counts it, so no pair is counted twice. The pairs lost are those in the
+states of the last checkpoint a killed process sent but never saw acknowledged, when its
+successor restores those states (docs/guarantees.md). A partition revoked or lost before
+its states were written drops its sums, which the partition's next owner scores again.
 
 `AccuracyCollector` exposes the counters under exactly these names, labelled ``model``
 (``name:version``), ``target`` and ``step`` (1 to the horizon); no per-stream label:
@@ -133,11 +136,11 @@ def _labels(**labels: str) -> str:
 class ScoreLedger:
     """One model's scores of processed readings, held until their offsets are committed.
 
-    `add` each micro-batch's sums; `begin` when a checkpoint takes its positions (the sums so
-    far belong to it); `commit` what a completed checkpoint took, or `reopen` what an
-    abandoned one took (a later checkpoint commits those readings). `settle` the partitions
-    of a revoke: counted when the revoke's checkpoint succeeded, dropped when it did not
-    (or when they were lost).
+    `add` each micro-batch's sums; `begin` when a checkpoint encodes its states (the sums so
+    far are theirs); `commit` what it took once the changelog acknowledged them, or `reopen`
+    what an abandoned one took (a later checkpoint writes those states). `settle` the
+    partitions of a revoke: counted when the revoke wrote their states, dropped when it did
+    not (or when they were lost).
     """
 
     def __init__(
@@ -162,7 +165,7 @@ class ScoreLedger:
         self._begun = taken
 
     def commit(self) -> None:
-        """The checkpoint begun last committed its offsets: count its sums."""
+        """The states of the checkpoint begun last are on the changelog: count its sums."""
         begun, self._begun = self._begun, None
         if begun is not None and (begun.tables or begun.anomalies):
             self.collector.add(self.model, self.targets, begun)

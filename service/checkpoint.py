@@ -28,10 +28,11 @@ Three paths run the steps, each marked ``# Step N`` below:
 A failure raises `CheckpointError` (or `GroupChangingError` when a rebalance refused the
 commit, which the revoke commits instead); the service pauses consumption and retries.
 
-The forecast scores of the processed readings (`service.accuracy.ScoreLedger`) follow their
-offsets: taken when a checkpoint takes its positions, counted when it commits them, carried
-to the next checkpoint when it fails, and counted or dropped with a revoke's partitions as
-its commit goes.
+The forecast scores of the processed readings (`service.accuracy.ScoreLedger`) follow the
+states that hold them (a state record marks each outstanding forecast's steps scored): taken
+when a checkpoint takes its positions and encodes its states, counted when the changelog
+has acknowledged those states (step 2), carried to the next checkpoint when it fails, and
+counted or dropped with a revoke's partitions as its step 2 goes.
 """
 
 from __future__ import annotations
@@ -250,14 +251,10 @@ class Checkpointer:
             self._abandon(pending)
             raise
         self._acknowledged(pending.sent)
-        # Step 3. commit the positions taken with the states
-        try:
-            self._offsets.commit(timeout, pending.offsets)
-        except (GroupChangingError, TransportError):
-            self._reopen_scores()
-            raise
         for ledger in self.ledgers:
-            ledger.commit()
+            ledger.commit()  # their states are on the changelog
+        # Step 3. commit the positions taken with the states
+        self._offsets.commit(timeout, pending.offsets)
         self._metrics.checkpoints.labels(outcome="ok").inc()
 
     def send_slice(self) -> None:
@@ -385,18 +382,16 @@ class Checkpointer:
             raise CheckpointError(f"final checkpoint failed: {exc!r}", retry_in=0.0) from exc
         if pending is not None:
             self._acknowledged(pending.sent)
+        for ledger in self.ledgers:
+            ledger.commit()  # their states are on the changelog
         # Step 3. commit the input offsets
         try:
             self._offsets.commit(timeout)
         except GroupChangingError:
-            self._reopen_scores()
             raise
         except TransportError as exc:
-            self._reopen_scores()
             self._gave_up = True
             raise CheckpointError(f"final commit failed: {exc!r}", retry_in=0.0) from exc
-        for ledger in self.ledgers:
-            ledger.commit()
         self._metrics.checkpoint_seconds.observe(time.monotonic() - started)
         self._metrics.checkpoints.labels(outcome="ok").inc()
 

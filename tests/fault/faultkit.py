@@ -28,6 +28,7 @@ from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
 from service.core.readings import Reading
 from service.embedded import free_port
+from service.modelcard import ModelCard
 from service.registry import Registry
 from service.testing import RegisteredLstm
 from tests.conftest import KafkaKit
@@ -177,9 +178,16 @@ class Feed:
     """Produces `steps` readings for each of `streams` streams, one step at a time, paced."""
 
     def __init__(
-        self, bootstrap: str, topic: str, streams: int, steps: int, pause: float = 0.0
+        self,
+        bootstrap: str,
+        topic: str,
+        streams: int,
+        steps: int,
+        pause: float = 0.0,
+        values: Callable[[int, int], dict[str, float]] | None = None,
     ) -> None:
         self.streams, self.steps, self.pause = streams, steps, pause
+        self._values = values or values_for
         self.sent = 0
         self._topic = topic
         self._producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
@@ -198,7 +206,7 @@ class Feed:
             for i in range(self.streams):
                 sid = stream_id(i)
                 self._producer.send(
-                    self._topic, key=sid.encode(), value=reading(sid, ts, values_for(i, step))
+                    self._topic, key=sid.encode(), value=reading(sid, ts, self._values(i, step))
                 )
             self._producer.flush()
             self.sent += self.streams
@@ -282,14 +290,21 @@ def wait_for_forecasts(bootstrap: str, topic: str, expected: int, timeout: float
         time.sleep(0.3)
 
 
+def committed_offsets(
+    bootstrap: str, group: str, topic: str, partitions: int = PARTITIONS
+) -> dict[int, int]:
+    """`group`'s committed offset of each of `topic`'s partitions (0 where none)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions)}
+    finally:
+        consumer.close()
+
+
 def committed_total(bootstrap: str, group: str, topic: str, partitions: int = PARTITIONS) -> int:
     """The sum over `topic`'s partitions of `group`'s committed offsets (0 where none): the
     number of input records checkpointed, since every partition starts at offset 0."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
-    finally:
-        consumer.close()
+    return sum(committed_offsets(bootstrap, group, topic, partitions).values())
 
 
 def wait_committed(bootstrap: str, group: str, topic: str, expected: int, timeout: float) -> None:
@@ -316,6 +331,9 @@ class Oracle:
 
     engine: StreamEngine
     forecasts: dict[tuple[str, float], dict[str, list[float]]] = field(default_factory=dict)
+    scores: np.ndarray | None = None
+    """The forecast scores ``[4, horizon, targets]`` (count, abs, squared and persistence's
+    abs error sums) of the uninterrupted run."""
 
     @classmethod
     def run(
@@ -344,14 +362,17 @@ class Oracle:
                 [r for r in readings if r.ts >= swap[0]],
             ]
         forecasts = []
+        scores = None
         for i, readings in enumerate(phases):
             if i:
                 engine.replace_model(served(swap[1] if swap else "latest"))
             result = engine.process(readings, now=time.time())
             assert not result.rejects and not result.drops
             forecasts += result.forecasts
+            if result.scores is not None and swap is None:
+                scores = result.scores.total()[0]
         targets = list(model.card.targets)
-        oracle = cls(engine)
+        oracle = cls(engine, scores=scores)
         for f in forecasts:
             columns = np.asarray(f.values).T.tolist()
             oracle.forecasts[(f.stream_id, f.ts)] = dict(zip(targets, columns, strict=True))
@@ -405,6 +426,30 @@ class Oracle:
                 np.testing.assert_allclose(
                     batch.tensors[k][row], tensor.reshape(-1), rtol=0, atol=1e-6, err_msg=sid
                 )
+
+
+def accuracy_totals(
+    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], card: ModelCard
+) -> np.ndarray:
+    """``[4, horizon, targets]``: the scored count and the error sums a process's /metrics
+    counted for the model of `card` (zeros for series it does not expose). prometheus_client's
+    parser names every counter sample ``..._total``; Prometheus keeps the names exposed."""
+    out = np.zeros((4, card.horizon, card.n_targets))
+    names = (
+        "sensorcast_forecast_scored_total",
+        "sensorcast_forecast_abs_error_sum",
+        "sensorcast_forecast_squared_error_sum",
+        "sensorcast_persistence_abs_error_sum",
+    )
+    for row, name in enumerate(names):
+        for step in range(card.horizon):
+            for j, target in enumerate(card.targets):
+                labels = tuple(
+                    sorted({"model": card.ref, "step": str(step + 1), "target": target}.items())
+                )
+                sample = name if name.endswith("_total") else f"{name}_total"
+                out[row, step, j] = metrics.get((sample, labels), 0.0)
+    return out
 
 
 def streams_by_partition(bootstrap: str, input_topic: str) -> dict[int, set[str]]:

@@ -211,7 +211,8 @@ def test_a_failure_at_any_checkpoint_step_commits_nothing_until_it_succeeds(
             "failed checkpoints",
         )
         assert broker.committed == before
-        np.testing.assert_array_equal(svc.scores(), scored)  # counted with their commit
+        if point != "commit":  # counted once their states are on the changelog
+            np.testing.assert_array_equal(svc.scores(), scored)
         assert svc.service.readiness.snapshot()["broker_reachable"] is False
         broker.recover(point)
         _wait(_committed_all(broker), "every reading committed after the recovery")
