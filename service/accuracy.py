@@ -38,7 +38,7 @@ from prometheus_client.utils import floatToGoString
 from service.core.scoring import ScoreSums
 from service.modelcard import ModelCard
 
-__all__ = ["ACCURACY_METRICS", "AccuracyCollector", "ScoreLedger", "Scorekeeper"]
+__all__ = ["ACCURACY_METRICS", "ACCURACY_SERIES", "AccuracyCollector", "ScoreLedger", "Scorekeeper"]
 
 #: (name, help) of the per-step counters, in the order of a `ScoreSums` table's rows.
 _STEP_COUNTERS = (
@@ -51,6 +51,9 @@ _ANOMALIES = (
     "sensorcast_anomalies_total",
     "Readings whose one-step residual was over engine.anomaly_threshold, by target.",
 )
+
+#: The series `AccuracyCollector` exposes, as Prometheus stores them.
+ACCURACY_SERIES = (*(name for name, _ in _STEP_COUNTERS), _ANOMALIES[0])
 
 #: The metric families `AccuracyCollector` exposes, as a parser names them.
 ACCURACY_METRICS = (

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from service.accuracy import ACCURACY_SERIES
 from service.config import ENV_NESTED_DELIMITER, ENV_PREFIX, ServiceSettings
 from service.metrics import ServiceMetrics
 
@@ -82,6 +83,8 @@ def metric_families() -> dict[str, set[str]]:
             out[name] = {f"{name}_info"}
         else:
             out[name] = {name}
+    # the accuracy counters, rendered beside the registry (`service.accuracy`)
+    out.update({series.removesuffix("_total"): {series} for series in ACCURACY_SERIES})
     return out
 
 

@@ -13,6 +13,7 @@ from tests.deploy.deploykit import DEPLOY, exposed_series, load_yaml, metric_nam
 
 PROMETHEUS = DEPLOY / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
+RECORDING = PROMETHEUS / "rules.yml"
 
 # What an operator must be told about; each name maps to the situation it covers.
 REQUIRED_ALERTS = {
@@ -36,6 +37,10 @@ def _rules() -> list[dict[str, Any]]:
     return [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"]]
 
 
+def _recorded() -> list[dict[str, Any]]:
+    return [rule for group in load_yaml(RECORDING)["groups"] for rule in group["rules"]]
+
+
 def _promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess[str]:
     tool = promtool()
     assert tool is not None
@@ -52,10 +57,27 @@ def test_promtool_check_rules() -> None:
 
 
 @needs_promtool
+def test_promtool_check_recording_rules() -> None:
+    result = _promtool("check", "rules", str(RECORDING))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(_recorded())} rules found" in result.stdout
+
+
+@pytest.mark.parametrize("rule", _recorded(), ids=lambda r: r["record"])
+def test_recording_rule_uses_only_exposed_metrics_and_is_named_by_convention(
+    rule: dict[str, Any],
+) -> None:
+    assert not metric_names(rule["expr"]) - exposed_series(), rule["expr"]
+    level, name, operation = rule["record"].split(":")  # level:metric:operations
+    assert set(level.split("_")) <= {"model", "target", "step"} and name.startswith("sensorcast_")
+    assert operation == "rate5m"
+
+
+@needs_promtool
 def test_promtool_check_config_resolves_the_rule_file(tmp_path: Path) -> None:
     result = _promtool("check", "config", str(PROMETHEUS / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 rule files found" in result.stdout
+    assert "2 rule files found" in result.stdout
     # The same config without alerts.yml beside it must fail: the path is really resolved.
     (tmp_path / "prometheus.yml").write_text((PROMETHEUS / "prometheus.yml").read_text())
     broken = _promtool("check", "config", str(tmp_path / "prometheus.yml"), cwd=tmp_path)
@@ -101,7 +123,8 @@ def test_alert_is_actionable(rule: dict[str, Any]) -> None:
 def test_alert_uses_only_exposed_metrics(rule: dict[str, Any]) -> None:
     used = metric_names(rule["expr"])
     assert used, rule["expr"]
-    unknown = used - exposed_series() - PROMETHEUS_SERIES
+    recorded = {r["record"] for r in _recorded()}
+    unknown = used - exposed_series() - PROMETHEUS_SERIES - recorded
     assert not unknown, f"{rule['alert']} uses metrics the service does not expose: {unknown}"
 
 
@@ -114,10 +137,10 @@ def test_prometheus_scrapes_the_service_http_port() -> None:
     assert job.get("metrics_path", "/metrics") == "/metrics"
     ports = {sd["port"] for sd in job["dns_sd_configs"]}
     assert ports == {ServiceSettings().http.port}
-    assert config["rule_files"] == ["alerts.yml"]
+    assert config["rule_files"] == ["alerts.yml", "rules.yml"]
 
 
-def test_prometheusrule_matches_alerts_file() -> None:
+def test_prometheusrule_matches_alerts_and_rules_files() -> None:
     rule = load_yaml(DEPLOY / "k8s" / "prometheusrule.yaml")
     assert rule["kind"] == "PrometheusRule"
-    assert rule["spec"]["groups"] == load_yaml(ALERTS)["groups"]
+    assert rule["spec"]["groups"] == load_yaml(ALERTS)["groups"] + load_yaml(RECORDING)["groups"]
