@@ -42,6 +42,7 @@ prints as ``undefined (<cause>)``. The card's metrics leave undefined scores out
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -376,7 +377,8 @@ def _undefined(scores: dict[str, Any], key: str, reason: str) -> None:
 
 
 def card_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers for the card: ``<period>.<metric>`` and ``<period>.h<k>.arv``.
+    """The headline numbers for the card: ``<period>.<metric>``, ``<period>.h<k>.arv`` and
+    each target's one-step RMSE, ``<period>.h1.rmse.<target>``.
 
     Undefined scores (null in the report) and scores against a baseline the report lacks
     are left out.
@@ -390,6 +392,11 @@ def card_metrics(report: dict[str, Any]) -> dict[str, float]:
         for h, step in enumerate(model["per_horizon"], start=1):
             if step["arv"] is not None:
                 out[f"{period}.h{h}.arv"] = float(step["arv"])
+        # each target's one-step RMSE: the service's anomaly scale starts from it
+        first = model["per_horizon"][0]["rmse_per_target"] if model["per_horizon"] else []
+        for target, rmse in zip(report["targets"], first, strict=True):
+            if rmse is not None and math.isfinite(rmse):
+                out[f"{period}.h1.rmse.{target}"] = float(rmse)
     return out
 
 

@@ -107,6 +107,8 @@ def test_evaluate_scores_against_hand_computed_values(tmp_path: Path) -> None:
     assert metrics["test.arv"] == model["arv"]
     assert metrics["test.h2.arv"] == model["per_horizon"][1]["arv"]
     assert {"val.arv", "test.skill_persistence", "test.skill_ar1"} <= set(metrics)
+    # the one-step RMSE per target, from which the service's anomaly scale starts
+    assert metrics["test.h1.rmse.v"] == pytest.approx(float(np.sqrt(np.mean(e1**2))), rel=1e-5)
 
 
 def test_variance_until_and_extra_periods(tmp_path: Path) -> None:

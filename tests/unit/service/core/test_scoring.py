@@ -181,3 +181,17 @@ def test_scoring_continues_across_a_restore_with_no_pair_scored_twice(
     after = run(second, [*replayed, *batches[cut:]])
     np.testing.assert_array_equal(before[0] + after[0], whole[0])
     np.testing.assert_allclose(before + after, whole, rtol=1e-5)
+
+
+def test_the_anomaly_scale_is_seeded_from_the_cards_one_step_error() -> None:
+    from service.core.scoring import one_step_variance
+    from service.testing import make_card
+
+    targets = ("temp", "load")
+    exported = make_card(
+        targets=targets, metrics={"test.h1.rmse.temp": 0.5, "test.h1.rmse.load": 2.0}
+    )
+    np.testing.assert_allclose(one_step_variance(exported), [0.25, 4.0])
+    older = make_card(targets=targets, metrics={"test.h1.arv": 0.1})  # std 2 and 3
+    np.testing.assert_allclose(one_step_variance(older), [0.4, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(one_step_variance(make_card(targets=targets)), [4.0, 9.0])
