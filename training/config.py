@@ -156,9 +156,19 @@ class TrainConfig(BaseModel):
     clip_norm: float = Field(default=1.0, gt=0, description="gradient clipping by global norm")
     loss_weights: Literal["equal", "persistence"] = Field(
         default="equal",
-        description="equal: plain MSE in scaled units; persistence: each horizon step and "
-        "target's squared error divided by persistence's mean squared error there on the "
-        "training part, so the loss is the model's MSE relative to persistence",
+        description="equal: the plain loss (--loss) in scaled units; persistence: each horizon "
+        "step and target's loss divided by persistence's mean loss there on the training "
+        "part, so the loss is the model's relative to persistence",
+    )
+    loss: Literal["mse", "mae", "huber"] = Field(
+        default="mse",
+        description="per-cell loss in scaled units: mse (squared error), mae (absolute error, "
+        "what MAE scores; robust to sensor faults) or huber (squared within --huber-delta, "
+        "absolute beyond); with --loss-weights persistence each cell is divided by "
+        "persistence's mean of the same loss there",
+    )
+    huber_delta: float = Field(
+        default=1.0, gt=0, description="--loss huber: where squared turns absolute, scaled units"
     )
     lr_decay: float = Field(
         default=1.0,

@@ -48,7 +48,8 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "calendar",
     ),
     "optimisation": (
-        "chunk", "burn_in", "batch_size", "lr", "weight_decay", "clip_norm", "loss_weights",
+        "chunk", "burn_in", "batch_size", "lr", "weight_decay", "clip_norm", "loss",
+        "huber_delta", "loss_weights",
         "lr_decay", "max_epochs", "patience", "refit_epochs", "seed", "device",
     ),
     "output": ("name", "version"),

@@ -275,9 +275,12 @@ def _rebuild(config: TrainConfig, card: ModelCard, model: Forecaster) -> TrainRe
 
 
 def _loss_name(config: TrainConfig) -> str:
+    name = {"mse": "MSE", "mae": "MAE", "huber": f"Huber (delta {config.huber_delta:g})"}[
+        config.loss
+    ]
     if config.loss_weights == "persistence":
-        return "MSE relative to persistence (per horizon step and target)"
-    return "MSE (scaled)"
+        return f"{name} relative to persistence (per horizon step and target)"
+    return f"{name} (scaled)"
 
 
 def _warmup(config: TrainConfig, model: Forecaster) -> int:

@@ -60,6 +60,8 @@ __all__ = [
     "load_data",
     "make_batches",
     "make_chunks",
+    "cell_loss",
+    "masked_loss",
     "masked_mse",
     "persistence_weights",
     "prepare_streams",
@@ -157,7 +159,9 @@ def train(
     if not any(m.any() for m in train_masks):
         raise TrainingDataError("no training targets: move val_start later or lower burn_in")
     weights = (
-        persistence_weights(streams, train_masks, dataset.target_index)
+        persistence_weights(
+            streams, train_masks, dataset.target_index, config.loss, config.huber_delta
+        )
         if config.loss_weights == "persistence"
         else None
     )
@@ -177,7 +181,10 @@ def train(
         train_loss, grad_norm = run_epoch(
             model, optimiser, streams, train_masks, config, rng, weights
         )
-        window_losses = [evaluate_loss(model, streams, masks, weights) for masks in windows]
+        window_losses = [
+            evaluate_loss(model, streams, masks, weights, config.loss, config.huber_delta)
+            for masks in windows
+        ]
         val_loss = float(np.mean(window_losses))
         result.history.append(
             {
@@ -284,7 +291,7 @@ def run_epoch(
             states = tuple(s.detach() for s in states)  # truncate BPTT at the chunk edge
             if not mask.any():
                 continue
-            loss = masked_mse(pred, y, mask, cell_weights)
+            loss = masked_loss(pred, y, mask, cell_weights, config.loss, config.huber_delta)
             optimiser.zero_grad()
             loss.backward()
             # Clipping by global norm keeps one bad chunk (a fault spike) from blowing up.
@@ -432,15 +439,20 @@ def make_chunks(batch: Batch, chunk: int, first: int) -> Iterator[tuple[Tensor, 
 
 
 def persistence_weights(
-    streams: list[StreamArrays], masks: list[np.ndarray], target_index: list[int]
+    streams: list[StreamArrays],
+    masks: list[np.ndarray],
+    target_index: list[int],
+    loss: str = "mse",
+    huber_delta: float = 1.0,
 ) -> np.ndarray:
-    """``[horizon, n_targets]``: 1 / persistence's mean squared error (scaled) per horizon
-    step and target over the masked cells, so a weighted MSE reads as a fraction of it."""
+    """``[horizon, n_targets]``: 1 / persistence's mean `loss` (scaled) per horizon step and
+    target over the masked cells, so a weighted loss reads as a fraction of it."""
     horizon, n_targets = streams[0].y.shape[1:]
     total = np.zeros((horizon, n_targets))
     count = np.zeros(horizon)
     for s, m in zip(streams, masks, strict=True):
-        err = (s.y - s.x[:, None, target_index]) ** 2  # persistence repeats the last reading
+        # persistence repeats the last reading
+        err = cell_loss(s.y - s.x[:, None, target_index], loss, huber_delta)
         total += (err * m[..., None]).sum(axis=0)
         count += m.sum(axis=0)
     mse = total / np.maximum(count, 1)[:, None]
@@ -448,13 +460,41 @@ def persistence_weights(
     return np.where(mse > 1e-12, 1.0 / np.maximum(mse, 1e-12), 1.0)
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Mean squared error over the (step, horizon) cells the mask keeps, all targets;
+def cell_loss(err: Any, loss: str = "mse", huber_delta: float = 1.0) -> Any:
+    """Each cell's loss from its error (a tensor or an array, scaled units): the squared
+    error (mse), the absolute error (mae) or the Huber loss, ``e**2 / 2`` within
+    `huber_delta` and ``delta * (|e| - delta / 2)`` beyond (huber)."""
+    if loss == "mse":
+        return err**2
+    a = abs(err)
+    if loss == "mae":
+        return a
+    if loss == "huber":
+        lib = torch if isinstance(err, Tensor) else np
+        small = lib.minimum(a, lib.full_like(a, huber_delta))
+        return small * (a - 0.5 * small)
+    raise TrainingConfigError(f"unknown loss {loss!r}; choose mse, mae or huber")
+
+
+def masked_loss(
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor,
+    weights: Tensor | None = None,
+    loss: str = "mse",
+    huber_delta: float = 1.0,
+) -> Tensor:
+    """Mean `loss` (`cell_loss`) over the (step, horizon) cells the mask keeps, all targets;
     `weights` ``[horizon, n_targets]`` scales each horizon step and target."""
-    err = (pred - target) ** 2 * mask[..., None]
+    err = cell_loss(pred - target, loss, huber_delta) * mask[..., None]
     if weights is not None:
         err = err * weights
     return err.sum() / (mask.sum() * pred.shape[-1])
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean squared error over the (step, horizon) cells the mask keeps (`masked_loss`)."""
+    return masked_loss(pred, target, mask, weights, "mse")
 
 
 def evaluate_loss(
@@ -462,13 +502,15 @@ def evaluate_loss(
     streams: list[StreamArrays],
     masks: list[np.ndarray],
     weights: np.ndarray | None = None,
+    loss: str = "mse",
+    huber_delta: float = 1.0,
 ) -> float:
     """The training loss over the masked cells, running every stream from its first step (no grad)."""
     preds = run_streams(model, [s.x for s in streams])
     total, count = 0.0, 0
     for pred, s, m in zip(preds, streams, masks, strict=True):
         if m.any():
-            err = (pred - s.y) ** 2
+            err = cell_loss(pred - s.y, loss, huber_delta)
             if weights is not None:
                 err = err * weights
             total += float(err[m].sum())

@@ -13,6 +13,7 @@ from training.config import load_config, load_saved_config
 from training.data import Splits, fit_scaler, load_dataset
 from training.errors import TrainingConfigError, TrainingDataError
 from training.train import (
+    cell_loss,
     load_data,
     make_batches,
     make_chunks,
@@ -279,3 +280,32 @@ def test_new_runs_train_a_delta_head_and_saved_configs_without_one_a_level_head(
     assert train(tiny_config(max_epochs=1), progress=False).model.config.head == "delta"
     assert load_saved_config({}).head == "level"
     assert load_saved_config({"head": "delta"}).head == "delta"
+
+
+def test_cell_losses_on_tensors_and_arrays() -> None:
+    err = np.array([-3.0, -0.5, 0.0, 0.25, 2.0])
+    np.testing.assert_allclose(cell_loss(err, "mse"), err**2)
+    np.testing.assert_allclose(cell_loss(err, "mae"), np.abs(err))
+    # Huber at delta 1: e^2 / 2 within, |e| - 1/2 beyond, continuous at the edge
+    np.testing.assert_allclose(cell_loss(err, "huber", 1.0), [2.5, 0.125, 0.0, 0.03125, 1.5])
+    tensor = cell_loss(torch.tensor(err), "huber", 1.0)
+    np.testing.assert_allclose(tensor.numpy(), cell_loss(err, "huber", 1.0))
+    with pytest.raises(TrainingConfigError, match="unknown loss"):
+        cell_loss(err, "quantile")
+
+
+def test_persistence_weights_follow_the_loss() -> None:
+    """With --loss mae each weight is 1 / persistence's mean absolute error there."""
+    data = load_dataset("synthetic", n_streams=3, n_steps=80, seed=2)
+    splits = Splits(data.table["ts"].quantile(0.7), data.table["ts"].quantile(0.85))
+    streams = prepare_streams(data.series(), data, fit_scaler(data, splits), horizon=2)
+    masks = [s.loss_mask(splits, "train", 0) for s in streams]
+    weights = persistence_weights(streams, masks, data.target_index, "mae")
+    for step in range(2):
+        errors = np.concatenate(
+            [
+                np.abs(s.y[:, step] - s.x[:, data.target_index])[m[:, step]]
+                for s, m in zip(streams, masks, strict=True)
+            ]
+        )  # persistence's absolute errors at this step, [cells, targets]
+        np.testing.assert_allclose(weights[step], 1.0 / errors.mean(axis=0), rtol=1e-6)
