@@ -486,7 +486,7 @@ def masked_loss(
 ) -> Tensor:
     """Mean `loss` (`cell_loss`) over the (step, horizon) cells the mask keeps, all targets;
     `weights` ``[horizon, n_targets]`` scales each horizon step and target."""
-    err = cell_loss(pred - target, loss, huber_delta) * mask[..., None]
+    err: Tensor = cell_loss(pred - target, loss, huber_delta) * mask[..., None]
     if weights is not None:
         err = err * weights
     return err.sum() / (mask.sum() * pred.shape[-1])
