@@ -42,11 +42,12 @@ from service.errors import (
 from service.faults import CRASH_EXIT_STATUS, Crashes
 from service.http import HttpServer, Readiness, serve_http
 from service.lifecycle import PartitionLifecycle
-from service.loading import load_engine
+from service.loading import load_engine, load_shadow
 from service.metrics import ServiceMetrics
 from service.offsets import Commit, Offsets
 from service.partitions import PartitionStreams
 from service.processing import Processor
+from service.shadow import Shadow
 from service.transport import Clients, Transport
 from service.watch import ModelWatcher
 
@@ -87,6 +88,7 @@ class Service:
         self._started = threading.Event()
         self._http: HttpServer | None = None
         self._engine: StreamEngine | None = None
+        self._shadow: StreamEngine | None = None
         self._parts: _Parts | None = None
         self._watcher: ModelWatcher | None = None
 
@@ -107,12 +109,18 @@ class Service:
         """The stream engine, once the model is loaded."""
         return self._engine
 
+    @property
+    def shadow(self) -> StreamEngine | None:
+        """The challenger's engine (`model.shadow`), once loaded; None without one."""
+        return self._shadow
+
     def run(self) -> int:
         """Serve until stopped; return the process exit status."""
         try:
             self._http = serve_http(self.settings.http, self.metrics, self.readiness)
             self._started.set()
             self._engine = load_engine(self.settings, self.metrics)
+            self._shadow = load_shadow(self.settings)
             self.readiness.set("model_loaded", True)
             parts = self._connect(self._engine)
             if parts is None:
@@ -142,7 +150,8 @@ class Service:
         delay = _FIRST_BACKOFF
         while not self._stop.is_set():
             try:
-                clients = self._transport.open(k, self)
+                extra = [] if self._shadow is None else [k.shadow_topic]
+                clients = self._transport.open(k, self, extra)
             except TransportError as exc:
                 self._set_reachable(False)
                 log.warning(
@@ -186,6 +195,9 @@ class Service:
         store, streams = engine.store, PartitionStreams()
         offsets = Offsets(k.input_topic, commit)
         scores = Scorekeeper(metrics.accuracy)
+        shadow = None
+        if self._shadow is not None:
+            shadow = Shadow(self._shadow, scores.ledger(self._shadow.card))
         lifecycle = PartitionLifecycle(
             k,
             source=clients.source,
@@ -194,6 +206,7 @@ class Service:
             streams=streams,
             metrics=metrics,
             readiness=self.readiness,
+            also_drop=[] if shadow is None else [shadow.engine.store],
         )
         checkpointer = Checkpointer(
             k,
@@ -215,6 +228,7 @@ class Service:
             metrics=metrics,
             mirror_partitions=clients.mirror_partitions,
             scores=scores,
+            shadow=shadow,
         )
         return _Parts(clients, offsets, lifecycle, checkpointer, processor, dead_letters)
 

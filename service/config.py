@@ -13,13 +13,22 @@ test checks that the documentation holds exactly that text.
 from __future__ import annotations
 
 import contextvars
+import ssl
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -44,6 +53,7 @@ __all__ = [
     "changelog_topic",
     "env_var_name",
     "load_settings",
+    "sasl_password",
     "settings_reference",
 ]
 
@@ -80,6 +90,12 @@ class KafkaSettings(_Section):
     )
     output_topic: str = Field(
         default="forecasts", min_length=1, description="Topic the forecasts are produced to."
+    )
+    shadow_topic: str = Field(
+        default="forecasts.shadow",
+        min_length=1,
+        description="Topic of the challenger's forecasts (`model.shadow`); created, as the "
+        "others, only while a challenger runs.",
     )
     dead_letter_topic: str = Field(
         default="sensor-readings.dlq",
@@ -202,11 +218,174 @@ class KafkaSettings(_Section):
         gt=0,
         description="Seconds a restore may take to read assigned partitions' changelog before it is retried.",
     )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client connects: `PLAINTEXT`, `SSL` (TLS), `SASL_SSL` "
+        "(TLS and a username and password: managed clusters) or `SASL_PLAINTEXT` "
+        "(credentials in the clear; trusted networks only).",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None,
+        description="SASL mechanism, required with the `SASL_*` protocols: `PLAIN`, "
+        "`SCRAM-SHA-256` or `SCRAM-SHA-512`.",
+    )
+    sasl_username: str | None = Field(
+        default=None, min_length=1, description="SASL username (an API key on some clouds)."
+    )
+    sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password (an API secret on some clouds); never logged, shown masked "
+        "by `sensorcast settings --effective`. Prefer `kafka.sasl_password_file`.",
+    )
+    sasl_password_file: Path | None = Field(
+        default=None,
+        description="File holding the SASL password (a mounted Kubernetes Secret); wins over "
+        "`kafka.sasl_password`. One trailing newline is ignored.",
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA certificates that sign the brokers' certificates "
+        "(unset: the system's trusted CAs, right for public clouds).",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None,
+        description="PEM client certificate for mutual TLS; needs `kafka.ssl_keyfile`.",
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None,
+        description="PEM private key (unencrypted) of `kafka.ssl_certfile`, for mutual TLS.",
+    )
+    ssl_check_hostname: bool = Field(
+        default=True,
+        description="Check that a broker's certificate names the host connected to (the "
+        "certificate chain is verified either way); turn off only for brokers reached by "
+        "an address their certificate does not list.",
+    )
+
+    @field_validator("sasl_password", mode="before")
+    @classmethod
+    def _password_as_secret(cls, value: object) -> object:
+        # A YAML `password: 12345` is an int: taken as text, so that no error shows it.
+        if value is None or isinstance(value, SecretStr):
+            return value
+        return SecretStr(str(value))
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        """Bad combinations and unusable files fail here, in one line.
+
+        Raised as `ConfigError`, not `ValueError`: pydantic would put the whole section,
+        password included, into a `ValidationError`'s text.
+        """
+        _check_sasl(self)
+        _check_tls(self)
+        return self
+
+
+_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def _check_sasl(k: KafkaSettings) -> None:
+    """SASL settings come together, and only with a ``SASL_*`` protocol."""
+    if k.security_protocol not in _SASL_PROTOCOLS:
+        given = [
+            name
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file")
+            if getattr(k, name) is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"kafka.{given[0]} is set but kafka.security_protocol is "
+                f"{k.security_protocol}: use SASL_SSL (or SASL_PLAINTEXT) to authenticate"
+            )
+        return
+    if k.sasl_mechanism is None:
+        raise ConfigError(
+            f"kafka.security_protocol={k.security_protocol} needs kafka.sasl_mechanism "
+            "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+        )
+    if k.sasl_username is None:
+        raise ConfigError(
+            f"kafka.sasl_mechanism={k.sasl_mechanism} needs kafka.sasl_username "
+            "(SENSORCAST_KAFKA__SASL_USERNAME)"
+        )
+    if k.sasl_password_file is None and k.sasl_password is None:
+        raise ConfigError(
+            f"kafka.sasl_mechanism={k.sasl_mechanism} needs a password: set "
+            "kafka.sasl_password_file (a mounted secret) or kafka.sasl_password"
+        )
+    sasl_password(k)  # the file is there, readable and not empty
+
+
+def _check_tls(k: KafkaSettings) -> None:
+    """TLS files only with a TLS protocol; the CA parses; a client certificate has its key."""
+    files = {
+        "ssl_cafile": k.ssl_cafile,
+        "ssl_certfile": k.ssl_certfile,
+        "ssl_keyfile": k.ssl_keyfile,
+    }
+    if k.security_protocol not in _TLS_PROTOCOLS:
+        given = [name for name, path in files.items() if path is not None]
+        if given:
+            raise ConfigError(
+                f"kafka.{given[0]} is set but kafka.security_protocol is "
+                f"{k.security_protocol}: use SSL or SASL_SSL for TLS"
+            )
+        return
+    if (k.ssl_certfile is None) != (k.ssl_keyfile is None):
+        one, other = (
+            ("ssl_certfile", "ssl_keyfile")
+            if k.ssl_keyfile is None
+            else ("ssl_keyfile", "ssl_certfile")
+        )
+        raise ConfigError(f"kafka.{one} is set without kafka.{other}: mutual TLS needs both")
+    for name, path in files.items():
+        if path is not None and not path.is_file():
+            raise ConfigError(f"kafka.{name}: no such file {path}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if k.ssl_cafile is not None:
+        try:
+            context.load_verify_locations(cafile=k.ssl_cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"kafka.ssl_cafile {k.ssl_cafile} holds no usable PEM CA certificate ({exc})"
+            ) from None
+    if k.ssl_certfile is not None and k.ssl_keyfile is not None:
+        try:
+            # an encrypted key would make OpenSSL prompt on the terminal: refuse it instead
+            context.load_cert_chain(k.ssl_certfile, k.ssl_keyfile, password=lambda: b"")
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"kafka.ssl_certfile {k.ssl_certfile} and kafka.ssl_keyfile {k.ssl_keyfile}: "
+                f"not a PEM certificate and its unencrypted key ({exc})"
+            ) from None
 
 
 def changelog_topic(settings: KafkaSettings) -> str:
     """The configured changelog topic, ``<group>.state`` by default."""
     return settings.changelog_topic or f"{settings.group_id}.state"
+
+
+def sasl_password(settings: KafkaSettings) -> str | None:
+    """The SASL password: the content of ``kafka.sasl_password_file`` (less one trailing
+    newline) when set, else ``kafka.sasl_password``; None when neither is.
+
+    Raises `ConfigError` naming the file (never its content) when it cannot be read or is
+    empty.
+    """
+    path = settings.sasl_password_file
+    if path is None:
+        return settings.sasl_password.get_secret_value() if settings.sasl_password else None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"kafka.sasl_password_file {path}: cannot read it ({reason})") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise ConfigError(f"kafka.sasl_password_file {path} is empty")
+    return text
 
 
 class ModelSettings(_Section):
@@ -234,6 +413,13 @@ class ModelSettings(_Section):
         description="With `model.version` `latest`: seconds between looks in the registry for "
         "a newer version, which is loaded, verified and swapped in while serving, every "
         "stream re-warmed from its kept readings (0: never; a pinned version never).",
+    )
+    shadow: str | None = Field(
+        default=None,
+        description="A challenger, `NAME[:VERSION]` of the same registry, run in shadow on "
+        "the same micro-batches with its own state: its forecasts go to `kafka.shadow_topic` "
+        "and are scored under its own `model` label, the served forecasts are unchanged "
+        "(unset: none).",
     )
 
 
@@ -294,6 +480,27 @@ class EngineSettings(_Section):
         description="Applied readings each stream keeps (in memory and in its changelog "
         "record) to re-warm its state when the model changes (unset: the served card's "
         "warm-up steps; 0: none, a model change then resets every stream).",
+    )
+    score_forecasts: bool = Field(
+        default=True,
+        description="Score every warm forecast against the readings that follow it "
+        "(`sensorcast_forecast_*` metrics) and give each forecast its reading's `anomaly`; "
+        "each stream then keeps its last horizon forecasts (in memory and in its changelog "
+        "record). Needs every target among the features.",
+    )
+    anomaly_threshold: float = Field(
+        default=5.0,
+        gt=0,
+        description="A reading whose residual from the forecast made for it one step "
+        "earlier exceeds this many of its stream's running one-step error scales, in any "
+        "target, is flagged (`anomaly.flag`, `sensorcast_anomalies_total`).",
+    )
+    anomaly_policy: Literal["apply", "replace"] = Field(
+        default="apply",
+        description="A flagged reading updates the stream's state as it is (`apply`), or "
+        "with its flagged targets replaced by their one-step forecast (`replace`: a spike "
+        "never enters the state; a real level shift is followed once it stops being "
+        "flagged, as the running scale grows).",
     )
 
 
@@ -458,6 +665,7 @@ def _type_name(info: FieldInfo) -> str:
     return (
         text.replace("typing.", "")
         .replace("pathlib.", "")
+        .replace("pydantic.types.", "")
         .replace("Literal[", "one of [")
         .replace("NoneType", "None")
         .replace("'", "")

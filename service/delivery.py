@@ -104,9 +104,10 @@ class RecordRefused(SinkError):
 class DeliveringSink(ABC):
     """Forecasts and dead letters, delivered at least once; see the module docstring."""
 
-    def __init__(self, forecast_topic: str, dead_letter_topic: str) -> None:
+    def __init__(self, forecast_topic: str, dead_letter_topic: str, shadow_topic: str) -> None:
         self.forecast_topic = forecast_topic
         self.dead_letter_topic = dead_letter_topic
+        self.shadow_topic = shadow_topic
         # records whose delivery failed, with why, for `flush` to send again
         self._failed: deque[tuple[OutRecord, object]] = deque()
         self._refusals = DeadLetterEvents()
@@ -134,6 +135,10 @@ class DeliveringSink(ABC):
         self._failed.append((record, error))
 
     # -- the sink --------------------------------------------------------------------------
+
+    def send_shadow(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
+        """Send a challenger's forecast to the shadow topic, keyed by its stream."""
+        self._send(OutRecord(self.shadow_topic, stream_id.encode(), value, None, partition))
 
     def send_dead_letter(self, key: bytes | None, value: bytes | None, headers: Headers) -> None:
         """Send a dead letter; one the client refuses for its size is sent smaller (see

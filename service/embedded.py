@@ -94,9 +94,16 @@ class EmbeddedBroker:
         log_path: Path | None = None,
         binary: str | None = None,
         startup_timeout: float = 20.0,
+        advertised: str | None = None,
+        authentication: bool = False,
     ) -> None:
+        """`advertised` (``host:port``) is the address the broker tells clients to use, when
+        not its own (a TLS terminator in front of it); `authentication` makes the broker
+        require SASL (SCRAM) from every client."""
         self.host = host
         self.port = port
+        self.advertised = advertised
+        self.authentication = authentication
         self.startup_timeout = startup_timeout
         self._binary = binary
         self._log_path = log_path
@@ -163,9 +170,10 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}" if self.advertised else url,
             "--storage-engine",
             "memory://tansu/",
+            *(["--authentication"] if self.authentication else []),
         ]
         started = time.monotonic()
         with open(self._log_path, "ab") as log_file:
@@ -247,12 +255,16 @@ class EmbeddedBroker:
         return False
 
     def _answers_metadata(self) -> bool:
+        """Whether the broker answers a metadata request (on its bootstrap connection only
+        when it advertises another address; a TCP connection when it wants SASL)."""
         assert self.port is not None
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5):
                 pass
         except OSError:
             return False
+        if self.authentication:
+            return True
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaConfigurationError, KafkaError
 
@@ -267,7 +279,8 @@ class EmbeddedBroker:
         except KafkaError:  # not answering yet (NoBrokersAvailable and the like)
             return False
         try:
-            admin.list_topics()
+            if self.advertised is None:
+                admin.list_topics()
             return True
         except KafkaError:
             return False

@@ -82,6 +82,9 @@ class _Sink:
     def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
         self._sink.send_forecast(stream_id, value, partition)
 
+    def send_shadow(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
+        self._sink.send_shadow(stream_id, value, partition)
+
     def send_dead_letter(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:

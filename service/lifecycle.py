@@ -20,7 +20,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from service.config import KafkaSettings
 from service.core.state import StateStore
@@ -50,8 +50,11 @@ class PartitionLifecycle:
         streams: PartitionStreams,
         metrics: ServiceMetrics,
         readiness: Readiness,
+        also_drop: Sequence[StateStore] = (),
     ) -> None:
+        """`also_drop`: stores (a challenger's) whose streams go with the moved partitions'."""
         self._settings = settings
+        self.also_drop = list(also_drop)
         self._source = source
         self._reader = reader
         self._store = store
@@ -132,6 +135,8 @@ class PartitionLifecycle:
                 with contextlib.suppress(KeyError):
                     self._metrics.consumer_lag.remove(topic, str(p))
             self._store.drop(moves.stream_ids)
+            for store in self.also_drop:
+                store.drop(moves.stream_ids)
             self._metrics.evictions.labels(cause="revoked").inc(len(moves.stream_ids))
             self._metrics.active_streams.set(len(self._store))
             log.info(

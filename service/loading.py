@@ -7,8 +7,9 @@ import logging
 from service.config import EngineSettings, ServiceSettings
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
+from service.errors import ConfigError
 from service.metrics import ServiceMetrics
-from service.registry import Registry
+from service.registry import Registry, parse_model_spec
 
 __all__ = ["engine_config", "load_engine"]
 
@@ -29,7 +30,36 @@ def engine_config(settings: EngineSettings) -> EngineConfig:
         out_of_range_margin=e.out_of_range_margin,
         clock_recovery=e.clock_recovery,
         history=e.history,
+        score_forecasts=e.score_forecasts,
+        anomaly_threshold=e.anomaly_threshold,
+        anomaly_policy=e.anomaly_policy,
     )
+
+
+def load_shadow(settings: ServiceSettings) -> StreamEngine | None:
+    """The challenger `model.shadow` in an engine of its own (None when unset); raises as
+    `load_engine` does."""
+    m = settings.model
+    if m.shadow is None:
+        return None
+    name, version = parse_model_spec(m.shadow)
+    loaded = Registry(m.registry).load(name, version)
+    served = Registry(m.registry).resolve(m.name, m.version)
+    if (loaded.ref.name, loaded.ref.version) == (served.name, served.version):
+        raise ConfigError(
+            f"model.shadow={m.shadow} is the served model {served.name}:{served.version}; "
+            "a challenger is another model or version"
+        )
+    model = OnnxStepModel.from_loaded(
+        loaded, intra_op_threads=m.intra_op_threads, spinning=m.spinning
+    )
+    engine = StreamEngine(model, engine_config(settings.engine))
+    log.info(
+        "challenger loaded model=%s kind=%s (in shadow: forecasts to kafka.shadow_topic)",
+        loaded.card.ref,
+        loaded.card.kind,
+    )
+    return engine
 
 
 def load_engine(settings: ServiceSettings, metrics: ServiceMetrics) -> StreamEngine:

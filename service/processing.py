@@ -5,7 +5,9 @@ columns, runs one engine call over every stream with a new reading, encodes the 
 and hands them to the sink (to the reading's partition number when the output topic mirrors
 the input's partitions), notes which partition each stream lives on, dead-letters the
 rejects, reports the drops, hands the forecast scores to the model's ledger (counted when
-their checkpoint commits, `service.accuracy`) and records the batch's metrics. It returns the streams the
+the checkpoint that wrote their states is acknowledged, `service.accuracy`) and records the
+batch's metrics; then a challenger in shadow (`service.shadow`) takes its turn on the same
+records. It returns the streams the
 engine let go (evicted for capacity, expired by TTL), whose tombstones the next checkpoint
 writes.
 """
@@ -26,6 +28,7 @@ from service.deadletters import DeadLetters
 from service.metrics import ServiceMetrics
 from service.modelcard import ModelCard
 from service.partitions import PartitionStreams
+from service.shadow import Shadow
 from service.transport import Sink
 
 __all__ = ["Processor"]
@@ -47,10 +50,12 @@ class Processor:
         metrics: ServiceMetrics,
         mirror_partitions: bool,
         scores: Scorekeeper,
+        shadow: Shadow | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._scores = scores
+        self.shadow = shadow
         self._sink = sink
         self._dead_letters = dead_letters
         self._streams = streams
@@ -96,6 +101,9 @@ class Processor:
         received = time.time()
         decoded = self._decoder.decode_columns(records, received=received, values=engine.values)
         batch = decoded.batch
+        shadow = self.shadow
+        if shadow is not None:
+            shadow.seed(engine, batch.stream_ids)
         result = engine.process_batch(batch, now=received)
         self._ledger.add(result.scores)
         forecasts = result.forecasts
@@ -125,12 +133,18 @@ class Processor:
         self._metrics.record_batch(
             len(records), result, handed - received, decoded.ages(forecasts, handed)
         )
-        return result.evicted + result.expired
+        gone = result.evicted + result.expired
+        if shadow is not None:  # after the champion's forecasts are on their way
+            shadow.process(self._decoder, records, received, sink, self._mirror)
+            shadow.drop(gone)
+        return gone
 
     def expire_idle(self) -> list[str]:
         """Expire the streams idle for longer than the TTL now, counted and logged; return
         them (the engine expires them at the start of every batch otherwise)."""
         expired = self._engine.process([], now=time.time()).expired
+        if self.shadow is not None:
+            self.shadow.drop(expired)
         if expired:
             self._metrics.evictions.labels(cause="ttl").inc(len(expired))
             log.info("streams expired streams=%d", len(expired))

@@ -102,6 +102,9 @@ class Sink(Protocol):
     def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
         """Send a forecast keyed by its stream, to `partition` (None: by the key's hash)."""
 
+    def send_shadow(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
+        """Send a challenger's forecast to the shadow topic, as `send_forecast` does."""
+
     def send_dead_letter(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
@@ -201,8 +204,11 @@ class Clients:
 class Transport(Protocol):
     """Opens the clients the service runs on (as httpx's ``Client(transport=...)``)."""
 
-    def open(self, settings: KafkaSettings, handler: RebalanceHandler) -> Clients:
-        """Check the topics and open the clients, the source subscribed with `handler`.
+    def open(
+        self, settings: KafkaSettings, handler: RebalanceHandler, extra_topics: Sequence[str] = ()
+    ) -> Clients:
+        """Check the topics (the service's and `extra_topics`) and open the clients, the
+        source subscribed with `handler`.
 
         Raises `TransportError` when the broker cannot be reached (the service retries
         with backoff) and `TopicError` when a topic is missing or unusable.

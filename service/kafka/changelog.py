@@ -23,6 +23,7 @@ from kafka.errors import KafkaError
 from service.changelog import ChangelogRead, ChangelogReading, ChangelogWriting
 from service.config import KafkaSettings, changelog_topic
 from service.errors import ChangelogError
+from service.kafka.security import kafka_python_options
 from service.kafka.sink import MAX_BLOCK_MS
 from service.transport import PartitionRestore
 
@@ -35,11 +36,12 @@ _FETCH_BYTES = 32 * 1024 * 1024
 
 
 def _client_options(settings: KafkaSettings, role: str) -> dict[str, Any]:
-    """Bootstrap servers, client id (``<client_id>-<role>``) and reconnect backoff."""
+    """Bootstrap servers, client id (``<client_id>-<role>``), reconnect backoff, TLS and SASL."""
     return {
         "bootstrap_servers": settings.bootstrap_servers.split(","),
         "client_id": f"{settings.client_id}-{role}",
         "reconnect_backoff_max_ms": int(settings.reconnect_backoff_max * 1000),
+        **kafka_python_options(settings),
     }
 
 

@@ -4,7 +4,7 @@ opens the producers and consumers (the input's, the changelog's) on the client l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
@@ -12,6 +12,8 @@ from kafka.errors import KafkaError
 from service.config import KafkaSettings, changelog_topic
 from service.errors import ConfigError, TopicError, TransportError
 from service.kafka.changelog import ChangelogReader, ChangelogWriter
+from service.kafka.probe import diagnose, refusal, tls_preflight
+from service.kafka.security import kafka_python_options
 from service.kafka.sink import KafkaSink
 from service.kafka.source import KafkaSource
 from service.kafka.topics import ensure_topics, topic_plan
@@ -51,26 +53,45 @@ class KafkaTransport:
         """Raises `ConfigError` when the client library ``kafka.client`` names is missing."""
         check_client(settings)
 
-    def open(self, settings: KafkaSettings, handler: RebalanceHandler) -> Clients:
-        """Raises `TransportError` when the broker cannot be reached, and `TopicError` when a
-        topic is missing and may not be created, or when the changelog's partition count
-        differs from the input's."""
-        if settings.client == "confluent":
-            from service.kafka.confluent.connect import ensure_topics, open_clients
+    def open(
+        self, settings: KafkaSettings, handler: RebalanceHandler, extra_topics: Sequence[str] = ()
+    ) -> Clients:
+        """`extra_topics` are checked (and created) with the output topics (the shadow
+        topic while a challenger runs). Raises `TransportError` when the broker cannot be reached, `ConfigError` when it
+        refuses the security settings (a certificate that does not verify, TLS against a
+        plaintext port or the other way round, a SASL login), and `TopicError` when a topic is missing and may not be
+        created, or when the changelog's partition count differs from the input's."""
+        refused = tls_preflight(settings)
+        if refused is not None:
+            raise ConfigError(refusal(settings, refused))
+        try:
+            if settings.client == "confluent":
+                from service.kafka.confluent.connect import ensure_topics, open_clients
 
-            counts = _check_topics(settings, ensure_topics)
-            opened: tuple[Source, Sink, StateWriter, StateReader] = open_clients(settings, handler)
-        else:
-            counts = _check_topics(settings, _ensure_topics_kafka_python)
-            opened = _open_kafka_python(settings, handler)
+                counts = _check_topics(settings, ensure_topics, extra_topics)
+                opened: tuple[Source, Sink, StateWriter, StateReader] = open_clients(
+                    settings, handler
+                )
+            else:
+                counts = _check_topics(settings, _ensure_topics_kafka_python, extra_topics)
+                opened = _open_kafka_python(settings, handler)
+        except TransportError as exc:
+            # the clients only say "no broker"; a refused handshake or login needs the operator
+            reason = diagnose(settings)
+            if reason is None:
+                raise
+            raise ConfigError(refusal(settings, reason)) from exc
         source, sink, writer, reader = opened
         mirror = counts[settings.output_topic] == counts[settings.input_topic]
         return Clients(source, sink, writer, reader, counts, mirror)
 
 
-def _check_topics(settings: KafkaSettings, ensure: _Ensure) -> dict[str, int]:
+def _check_topics(
+    settings: KafkaSettings, ensure: _Ensure, extra_topics: Sequence[str]
+) -> dict[str, int]:
     state_topic = changelog_topic(settings)
-    counts = ensure(settings, [settings.output_topic, settings.dead_letter_topic, state_topic])
+    derived = [settings.output_topic, settings.dead_letter_topic, state_topic, *extra_topics]
+    counts = ensure(settings, derived)
     if counts[state_topic] != counts[settings.input_topic]:
         raise TopicError(
             f"changelog topic {state_topic!r} has {counts[state_topic]} partitions and the input "
@@ -86,6 +107,7 @@ def _ensure_topics_kafka_python(settings: KafkaSettings, derived: list[str]) -> 
             client_id=settings.client_id,
             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             reconnect_backoff_max_ms=BOOTSTRAP_TIMEOUT_MS // 3,
+            **kafka_python_options(settings),
         )
         try:
             return ensure_topics(admin, **topic_plan(settings, derived))

@@ -21,6 +21,7 @@ from service.delivery import (
     RecordRefused,
     max_request_bytes,
 )
+from service.kafka.security import kafka_python_options
 
 __all__ = ["MAX_BLOCK_MS", "KafkaSink"]
 
@@ -37,6 +38,7 @@ def _make_producer(settings: KafkaSettings) -> KafkaProducer:
         max_request_size=max_request_bytes(settings),
         reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
         max_block_ms=MAX_BLOCK_MS,
+        **kafka_python_options(settings),
     )
 
 
@@ -46,7 +48,7 @@ class KafkaSink(DeliveringSink):
     def __init__(self, settings: KafkaSettings, producer: Any | None = None) -> None:
         """`producer` replaces the kafka-python producer (tests pass one with the same
         ``send``/``flush``/``close`` methods)."""
-        super().__init__(settings.output_topic, settings.dead_letter_topic)
+        super().__init__(settings.output_topic, settings.dead_letter_topic, settings.shadow_topic)
         self._producer = producer if producer is not None else _make_producer(settings)
 
     def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:

@@ -23,6 +23,7 @@ from kafka.errors import (
 
 from service.config import KafkaSettings
 from service.errors import GroupChangingError, TransportError
+from service.kafka.security import kafka_python_options
 from service.transport import RebalanceHandler
 
 __all__ = ["KafkaSource", "RebalanceHandler"]
@@ -105,6 +106,7 @@ class KafkaSource:
             # latency at 120 ms, against 18 ms with the poll's own wait.
             fetch_max_wait_ms=settings.max_wait_ms,
             reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
+            **kafka_python_options(settings),
         )
         self._consumer.subscribe(
             [self.topic], listener=_Listener(self.topic, self._consumer, handler)

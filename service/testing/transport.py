@@ -65,6 +65,7 @@ class MemoryBroker:
         ]
         self.changelog: list[list[tuple[bytes, bytes | None]]] = [[] for _ in range(partitions)]
         self.forecasts: list[Produced] = []
+        self.shadow: list[Produced] = []  # a challenger's forecasts
         self.dead_letters: list[Produced] = []
         self.committed: dict[int, int] = {}
         self.calls: list[str] = []  # the checkpoint steps and rebalance callbacks, in order
@@ -127,9 +128,11 @@ class MemoryTransport:
     def __init__(self, broker: MemoryBroker) -> None:
         self.broker = broker
 
-    def open(self, settings: KafkaSettings, handler: RebalanceHandler) -> Clients:
+    def open(
+        self, settings: KafkaSettings, handler: RebalanceHandler, extra_topics: Sequence[str] = ()
+    ) -> Clients:
         """The source, sink and changelog clients of `broker`; the whole input assigned at
-        the first poll unless a rebalance was scheduled already."""
+        the first poll unless a rebalance was scheduled already. (Every topic exists here.)"""
         broker = self.broker
         source = MemorySource(broker, handler, settings.max_batch, settings.max_wait_ms / 1000)
         counts = {settings.input_topic: broker.partitions, settings.output_topic: broker.partitions}
@@ -269,6 +272,10 @@ class MemorySink:
         """Queue a forecast."""
         self._unacknowledged.append(("forecast", Produced(stream_id.encode(), value, partition)))
 
+    def send_shadow(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
+        """Queue a challenger's forecast."""
+        self._unacknowledged.append(("shadow", Produced(stream_id.encode(), value, partition)))
+
     def send_dead_letter(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
@@ -287,8 +294,9 @@ class MemorySink:
         if "sink.flush" in broker.failing:
             raise SinkError("forecasts not acknowledged: the memory broker is failing flushes")
         with broker.lock:
+            topics = {"forecast": broker.forecasts, "shadow": broker.shadow}
             for kind, record in self._unacknowledged:
-                (broker.forecasts if kind == "forecast" else broker.dead_letters).append(record)
+                topics.get(kind, broker.dead_letters).append(record)
         self._unacknowledged = []
 
     def close(self, timeout: float = 5.0) -> None:

@@ -12,6 +12,10 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.config import KafkaSettings
 
 __all__ = ["default_bootstrap", "register"]
 
@@ -23,6 +27,14 @@ def default_bootstrap() -> str:
         or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         or "localhost:9092"
     )
+
+
+def _kafka_settings(args: argparse.Namespace) -> KafkaSettings:
+    """The ``kafka`` settings a tool connects with: TLS and SASL from the service's
+    ``SENSORCAST_KAFKA__*`` environment, on ``--bootstrap-servers``."""
+    from service.config import load_settings
+
+    return load_settings(None, {"kafka.bootstrap_servers": args.bootstrap_servers}).kafka
 
 
 def _positive_float(text: str) -> float:
@@ -60,7 +72,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         start_ts=parse_time(args.start_ts) if args.start_ts is not None else None,
         period=args.period,
     )
-    producer = make_producer(args.bootstrap_servers)
+    producer = make_producer(_kafka_settings(args))
     bar = tqdm(
         total=len(table),
         unit=" readings",
@@ -135,7 +147,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     try:
         with stop_on_signals(stop):
             follow(
-                args.bootstrap_servers,
+                _kafka_settings(args),
                 args.topic,
                 on_forecast,
                 from_beginning=args.from_beginning,
@@ -169,6 +181,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             model=args.model,
             seed=args.seed,
             rows=args.rows,
+            challenger=args.challenger,
         )
     )
 
@@ -281,5 +294,12 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     p.add_argument(
         "--rows", type=_positive_int, default=12, help="streams shown in the table (default 12)"
+    )
+    p.add_argument(
+        "--challenger",
+        metavar="NAME[:VERSION]",
+        default=None,
+        help="also run this model of the registry in shadow (model.shadow): its forecasts go "
+        "to a shadow topic and its live accuracy shows beside the served model's",
     )
     p.set_defaults(handler=_cmd_demo)

@@ -6,7 +6,10 @@
    ``SENSORCAST_*`` environment, awaited on ``/readyz``;
 4. a paced replay of simulated sensors (a thread) and a forecast reader (another thread)
    feeding a `Scoreboard` that compares each forecast with the simulated truth;
-5. a refreshing table until Ctrl-C, SIGTERM or ``--duration``.
+5. a refreshing table until Ctrl-C, SIGTERM or ``--duration``, under the live accuracy the
+   service itself reports on ``/metrics`` (`service.tools.livescore`): MAE and skill against
+   persistence per model version and target, the challenger's beside the served model's
+   when ``--challenger`` runs one in shadow.
 
 Everything started is registered on one exit stack, so it stops in reverse order whatever
 ends the run: replay and reader, then the service (SIGTERM: it flushes and commits), then
@@ -30,11 +33,13 @@ from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from service.config import KafkaSettings, load_settings
 from service.embedded import BOOTSTRAP_ENV, EmbeddedBroker
-from service.errors import SensorcastError
+from service.errors import ConfigError, SensorcastError
 from service.modelcard import ModelCard
 from service.simulate import SimulatedSensors
 from service.tools.interrupt import stop_on_signals
+from service.tools.livescore import LiveScore
 from service.tools.processes import ServeProcess, ServiceExited, pick_http_port
 from service.tools.screen import Screen
 
@@ -57,8 +62,8 @@ class DemoOptions:
     """What `run_demo` runs: `streams` simulated at `rate` readings per second for
     `duration` seconds (None: until Ctrl-C), the service's metrics on `http_port` (0: any
     free), `model` (``NAME`` or ``NAME:VERSION``) from `registry` (None: ./models if there
-    is one, else the shipped models), the simulator's `seed`, and `rows` streams shown in
-    the table.
+    is one, else the shipped models), the simulator's `seed`, `rows` streams shown in the
+    table, and a `challenger` (``NAME[:VERSION]`` of the same registry) run in shadow.
     """
 
     streams: int = 500
@@ -69,6 +74,7 @@ class DemoOptions:
     model: str = "sensors-demo"
     seed: int = 0
     rows: int = 12
+    challenger: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class _Topics:
     output: str
     dead_letter: str
     group: str
+    shadow: str
 
     @classmethod
     def named(cls, suffix: str) -> _Topics:
@@ -85,6 +92,7 @@ class _Topics:
             f"forecasts{suffix}",
             f"sensor-readings{suffix}.dlq",
             f"sensorcast-demo{suffix}",
+            f"forecasts{suffix}.shadow",
         )
 
 
@@ -93,16 +101,37 @@ def _default_registry() -> Path:
     return here if here.is_dir() else Path(__file__).resolve().parents[2] / "models"
 
 
-def _create_topics(bootstrap: str, topics: _Topics) -> None:
+def _kafka_settings(bootstrap: str) -> KafkaSettings:
+    """The ``kafka`` settings of the environment (TLS, SASL) on `bootstrap`. When the
+    environment holds an invalid setting, plaintext ones: the service then stops on it, and
+    the demo shows the service's log, which names it."""
+    try:
+        return load_settings(None, {"kafka.bootstrap_servers": bootstrap}).kafka
+    except ConfigError:
+        return KafkaSettings(bootstrap_servers=bootstrap)
+
+
+def _create_topics(kafka: KafkaSettings, topics: _Topics) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    names = [topics.input, topics.output, topics.dead_letter]
+    from service.kafka.probe import refusal, tls_preflight, unreachable
+    from service.kafka.security import kafka_python_options
+
+    bootstrap = kafka.bootstrap_servers
+    names = [topics.input, topics.output, topics.dead_letter, topics.shadow]
+    refused = tls_preflight(kafka)
+    if refused is not None:
+        raise SensorcastError(refusal(kafka, refused))
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="sensorcast-demo")
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","),
+            client_id="sensorcast-demo",
+            **kafka_python_options(kafka),
+        )
     except KafkaError as exc:
-        raise SensorcastError(f"cannot reach the broker at {bootstrap}: {exc}") from exc
+        raise SensorcastError(unreachable(kafka, exc)) from exc
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(n, _PARTITIONS, 1) for n in names if n not in existing]
@@ -116,7 +145,12 @@ def _create_topics(bootstrap: str, topics: _Topics) -> None:
 
 
 def _service_env(
-    bootstrap: str, topics: _Topics, registry: Path, card: ModelCard, port: int
+    bootstrap: str,
+    topics: _Topics,
+    registry: Path,
+    card: ModelCard,
+    port: int,
+    challenger: str | None,
 ) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -135,8 +169,14 @@ def _service_env(
             "SENSORCAST_MODEL__VERSION": card.version,
             "SENSORCAST_HTTP__HOST": "127.0.0.1",
             "SENSORCAST_HTTP__PORT": str(port),
+            "SENSORCAST_KAFKA__SHADOW_TOPIC": topics.shadow,
+            # scores reach /metrics when their checkpoint is acknowledged: every second, so
+            # the live accuracy moves while one watches
+            "SENSORCAST_KAFKA__COMMIT_INTERVAL": "1",
         }
     )
+    if challenger is not None:
+        env["SENSORCAST_MODEL__SHADOW"] = challenger
     return env
 
 
@@ -215,7 +255,7 @@ def _start_traffic(
     stack: contextlib.ExitStack,
     options: DemoOptions,
     card: ModelCard,
-    bootstrap: str,
+    kafka: KafkaSettings,
     topics: _Topics,
     stop: threading.Event,
     errors: list[BaseException],
@@ -230,11 +270,11 @@ def _start_traffic(
     sim = _simulation(options, card.period)
     span = sim.values.shape[1] * card.period
     board = Scoreboard(sim, list(card.targets), sim.stream_ids[: options.rows], span)
-    producer = make_producer(bootstrap)
+    producer = make_producer(kafka)
     stack.callback(producer.close)
     reader = partial(
         follow,
-        bootstrap,
+        kafka,
         topics.output,
         board.on_forecast,
         from_beginning=True,
@@ -260,6 +300,7 @@ def _show_table(
     header: list[str],
     board: Scoreboard,
     service: ServeProcess,
+    live: LiveScore,
     started: float,
     deadline: float,
     stop: threading.Event,
@@ -270,7 +311,7 @@ def _show_table(
         service.check()
         uptime = f"   up {time.monotonic() - started:.0f} s"
         screen.show(
-            [*header, *board.accuracy_lines()],
+            [*header, *live.lines()],
             board.table(screen.width),
             board.status_line() + uptime,
         )
@@ -295,31 +336,37 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
             with contextlib.ExitStack() as stack:
                 # 1. the broker
                 bootstrap, where, topics = _broker(stack, screen, workdir)
-                # 2. the topics
-                _create_topics(bootstrap, topics)
+                # 2. the topics, with the TLS and SASL settings the service gets from the
+                # same SENSORCAST_KAFKA__* environment
+                kafka = _kafka_settings(bootstrap)
+                _create_topics(kafka, topics)
                 # 3. the service
                 port = pick_http_port(options.http_port)
                 screen.message(f"starting the service with {card.ref} ...")
-                env = _service_env(bootstrap, topics, registry, card, port)
+                env = _service_env(bootstrap, topics, registry, card, port, options.challenger)
                 service = stack.enter_context(ServeProcess(env, workdir / "service.log", port))
                 service.wait_ready(_READY_TIMEOUT, stop)
                 if stop.is_set():  # Ctrl-C while the service was starting
                     raise KeyboardInterrupt
                 # 4. traffic: replay in, forecasts out, both scored
-                board = _start_traffic(stack, options, card, bootstrap, topics, stop, errors)
+                board = _start_traffic(stack, options, card, kafka, topics, stop, errors)
                 # 5. the table
                 header = [
                     f"Sensorcast demo: {card.ref} ({card.kind}, horizon {card.horizon} x "
                     f"{card.period:g} s, warm-up {card.warmup_steps} steps)  "
-                    f"{options.streams} streams at {options.rate:,.0f} readings/s",
+                    f"{options.streams} streams at {options.rate:,.0f} readings/s"
+                    + (
+                        f", challenger {options.challenger} in shadow" if options.challenger else ""
+                    ),
                     f"metrics http://127.0.0.1:{port}/metrics   broker {where}   logs {workdir}",
                 ]
                 deadline = started + options.duration if options.duration else float("inf")
-                _show_table(screen, header, board, service, started, deadline, stop)
+                live = LiveScore(port)
+                _show_table(screen, header, board, service, live, started, deadline, stop)
                 if errors:
                     raise errors[0]
                 summary = [] if screen.tty else ["", *board.table(screen.width), ""]
-                screen.message("\n".join([*summary, board.status_line(), *board.accuracy_lines()]))
+                screen.message("\n".join([*summary, board.status_line(), *live.lines()]))
         except ServiceExited as exc:
             screen.message(f"sensorcast demo: {exc}")
             status = 1

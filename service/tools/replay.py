@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pydantic_core
 
 from service.errors import SensorcastError
+
+if TYPE_CHECKING:
+    from service.config import KafkaSettings
 
 __all__ = ["ReplayError", "ReplayStats", "encode_reading", "make_producer", "replay"]
 
@@ -63,23 +66,31 @@ def encode_reading(stream_id: str, ts: float, values: dict[str, float] | list[fl
     return pydantic_core.to_json({"stream_id": stream_id, "ts": ts, "values": values})
 
 
-def make_producer(bootstrap_servers: str, **overrides: Any) -> Any:
-    """A kafka-python producer tuned for throughput: large batches, a short linger."""
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> Any:
+    """A kafka-python producer on `kafka`'s bootstrap servers, TLS and SASL settings, tuned
+    for throughput: large batches, a short linger. `overrides` are kafka-python options."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    from service.kafka.probe import refusal, tls_preflight, unreachable
+    from service.kafka.security import kafka_python_options
+
+    refused = tls_preflight(kafka)
+    if refused is not None:
+        raise ReplayError(refusal(kafka, refused))
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
+        "bootstrap_servers": kafka.bootstrap_servers.split(","),
         "client_id": "sensorcast-replay",
         "linger_ms": 10,
         "batch_size": 256 * 1024,
         "max_request_size": 4 * 1024 * 1024,
+        **kafka_python_options(kafka),
     }
     config.update(overrides)
     try:
         return KafkaProducer(**config)
     except KafkaError as exc:
-        raise ReplayError(f"cannot reach the broker at {bootstrap_servers}: {exc}") from exc
+        raise ReplayError(unreachable(kafka, exc)) from exc
 
 
 class _KeyPartitioner:

@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 
 from service.errors import SensorcastError
+
+if TYPE_CHECKING:
+    from service.config import KafkaSettings
 
 __all__ = [
     "ForecastView",
@@ -123,20 +126,28 @@ def format_table(latest: Mapping[str, ForecastView], rows: int, steps: int = 3) 
     return lines
 
 
-def _consumer(bootstrap_servers: str) -> Any:
-    """A kafka-python consumer outside any group, committing nothing."""
+def _consumer(kafka: KafkaSettings) -> Any:
+    """A kafka-python consumer on `kafka`'s bootstrap servers, TLS and SASL settings,
+    outside any group, committing nothing."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
+    from service.kafka.probe import refusal, tls_preflight, unreachable
+    from service.kafka.security import kafka_python_options
+
+    refused = tls_preflight(kafka)
+    if refused is not None:
+        raise TailError(refusal(kafka, refused))
     try:
         return KafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
+            bootstrap_servers=kafka.bootstrap_servers.split(","),
             group_id=None,
             enable_auto_commit=False,
             client_id="sensorcast-tail",
+            **kafka_python_options(kafka),
         )
     except KafkaError as exc:
-        raise TailError(f"cannot reach the broker at {bootstrap_servers}: {exc}") from exc
+        raise TailError(unreachable(kafka, exc)) from exc
 
 
 def _forecast_or_none(record: Any) -> ForecastView | None:
@@ -169,7 +180,7 @@ def _assign(consumer: Any, topic: str, from_beginning: bool, wait: float) -> Non
 
 
 def follow(
-    bootstrap_servers: str,
+    kafka: KafkaSettings,
     topic: str,
     on_forecast: Callable[[ForecastView], None],
     *,
@@ -180,14 +191,15 @@ def follow(
     wait_for_topic: float = 30.0,
     on_idle: Callable[[], None] | None = None,
 ) -> int:
-    """Read `topic` until `stop` is set (or `idle_timeout` seconds pass with no forecast).
+    """Read `topic` on `kafka`'s broker (its bootstrap servers, TLS and SASL settings) until
+    `stop` is set (or `idle_timeout` seconds pass with no forecast).
 
     Every forecast (of `streams`, when given) goes to `on_forecast`; `on_idle` runs after
     each poll. Records that are not forecasts are skipped and counted in the log. Returns how
     many forecasts were handed over.
     """
     wanted = set(streams or ()) or None  # None: every stream
-    consumer = _consumer(bootstrap_servers)
+    consumer = _consumer(kafka)
     handed = skipped = 0
     try:
         _assign(consumer, topic, from_beginning, wait_for_topic)

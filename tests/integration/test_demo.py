@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from service.registry import Registry
 from service.testing import add_sensor_lstm
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -121,13 +123,22 @@ def _assert_nothing_left(demo: _Demo) -> None:
     assert not left, f"processes left running: {left}"
 
 
-def test_demo_runs_for_its_duration_and_cleans_up(registry: Path) -> None:
-    demo = _Demo(registry, "--duration", "12")
+def test_demo_runs_for_its_duration_and_cleans_up(registry: Path, tmp_path: Path) -> None:
+    # the served model and a challenger in shadow, in a registry of their own
+    models = tmp_path / "models"
+    shutil.copytree(registry / "sensors-demo", models / "sensors-demo")
+    card = Registry(models).load("sensors-demo").card
+    add_sensor_lstm(models, name="challenger", horizon=card.horizon, warmup_steps=3)
+    demo = _Demo(models, "--duration", "14", "--challenger", "challenger")
     demo.watch_until(lambda: False, timeout=90)
     assert demo.finish(timeout=30) == 0, demo.text
     assert "starting the embedded broker" in demo.text or "KAFKA_BOOTSTRAP_SERVERS" in os.environ
     assert demo.forecasts() > 500, demo.text
-    assert "next-step MAE over" in demo.text, demo.text  # warm forecasts were scored
+    # warm forecasts scored, as the service's own /metrics count them, for both models
+    assert "live accuracy from the service's /metrics" in demo.text, demo.text
+    for model in (card.ref, "challenger:1"):
+        scored = re.findall(re.escape(model) + r" \(([\d,]+) values scored\)", demo.text)
+        assert scored and int(scored[-1].replace(",", "")) > 0, demo.text
     assert "sensor-00000" in demo.text  # the table
     assert "demo stopped after" in demo.lines[-1]
     _assert_nothing_left(demo)

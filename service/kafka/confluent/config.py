@@ -8,6 +8,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from service.config import KafkaSettings
+from service.kafka.security import librdkafka_options
 
 __all__ = ["GROUP_CHURN", "base_config", "describe", "error_of"]
 
@@ -41,13 +42,14 @@ def _on_error(err: KafkaError) -> None:
 
 
 def base_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
-    """Bootstrap, client id, reconnect backoff, logs and client-wide errors."""
+    """Bootstrap, client id, reconnect backoff, TLS and SASL, logs and client-wide errors."""
     return {
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": client_id,
         "reconnect.backoff.max.ms": int(settings.reconnect_backoff_max * 1000),
         "logger": librdkafka_log,
         "error_cb": _on_error,
+        **librdkafka_options(settings),
     }
 
 

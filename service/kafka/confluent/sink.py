@@ -56,7 +56,7 @@ class ConfluentSink(DeliveringSink):
     ) -> None:
         """`producer` builds the client from its config (tests pass a stand-in that calls
         the config's ``on_delivery`` as librdkafka would)."""
-        super().__init__(settings.output_topic, settings.dead_letter_topic)
+        super().__init__(settings.output_topic, settings.dead_letter_topic, settings.shadow_topic)
         self._producer = producer(
             {
                 **base_config(settings, settings.client_id),

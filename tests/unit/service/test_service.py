@@ -287,3 +287,79 @@ def test_a_lost_partition_is_dropped_without_a_commit_and_restored_when_it_retur
         _wait(_committed_all(broker), "every reading committed")
         assert svc.stop() == 0
     _same_as_uninterrupted(broker, registry, range(6), svc)
+
+
+def test_a_challenger_in_shadow_forecasts_and_is_scored_without_changing_the_served_forecasts(
+    registry: Path, tmp_path: Path
+) -> None:
+    from service.core.engine import EngineConfig, StreamEngine
+    from service.core.model import OnnxStepModel
+    from service.registry import Registry
+    from service.testing import ListSink
+    from service.testing.readings import readings_for
+
+    root = tmp_path / "models"
+    add_sensor_lstm(root)
+    add_sensor_lstm(root, name="challenger", seed=7)
+    broker = MemoryBroker(partitions=2)
+    _produce(broker, range(6))
+    settings = _settings(root, **{"model.shadow": "challenger"})
+    with running(settings, broker) as svc:
+        _wait(_committed_all(broker), "every reading committed")
+        assert svc.stop() == 0
+    # the served forecasts are those of a run without a challenger
+    _same_as_uninterrupted(broker, registry, range(6), svc)
+    # the challenger's: one per reading, as the challenger alone would make them
+    challenger = OnnxStepModel.from_loaded(Registry(root).load("challenger"))
+    alone = StreamEngine(challenger, EngineConfig())
+    sink, scores = ListSink(), np.zeros((4, 3, 1))
+    for i in range(STREAMS):
+        rows = [_values(i, step) for step in range(6)]
+        values = [[r["temp"], r["pressure"], r["vibration"]] for r in rows]
+        result = alone.process(readings_for(f"s{i}", values, start=T0, period=PERIOD), now=0.0)
+        sink.write(result)
+        assert result.scores is not None
+        scores += result.scores.total()[0]
+    shadow = {}
+    for record in broker.shadow:
+        message = json.loads(record.value or b"{}")
+        assert message["model"] == {"name": "challenger", "version": "1"}
+        shadow[(message["stream_id"], message["ts"])] = message["forecast"]["temp"]
+    assert len(shadow) == STREAMS * 6
+    for f in sink.forecasts:
+        np.testing.assert_allclose(shadow[(f.stream_id, f.ts)], f.values[:, 0], rtol=1e-5)
+    # scored under its own label, as the challenger alone scores
+    counted = svc.service.metrics.accuracy.totals("challenger:1")
+    assert counted is not None and counted[0].sum() > 0
+    np.testing.assert_allclose(counted, scores, rtol=1e-6)
+
+
+def test_a_restarted_challenger_is_seeded_from_the_served_models_streams(
+    registry: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    add_sensor_lstm(root)
+    add_sensor_lstm(root, name="challenger", seed=7)
+    broker = MemoryBroker(partitions=2)
+    settings = _settings(root, **{"model.shadow": "challenger"})
+    _produce(broker, range(4))
+    with running(settings, broker) as first:
+        _wait(_committed_all(broker), "the first readings committed")
+        assert first.stop() == 0
+    _produce(broker, range(4, 8))
+    with running(settings, broker) as second:
+        _wait(_committed_all(broker), "every reading committed")
+        shadow = second.service.shadow
+        assert shadow is not None
+        # every stream seeded from the restored champion: its applied offsets, not a cold start
+        assert sorted(shadow.store.ids()) == [f"s{i}" for i in range(STREAMS)]
+        for sid in shadow.store.ids():
+            mine, theirs = shadow.store.info(sid), second.service.engine.store.info(sid)  # type: ignore[union-attr]
+            assert mine is not None and theirs is not None
+            assert (mine.applied_offset, mine.last_ts) == (theirs.applied_offset, theirs.last_ts)
+            assert mine.steps >= 4  # re-warmed over the kept readings, then 4 more
+        counted = second.service.metrics.accuracy.totals("challenger:1")
+        assert counted is not None and counted[0].sum() > 0
+        assert second.stop() == 0
+    ts = {json.loads(r.value or b"{}")["ts"] for r in broker.shadow}
+    assert ts == {T0 + PERIOD * step for step in range(8)}
