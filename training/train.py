@@ -57,10 +57,10 @@ from training.predict import run_streams
 __all__ = [
     "StreamArrays",
     "TrainResult",
+    "cell_loss",
     "load_data",
     "make_batches",
     "make_chunks",
-    "cell_loss",
     "masked_loss",
     "masked_mse",
     "persistence_weights",
