@@ -20,7 +20,11 @@ import pytest
 
 from service.app import Service
 from service.config import ServiceSettings, load_settings
-from service.testing import MemoryBroker, MemoryTransport, add_sensor_lstm
+from service.core.engine import EngineConfig, StreamEngine
+from service.core.model import OnnxStepModel
+from service.registry import Registry
+from service.testing import ListSink, MemoryBroker, MemoryTransport, add_sensor_lstm
+from service.testing.readings import readings_for
 
 STREAMS = 6  # over two partitions: even ones on 0, odd ones on 1
 T0 = 1_700_000_000.0
@@ -289,18 +293,19 @@ def test_a_lost_partition_is_dropped_without_a_commit_and_restored_when_it_retur
     _same_as_uninterrupted(broker, registry, range(6), svc)
 
 
-def test_a_challenger_in_shadow_forecasts_and_is_scored_without_changing_the_served_forecasts(
-    registry: Path, tmp_path: Path
-) -> None:
-    from service.core.engine import EngineConfig, StreamEngine
-    from service.core.model import OnnxStepModel
-    from service.registry import Registry
-    from service.testing import ListSink
-    from service.testing.readings import readings_for
-
+@pytest.fixture
+def with_challenger(tmp_path: Path) -> Path:
+    """A registry with the served model and a challenger of the same shapes."""
     root = tmp_path / "models"
     add_sensor_lstm(root)
     add_sensor_lstm(root, name="challenger", seed=7)
+    return root
+
+
+def test_a_challenger_in_shadow_forecasts_and_is_scored_without_changing_the_served_forecasts(
+    registry: Path, with_challenger: Path
+) -> None:
+    root = with_challenger
     broker = MemoryBroker(partitions=2)
     _produce(broker, range(6))
     settings = _settings(root, **{"model.shadow": "challenger"})
@@ -335,11 +340,9 @@ def test_a_challenger_in_shadow_forecasts_and_is_scored_without_changing_the_ser
 
 
 def test_a_restarted_challenger_is_seeded_from_the_served_models_streams(
-    registry: Path, tmp_path: Path
+    with_challenger: Path,
 ) -> None:
-    root = tmp_path / "models"
-    add_sensor_lstm(root)
-    add_sensor_lstm(root, name="challenger", seed=7)
+    root = with_challenger
     broker = MemoryBroker(partitions=2)
     settings = _settings(root, **{"model.shadow": "challenger"})
     _produce(broker, range(4))
