@@ -29,13 +29,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from bench.engine import Feed, load_model
 from service.app import Service
 from service.config import load_settings
 from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
-from service.registry import Registry
+from service.registry import Registry, write_model
 from service.testing import MemoryBroker, MemoryTransport
 
 __all__ = ["main"]
@@ -107,6 +108,8 @@ def _service_rate(registry: Path, shadow: str | None, streams: int, steps: int) 
     started = time.perf_counter()
     thread.start()
     while service.metrics.registry.get_sample_value("sensorcast_readings_consumed_total") != total:
+        if not thread.is_alive():
+            raise RuntimeError("the service stopped before consuming every reading")
         time.sleep(0.005)
     seconds = time.perf_counter() - started
     service.stop()
@@ -118,11 +121,12 @@ def _shadow(streams: int, steps: int, rounds: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
     try:
         shutil.copytree(_REGISTRY / _MODEL, root / _MODEL)
-        shutil.copytree(_REGISTRY / _MODEL, root / "challenger")  # the same graph and size
-        card = root / "challenger" / "1" / "card.json"
-        data = json.loads(card.read_text())
-        data["name"] = "challenger"
-        card.write_text(json.dumps(data))
+        # the challenger: the same graph under another name, the same cost
+        loaded = Registry(_REGISTRY).load(_MODEL)
+        card = loaded.card.model_copy(update={"name": "challenger"})
+        folder = root / "challenger" / loaded.card.version
+        folder.mkdir(parents=True)
+        write_model(card, onnx.load_from_string(loaded.onnx_bytes), folder)
         alone, paired = [], []
         for _ in range(rounds):
             alone.append(_service_rate(root, None, streams, steps))
