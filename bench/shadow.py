@@ -9,8 +9,9 @@
    rounds so that both see the same machine; and the bytes per stream each keeps.
 2. A challenger in shadow: a whole `Service` on the in-memory transport (decode, engine,
    encode, send, checkpoints; no broker, so the figure is the service's own work) over the
-   same pre-loaded readings, without a challenger and with one of the same size (the served
-   model under another name: the same graph, the same cost), alternating.
+   same pre-loaded readings: forecasts not scored, scored (the default), and scored with a
+   challenger of the same size (the served model under another name: the same graph, the
+   same cost), alternating.
 
 The model is ``sensors-demo`` from the registry when it is there. Results are printed, not
 asserted; docs/benchmarks.md records a run.
@@ -86,7 +87,9 @@ def _load(broker: MemoryBroker, model: OnnxStepModel, streams: int, steps: int) 
             broker.produce(i % broker.partitions, sid.encode(), json.dumps(body).encode())
 
 
-def _service_rate(registry: Path, shadow: str | None, streams: int, steps: int) -> float:
+def _service_rate(
+    registry: Path, shadow: str | None, streams: int, steps: int, *, score: bool = True
+) -> float:
     """Readings per second of a Service over pre-loaded readings, start to last commit."""
     model = OnnxStepModel.from_loaded(Registry(registry).load(_MODEL))
     broker = MemoryBroker(partitions=4)
@@ -100,6 +103,7 @@ def _service_rate(registry: Path, shadow: str | None, streams: int, steps: int) 
         "model.registry": str(registry),
         "model.name": _MODEL,
         "model.watch_interval": 0,
+        "engine.score_forecasts": score,
     }
     if shadow is not None:
         overrides["model.shadow"] = shadow
@@ -127,17 +131,20 @@ def _shadow(streams: int, steps: int, rounds: int) -> None:
         folder = root / "challenger" / loaded.card.version
         folder.mkdir(parents=True)
         write_model(card, onnx.load_from_string(loaded.onnx_bytes), folder)
-        alone, paired = [], []
+        unscored, alone, paired = [], [], []
         for _ in range(rounds):
+            unscored.append(_service_rate(root, None, streams, steps, score=False))
             alone.append(_service_rate(root, None, streams, steps))
             paired.append(_service_rate(root, "challenger", streams, steps))
+        u = statistics.median(unscored)
         a, b = statistics.median(alone), statistics.median(paired)
         print(
             f"service on the in-memory transport, {streams:,} streams x {steps} readings, "
             f"median of {rounds} rounds:"
         )
-        print(f"  served model alone           {a:>9,.0f} readings/s")
-        print(f"  with a challenger in shadow  {b:>9,.0f} readings/s   ({b / a:.2f}x)")
+        print(f"  forecasts not scored         {u:>9,.0f} readings/s")
+        print(f"  scored (the default)         {a:>9,.0f} readings/s   ({a / u:.2f}x)")
+        print(f"  with a challenger in shadow  {b:>9,.0f} readings/s   ({b / a:.2f}x scored alone)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
