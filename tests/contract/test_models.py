@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from service.core.inputs import InputEncoder
 from service.modelcard import ModelCard, validate_onnx
 from service.registry import LoadedModel, Registry, load_model_dir
 
@@ -36,7 +37,7 @@ def _session(loaded: LoadedModel) -> ort.InferenceSession:
 
 def _inputs(card: ModelCard, batch: int, steps: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    feeds = {"x": rng.standard_normal((batch, steps, card.n_features)).astype(np.float32)}
+    feeds = {"x": rng.standard_normal((batch, steps, card.n_inputs)).astype(np.float32)}
     for spec in card.states:
         feeds[spec.name] = (
             spec.init + 0.5 * rng.standard_normal(spec.batched_shape(batch))
@@ -99,14 +100,16 @@ def test_parity_with_the_offline_prediction(loaded: LoadedModel) -> None:
 
     card = loaded.card
     rng = np.random.default_rng(3)
-    series = card.scaler.features.inverse(
-        rng.standard_normal((STEPS, card.n_features)).astype(np.float32)
-    )
-    offline = card.scaler.targets.transform(offline_forecast(loaded.ref.directory, series))
+    # readings across each feature's training range, a period apart
+    ranges = np.asarray(card.feature_ranges or [(-1.0, 1.0)] * card.n_features)
+    series = rng.uniform(ranges[:, 0], ranges[:, 1], (STEPS, card.n_features)).astype(np.float32)
+    ts = 1_700_000_000.0 + card.period * np.arange(STEPS)
+    offline = card.scaler.targets.transform(offline_forecast(loaded.ref.directory, series, ts))
     session = _session(loaded)
     states = {s.name: np.full(s.batched_shape(1), s.init, np.float32) for s in card.states}
     online = []
-    for row in card.scaler.features.transform(series).astype(np.float32):
+    inputs = InputEncoder(card.features, card.derived).encode(series, ts)
+    for row in card.scaler.features.transform(inputs).astype(np.float32):
         y, *new = session.run(None, {"x": row[None, None, :], **states})
         states = {s.name: v for s, v in zip(card.states, new, strict=True)}
         online.append(y[0, 0])
