@@ -313,7 +313,7 @@ def _read_file(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(path)
-        return pd.read_csv(path)
+        return pd.read_csv(path, float_precision="round_trip")  # the same floats on any pandas
     except Exception as exc:  # pandas and pyarrow raise many types for a bad file
         raise TrainingDataError(
             f"{path}: cannot read the table ({type(exc).__name__}: {exc})"
@@ -433,7 +433,12 @@ def _median_period(table: pd.DataFrame, source: str) -> float:
 
 
 def _fingerprint(table: pd.DataFrame) -> str:
+    """The table's identity: its columns and values. Text columns are hashed as Python
+    objects, whatever pandas stores them as (pandas 3 reads them as its ``str`` dtype, which
+    hashes differently), so one table has one fingerprint under any pandas version."""
     digest = hashlib.sha256()
     digest.update(",".join(map(str, table.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    text = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    hashed = table.astype(dict.fromkeys(text, object)) if text else table
+    digest.update(pd.util.hash_pandas_object(hashed, index=False).to_numpy().tobytes())
     return digest.hexdigest()

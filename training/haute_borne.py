@@ -98,7 +98,9 @@ def _read(path: Path) -> pd.DataFrame:
     columns = ["Wind_turbine_name", "Date_time", *COLUMNS]
     try:
         with zipfile.ZipFile(path) as archive, archive.open(MEMBER) as member:
-            return pd.read_csv(member, usecols=columns)
+            # correctly rounded floats, as every pandas version reads them (the default parser
+            # of pandas 3 reads some of this file's values one ulp away from that of pandas 2)
+            return pd.read_csv(member, usecols=columns, float_precision="round_trip")
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise TrainingDataError(
             f"{NAME}: cannot read {MEMBER} from {path} ({type(exc).__name__}: {exc})"

@@ -190,7 +190,7 @@ def read_table(path: Path) -> ReadingTable:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path)
+            frame = pd.read_csv(path, float_precision="round_trip")
     except ImportError as exc:
         raise DataSourceError(f"{path}: reading Parquet needs pyarrow: {_first_line(exc)}") from exc
     except Exception as exc:  # pandas and pyarrow raise many types for a malformed file

@@ -45,7 +45,11 @@ def test_two_replicas_on_two_versions_hand_partitions_over_without_a_loss(
     model = add_sensor_lstm(tmp_path / "models", warmup_steps=WARMUP)
     add_sensor_lstm(model.registry, version="2", seed=13, warmup_steps=WARMUP)
     names = Names.fresh(kafka)
-    feed = Feed(kafka.bootstrap, names.input, STREAMS, STEPS, pause=0.25)
+    # the first half of the readings while version 1 serves, the rest once it has left, so
+    # that every stream gets readings on version 2 whatever the machine's speed
+    feed = Feed(kafka.bootstrap, names.input, STREAMS, STEPS // 2, pause=0.25)
+    rest = Feed(kafka.bootstrap, names.input, STREAMS, STEPS, pause=0.1)
+    total = STREAMS * STEPS
     procs: list[ServeProcess] = []
     try:
         old = ServeProcess(kafka, model, names, tmp_path / "v1.log", model__version="1")
@@ -57,16 +61,19 @@ def test_two_replicas_on_two_versions_hand_partitions_over_without_a_loss(
         procs.append(new)
         new.wait_ready(90)  # assigned its share and restored it
         time.sleep(2.0)
-        assert old.stop() == 0, old.log()  # leaves: every partition goes to version 2
         feed.join()
-        wait_for_forecasts(kafka.bootstrap, names.output, feed.total, 90)
-        wait_committed(kafka.bootstrap, names.group, names.input, feed.total, 60)
+        assert old.stop() == 0, old.log()  # leaves: every partition goes to version 2
+        rest.start(first_step=STEPS // 2)
+        rest.join()
+        wait_for_forecasts(kafka.bootstrap, names.output, total, 90)
+        wait_committed(kafka.bootstrap, names.group, names.input, total, 60)
         rewarmed = new.metric("sensorcast_rewarms_total", reason="foreign_state")
         assert new.stop() == 0, new.log()
     finally:
         for proc in procs:
             proc.ensure_dead()
         feed.close()
+        rest.close()
     for name in ("v1.log", "v2.log"):
         assert "Traceback" not in (tmp_path / name).read_text()
     assert rewarmed == STREAMS
