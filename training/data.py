@@ -4,7 +4,7 @@ Sources are a CSV or Parquet file, or a built-in: ``sunspots`` (the yearly recor
 1700-2008 shipped with statsmodels; one stream, feature ``sunspots``, ``ts`` = 1 January of
 each year), ``synthetic`` (the seeded simulator in `service.simulate`) or
 ``la-haute-borne`` (four wind turbines' 10-minute SCADA readings 2014-2015, shipped in the
-openoa wheel; `training.haute_borne`).
+openoa wheel; `service.tools.haute_borne`, which `sensorcast replay` reads too).
 
 Bad input fails with one `TrainingDataError` line, unless a repair option says what to do:
 ``sort`` (unsorted timestamps within a stream), ``dedupe="first"|"last"`` (duplicate
@@ -42,9 +42,10 @@ import numpy as np
 import pandas as pd
 
 from service.core.inputs import InputEncoder
+from service.errors import DataSourceError
 from service.modelcard import DerivedInputs, Scaler, ScalerSet
 from service.simulate import DEFAULT_PERIOD, simulate
-from training import haute_borne
+from service.tools import haute_borne
 from training.errors import TrainingDataError
 from training.gaps import split_at_gaps
 from training.timestamps import SECONDS_PER_YEAR, TS_UNITS, parse_time, to_epoch_seconds
@@ -187,7 +188,10 @@ def load_dataset(
     elif source == "synthetic":
         table, period = _synthetic(n_streams, n_steps, seed), DEFAULT_PERIOD
     elif source == haute_borne.NAME:
-        table, period = haute_borne.load_haute_borne(), haute_borne.PERIOD
+        try:
+            table, period = haute_borne.load_haute_borne(), haute_borne.PERIOD
+        except DataSourceError as exc:  # openoa missing, or without the archive
+            raise TrainingDataError(str(exc)) from exc
     else:
         table, period = _read_file(Path(source)), 0.0
     if source in BUILTINS and ts_unit not in ("s", "auto"):

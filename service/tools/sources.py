@@ -5,7 +5,7 @@ one numeric column per feature; an empty cell is a feature missing from that rea
 Built-ins: ``synthetic`` (the seeded simulator in `service.simulate`), ``sunspots`` (the
 yearly record shipped with statsmodels: one stream, feature ``sunspots``, ``ts`` = 1 January
 of each year) and ``la-haute-borne`` (four wind turbines' 10-minute SCADA readings
-2014-2015 from the openoa wheel, repaired as training repairs them: `training.haute_borne`). Files need pandas (and pyarrow for Parquet), from the ``train`` extra.
+2014-2015 from the openoa wheel, repaired as training repairs them: `service.tools.haute_borne`). Files need pandas (and pyarrow for Parquet), from the ``train`` extra.
 
 Whatever the source, a `ReadingTable` holds the readings in replay order: by time, streams
 interleaved, each stream's own order kept.
@@ -166,19 +166,10 @@ def _sunspots() -> ReadingTable:
 
 
 def _haute_borne() -> ReadingTable:
-    try:
-        from training.errors import TrainingDataError
-        from training.haute_borne import load_haute_borne
-    except ImportError as exc:
-        raise DataSourceError(
-            f"la-haute-borne is read by the trainer's loader: pip install 'sensorcast[train]' "
-            f"({_first_line(exc)})"
-        ) from exc
-    try:
-        frame = load_haute_borne()
-    except TrainingDataError as exc:  # the openoa wheel is missing: it says how to install it
-        raise DataSourceError(str(exc)) from exc
-    return _from_frame(frame, "la-haute-borne")
+    _pandas()  # the loader needs it: one line saying how to install it when it is missing
+    from service.tools.haute_borne import load_haute_borne
+
+    return _from_frame(load_haute_borne(), "la-haute-borne")
 
 
 def read_table(path: Path) -> ReadingTable:

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from service.cli import main
-from training import haute_borne
+from service.tools import haute_borne
+from service.tools.haute_borne import COLUMNS, load_haute_borne
 from training.data import load_dataset
 from training.errors import TrainingDataError
-from training.haute_borne import COLUMNS, load_haute_borne
 
 TURBINES = ["R80711", "R80721", "R80736", "R80790"]
 SPRING = ["2014-03-30", "2015-03-29"]
@@ -41,7 +41,7 @@ def _read_member(name: str, usecols: list[str] | None = None) -> pd.DataFrame:
     dist = distribution("openoa")
     [archive] = [f for f in dist.files or [] if f.name == "la_haute_borne.zip"]
     with zipfile.ZipFile(Path(str(dist.locate_file(archive)))) as z, z.open(name) as member:
-        return pd.read_csv(member, usecols=usecols)
+        return pd.read_csv(member, usecols=usecols, float_precision="round_trip")  # as the loader
 
 
 @pytest.fixture(scope="module")

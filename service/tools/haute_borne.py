@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.errors import TrainingDataError
+from service.errors import DataSourceError
 
 __all__ = ["COLUMNS", "INSTALL", "MEMBER", "NAME", "PERIOD", "load_haute_borne"]
 
@@ -62,7 +62,7 @@ def load_haute_borne() -> pd.DataFrame:
     """The long table (``stream_id``, ``ts`` in UTC epoch seconds, `COLUMNS`), repaired as
     the module says, in stream and time order.
 
-    Raises `TrainingDataError` in one line when openoa is not installed (naming `INSTALL`)
+    Raises `DataSourceError` in one line when openoa is not installed (naming `INSTALL`)
     or its archive is not the one expected.
     """
     raw = _read(_archive())
@@ -81,7 +81,7 @@ def _archive() -> Path:
     try:
         dist = distribution("openoa")
     except PackageNotFoundError as exc:
-        raise TrainingDataError(
+        raise DataSourceError(
             f"{NAME}: the data ships inside the openoa wheel, which is not installed; {INSTALL}"
         ) from exc
     for file in dist.files or []:
@@ -89,7 +89,7 @@ def _archive() -> Path:
             path = Path(str(dist.locate_file(file)))
             if path.is_file():
                 return path
-    raise TrainingDataError(
+    raise DataSourceError(
         f"{NAME}: openoa {dist.version} has no {_ARCHIVE}; {INSTALL} (the version that ships it)"
     )
 
@@ -102,7 +102,7 @@ def _read(path: Path) -> pd.DataFrame:
             # of pandas 3 reads some of this file's values one ulp away from that of pandas 2)
             return pd.read_csv(member, usecols=columns, float_precision="round_trip")
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise TrainingDataError(
+        raise DataSourceError(
             f"{NAME}: cannot read {MEMBER} from {path} ({type(exc).__name__}: {exc})"
         ) from exc
 
@@ -113,7 +113,7 @@ def _utc(raw: pd.DataFrame) -> np.ndarray:
     offsets = stamps.str.slice(19)
     unknown = ~offsets.isin(_OFFSETS)
     if unknown.any():
-        raise TrainingDataError(
+        raise DataSourceError(
             f"{NAME}: stamp {stamps[unknown].iloc[0]!r} has an offset other than "
             f"{' or '.join(_OFFSETS)}; the repair assumes Paris local time"
         )
