@@ -9,7 +9,7 @@ from service.core.engine import EngineConfig, StreamEngine
 from service.core.model import OnnxStepModel
 from service.errors import ConfigError
 from service.metrics import ServiceMetrics
-from service.registry import Registry, parse_model_spec
+from service.registry import LoadedModel, Registry, parse_model_spec
 
 __all__ = ["engine_config", "load_engine"]
 
@@ -36,24 +36,31 @@ def engine_config(settings: EngineSettings) -> EngineConfig:
     )
 
 
+def _engine(settings: ServiceSettings, loaded: LoadedModel) -> StreamEngine:
+    """`loaded` on onnxruntime as ``model.*`` says, in an engine configured by ``engine.*``."""
+    m = settings.model
+    model = OnnxStepModel.from_loaded(
+        loaded, intra_op_threads=m.intra_op_threads, spinning=m.spinning
+    )
+    return StreamEngine(model, engine_config(settings.engine))
+
+
 def load_shadow(settings: ServiceSettings) -> StreamEngine | None:
     """The challenger `model.shadow` in an engine of its own (None when unset); raises as
     `load_engine` does."""
     m = settings.model
     if m.shadow is None:
         return None
-    name, version = parse_model_spec(m.shadow)
-    loaded = Registry(m.registry).load(name, version)
-    served = Registry(m.registry).resolve(m.name, m.version)
-    if (loaded.ref.name, loaded.ref.version) == (served.name, served.version):
+    registry = Registry(m.registry)
+    challenger = registry.resolve(*parse_model_spec(m.shadow))
+    served = registry.resolve(m.name, m.version)
+    if (challenger.name, challenger.version) == (served.name, served.version):
         raise ConfigError(
             f"model.shadow={m.shadow} is the served model {served.name}:{served.version}; "
             "a challenger is another model or version"
         )
-    model = OnnxStepModel.from_loaded(
-        loaded, intra_op_threads=m.intra_op_threads, spinning=m.spinning
-    )
-    engine = StreamEngine(model, engine_config(settings.engine))
+    loaded = registry.load(challenger.name, challenger.version)
+    engine = _engine(settings, loaded)
     log.info(
         "challenger loaded model=%s kind=%s (in shadow: forecasts to kafka.shadow_topic)",
         loaded.card.ref,
@@ -69,9 +76,6 @@ def load_engine(settings: ServiceSettings, metrics: ServiceMetrics) -> StreamEng
     """
     m, e = settings.model, settings.engine
     loaded = Registry(m.registry).load(m.name, m.version)
-    model = OnnxStepModel.from_loaded(
-        loaded, intra_op_threads=m.intra_op_threads, spinning=m.spinning
-    )
     card = loaded.card
     if card.feature_ranges is None and e.out_of_range != "accept":
         log.warning(
@@ -79,7 +83,7 @@ def load_engine(settings: ServiceSettings, metrics: ServiceMetrics) -> StreamEng
             "training range (engine.out_of_range=%s has no effect); re-export the model",
             e.out_of_range,
         )
-    engine = StreamEngine(model, engine_config(e))
+    engine = _engine(settings, loaded)
     metrics.set_model(card.name, card.version, card.kind, engine.fingerprint.hex())
     log.info(
         "model loaded model=%s kind=%s features=%d horizon=%d dir=%s",
