@@ -502,6 +502,14 @@ class EngineSettings(_Section):
         "never enters the state; a real level shift is followed once it stops being "
         "flagged, as the running scale grows).",
     )
+    sequences: bool = Field(
+        default=True,
+        description="Apply the readings a stream has in a row in one micro-batch as one "
+        "sequence on the model's time axis: one model call per distinct run length, not "
+        "one per reading of the busiest stream (backfills, replays, a few high-rate "
+        "streams). The results are the same; `false` applies them round by round. The "
+        "`replace` anomaly policy always applies round by round.",
+    )
 
 
 class HttpSettings(_Section):

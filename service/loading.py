@@ -33,6 +33,7 @@ def engine_config(settings: EngineSettings) -> EngineConfig:
         score_forecasts=e.score_forecasts,
         anomaly_threshold=e.anomaly_threshold,
         anomaly_policy=e.anomaly_policy,
+        sequences=e.sequences,
     )
 
 

@@ -95,13 +95,15 @@ class StreamBook:
         *,
         offsets_increase: bool,
         rows: np.ndarray | None,
+        count: np.ndarray | int = 1,
     ) -> np.ndarray:
-        """One reading per slot applied (see `StateStore.advance`); returns the steps."""
+        """`count` readings per slot applied, the last at `ts` and `offsets` with `values`
+        (see `StateStore.advance`); returns the steps."""
         if rows is None:
             rows = self.rows.take(slots)
         rows["last_ts"] = ts
         steps = rows["steps"]
-        steps += 1
+        steps += count
         applied = rows["applied"]
         if offsets_increase:
             applied[...] = offsets

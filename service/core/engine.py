@@ -53,6 +53,7 @@ from service.core.objects import batch_of, result_of
 from service.core.readings import DropReason, ForecastBatch, Reading, ReadingBatch, Reject
 from service.core.results import BatchResult, EngineResult, EngineStats
 from service.core.rounds import RoundRunner
+from service.core.runs import RunPlan
 from service.core.scoring import Outstanding, ScoreSums, one_step_variance
 from service.core.state import REWARM_MISSING_HISTORY, REWARM_REASONS, StateStore
 from service.core.values import FeatureValues
@@ -122,6 +123,7 @@ class StreamEngine:
         self._values = FeatureValues(card.features, impute=config.impute == "last")
         self._checks = ReadingChecks(card, config)
         self._rounds = RoundRunner(model, replace_anomalies=config.anomaly_policy == "replace")
+        self._sequences = config.sequences and config.anomaly_policy == "apply"
         # a placeholder until a call's forecasts are known
         self._no_forecasts = ForecastBatch.empty(card.horizon, card.n_targets, card.period)
 
@@ -280,23 +282,24 @@ class StreamEngine:
         streams are distinct and fit the capacity cap, so that it is one round.
         """
         result = BatchResult(self._no_forecasts)
-        split: list[np.ndarray | None] = (
-            [None] if one_wave else list(waves(batch.stream_ids, self.store.max_streams))
-        )
         rounds: list[Round] = []
         rejects: list[tuple[int, Reject]] = []
         drops: list[tuple[int, DropReason]] = []
-        for idx in split:
-            done = self._apply(batch, idx, now, result, rejects, drops, slots, sums)
-            if done is not None:
-                rounds.append(done)
+        if one_wave:
+            done = self._apply(batch, None, now, result, rejects, drops, slots, sums)
+            rounds = [] if done is None else [done]
+        elif not self._runs_of(batch, slots, now, result, rounds, rejects, drops, sums):
+            for idx in waves(batch.stream_ids, self.store.max_streams):
+                done = self._apply(batch, idx, now, result, rejects, drops, slots, sums)
+                if done is not None:
+                    rounds.append(done)
         card = self.card
         result.forecasts = (
             in_row_order(batch, rounds, card.period)
             if rounds
             else ForecastBatch.empty(card.horizon, card.n_targets, card.period)
         )
-        if len(split) > 1:
+        if not one_wave:
             rejects.sort(key=itemgetter(0))
             drops.sort(key=itemgetter(0))
         result.reject_rows = [i for i, _ in rejects]
@@ -304,6 +307,97 @@ class StreamEngine:
         result.drops = drops
         result.evicted = self.store.drain_evicted()
         return result
+
+    def _runs_of(
+        self,
+        batch: ReadingBatch,
+        batch_slots: np.ndarray,
+        now: float,
+        result: BatchResult,
+        rounds: list[Round],
+        rejects: list[tuple[int, Reject]],
+        drops: list[tuple[int, DropReason]],
+        sums: ScoreSums | None,
+    ) -> bool:
+        """Apply `batch`, whose streams have several readings, as runs (`service.core.runs`):
+        turn by turn, each stream's next run in sequences on the time axis, then each
+        stream's next incident in one general round. False, having done nothing, when runs
+        are off or could change what happens: under the ``replace`` anomaly policy, or when
+        the batch's new streams would make the capacity cap evict. `batch_slots` are the
+        batch's slots as looked up (-1 for new streams)."""
+        if not self._sequences:
+            return False
+        if not len(batch_slots):
+            return True
+        store = self.store
+        plan = RunPlan(batch, self._checks.max_gap, batch_slots)
+        slots = store.slots_of(plan.ids)
+        cap = store.max_streams
+        if cap is not None and len(store) + int(np.count_nonzero(slots < 0)) > cap:
+            return False
+        position, end = plan.first.copy(), plan.end
+        live = np.arange(len(plan.ids))
+        while len(live):
+            at = position[live]
+            lengths = plan.starts_run(at, slots[live], store)
+            running = np.flatnonzero(lengths)
+            if len(running):
+                rounds.append(
+                    self._apply_runs(
+                        batch, plan, live[running], at[running], lengths[running], now, result, sums
+                    )
+                )
+            at += lengths
+            position[live] = at
+            live = live[at < end[live]]
+            if not len(live):
+                break
+            # each stream's incident, one general round over them all
+            done = self._apply(
+                batch, plan.rows[position[live]], now, result, rejects, drops, slots, sums
+            )
+            if done is not None:
+                rounds.append(done)
+            position[live] += 1
+            new = live[slots[live] < 0]
+            if len(new):
+                slots[new] = store.slots_of([plan.ids[s] for s in new.tolist()])
+            live = live[position[live] < end[live]]
+        return True
+
+    def _apply_runs(
+        self,
+        batch: ReadingBatch,
+        plan: RunPlan,
+        streams: np.ndarray,
+        at: np.ndarray,
+        lengths: np.ndarray,
+        now: float,
+        result: BatchResult,
+        sums: ScoreSums | None,
+    ) -> Round:
+        """The runs of `plan`'s `streams` (known), `lengths[i]` readings from position
+        `at[i]`, as sequences; returns the applied rows, their forecasts, warm flags and
+        anomaly scores."""
+        starts = np.cumsum(lengths) - lengths
+        positions = np.repeat(at - starts, lengths) + np.arange(int(lengths.sum()))
+        rows = plan.rows[positions]
+        store = self.store
+        slots = store.ensure([plan.ids[s] for s in streams.tolist()], now=now)
+        out = self._rounds.run_runs(
+            store,
+            slots,
+            lengths,
+            plan.ts[positions],
+            plan.offsets[positions],
+            batch.values[rows],
+            now,
+            partitions=batch.partitions[rows],
+            sums=sums,
+        )
+        result.round_sizes.extend(out.sizes)
+        result.round_seconds.extend(out.seconds)
+        return rows, out.values, out.warm, out.anomaly
 
     def _apply(
         self,

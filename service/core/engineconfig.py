@@ -55,6 +55,12 @@ class EngineConfig:
     anomaly_policy: Literal["apply", "replace"] = "apply"
     """A flagged reading updates the state as it is (apply), or with its flagged targets'
     values replaced by the forecast made for them one step earlier (replace)."""
+    sequences: bool = True
+    """Apply the readings a stream has in a row in one micro-batch as one sequence on the
+    model's time axis (`service.core.packed`): one model call per distinct run length
+    rather than one per reading of the busiest stream. Off, or under the ``replace``
+    anomaly policy (which needs each reading's forecast before the next is applied), every
+    reading takes a round of its own; the results are the same."""
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():

@@ -67,6 +67,26 @@ class History:
         self.head[slots] = (at + 1) % self.k
         self.length[slots] = np.minimum(self.length[slots] + 1, self.k)
 
+    def push_runs(
+        self, slots: np.ndarray, counts: np.ndarray, ts: np.ndarray, values: np.ndarray
+    ) -> None:
+        """`counts[i]` applied readings of slot i (distinct slots) in a row: `ts` and
+        `values` slot-major, each slot's in order; only each slot's last `k` are written."""
+        if not self.k:
+            return
+        k = self.k
+        starts = np.cumsum(counts) - counts
+        slot_of = np.repeat(np.arange(len(slots)), counts)
+        position = np.arange(len(ts)) - starts[slot_of]
+        last = np.flatnonzero(position >= counts[slot_of] - k)
+        at = slots[slot_of[last]]
+        head = self.head[slots]
+        where = (head[slot_of[last]] + position[last]) % k
+        self.ts[at, where] = ts[last]
+        self.values[at, where] = values[last]
+        self.head[slots] = (head + counts) % k
+        self.length[slots] = np.minimum(self.length[slots] + counts, k)
+
     def ordered(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The kept readings of `slots`, oldest first and right-aligned (the kept ones
         last): timestamps ``[n, k]``, values ``[n, k, features]`` and how many are kept."""

@@ -18,11 +18,13 @@ import numpy as np
 
 from service.core.inputs import InputEncoder
 from service.core.model import StepModel
+from service.core.packed import run_packed
+from service.core.runscoring import score_runs
 from service.core.scoring import AnomalyScores, ScoreSums
 from service.core.state import StateStore
 from service.errors import InferenceError
 
-__all__ = ["RoundOutput", "RoundRunner"]
+__all__ = ["RoundOutput", "RoundRunner", "RunsOutput"]
 
 
 class RoundOutput(NamedTuple):
@@ -32,6 +34,18 @@ class RoundOutput(NamedTuple):
     values: np.ndarray
     warm: np.ndarray
     seconds: float
+    anomaly: AnomalyScores | None
+
+
+class RunsOutput(NamedTuple):
+    """Runs' forecasts in original units ``[n, horizon, n_targets]`` and warm flags per
+    reading, each model call's readings and seconds, and the readings' anomaly scores (None
+    when not scored)."""
+
+    values: np.ndarray
+    warm: np.ndarray
+    sizes: list[int]
+    seconds: list[float]
     anomaly: AnomalyScores | None
 
 
@@ -143,6 +157,47 @@ class RoundRunner:
             scoring.remember(slots[kept], ts[kept], values[kept], x_raw[kept][:, self.targets])
         return RoundOutput(values, warm, seconds, anomaly)
 
+    def run_runs(
+        self,
+        store: StateStore,
+        slots: np.ndarray,
+        lengths: np.ndarray,
+        ts: np.ndarray,
+        offsets: np.ndarray,
+        x_raw: np.ndarray,
+        now: float,
+        *,
+        partitions: np.ndarray,
+        sums: ScoreSums | None = None,
+    ) -> RunsOutput:
+        """Apply `lengths[i]` readings in a row to each of `slots` (distinct, ready), each
+        stream's readings as one sequence (`service.core.packed`): the same as a round per
+        reading, in far fewer model calls. The readings are slot-major, each slot's in
+        order: `ts`, `offsets` (each above the one before it, the first above the slot's
+        applied offset), raw values `x_raw` with no missing value, and `partitions`. With
+        `sums`, the readings are scored as `run` scores them (`service.core.runscoring`).
+        Raises `InferenceError` when the model's output has the wrong shape."""
+        calls = run_packed(self.model, store, slots, self._scaled(x_raw, ts), lengths)
+        assert calls.y is not None
+        steps = store.advance_runs(
+            slots, lengths, ts, offsets, now, x_raw if store.keeps_values else None
+        )
+        starts = np.cumsum(lengths) - lengths
+        stream = np.repeat(np.arange(len(slots)), lengths)
+        steps = steps[stream] + (np.arange(len(ts)) - starts[stream]) + 1
+        warm = steps >= self.card.warmup_steps
+        values = calls.y
+        flat = values.reshape(len(values), -1)
+        flat *= self._y_std
+        flat += self._y_mean
+        anomaly = None
+        if sums is not None and store.scoring.enabled:
+            actual = x_raw[:, self.targets]
+            anomaly = score_runs(
+                store.scoring, slots, lengths, ts, actual, values, warm, partitions, sums
+            )
+        return RunsOutput(values, warm, calls.sizes, calls.seconds, anomaly)
+
     def rewarm(
         self,
         store: StateStore,
@@ -153,24 +208,35 @@ class RoundRunner:
     ) -> float:
         """Run the model from the initial state of `slots` (distinct) over each one's last
         `n` readings of `values` (raw, ``[len(slots), K, n_features]``, right-aligned, taken
-        at `ts` ``[len(slots), K]``), one model call per step across the slots; the states
-        are scattered back, nothing else is recorded. Returns the model calls' seconds."""
+        at `ts` ``[len(slots), K]``), each slot's as one sequence (`service.core.packed`);
+        the states are scattered back, nothing else is recorded. Returns the model calls'
+        seconds."""
         store.reset(slots)
-        steps = int(n.max(initial=0))
+        some = np.flatnonzero(n > 0)
+        if not len(some):
+            return 0.0
+        counts = n[some]
+        starts = np.cumsum(counts) - counts
+        stream = np.repeat(some, counts)
         k = values.shape[1]
-        seconds = 0.0
-        for j in range(steps):
-            active = np.flatnonzero(n >= steps - j)
-            at = k - steps + j
-            x = (
-                self._inputs.encode(values[active, at], ts[active, at]) - self._x_mean
-            ) / self._x_std
-            states = store.gather(slots[active])
-            started = time.perf_counter()
-            _, new_states = self.model.step(x[:, None, :].astype(np.float32), states)
-            seconds += time.perf_counter() - started
-            store.scatter(slots[active], new_states)
-        return seconds
+        column = (
+            k
+            - counts[np.repeat(np.arange(len(some)), counts)]
+            + (np.arange(int(counts.sum())) - np.repeat(starts, counts))
+        )
+        x = self._scaled(values[stream, column], ts[stream, column])
+        calls = run_packed(self.model, store, slots[some], x, counts, outputs=False)
+        return sum(calls.seconds)
+
+    def _scaled(self, x_raw: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """The model inputs of readings (raw values `x_raw` at `ts`), scaled, float32."""
+        if self._inputs.identity:
+            x: np.ndarray = np.subtract(x_raw, self._x_mean, dtype=np.float32)
+        else:
+            x = self._inputs.encode(x_raw, ts)
+            x -= self._x_mean
+        x /= self._x_std
+        return x
 
     def _round_buffers(self, batch: int) -> _RoundBuffers:
         """The model input and the scalers tiled for `batch` readings (the last size's are

@@ -373,6 +373,35 @@ class StateStore:
             self._history.push(slots, ts, values)
         return steps
 
+    def advance_runs(
+        self,
+        slots: np.ndarray,
+        counts: np.ndarray,
+        ts: np.ndarray,
+        offsets: np.ndarray,
+        now: float,
+        values: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Record that `counts[i]` readings were applied to slot i (distinct slots) in a row:
+        `ts`, `offsets` (each above the last, the first above the slot's applied offset)
+        and `values` (raw, needed when the store `keeps_values`) slot-major, each slot's in
+        order. Returns the slots' steps seen before the first of them."""
+        last = np.cumsum(counts) - 1
+        steps = self._book.advance(
+            slots,
+            ts[last],
+            offsets[last],
+            None if values is None else values[last],
+            offsets_increase=True,
+            rows=None,
+            count=counts,
+        )
+        self._recency.seen(slots, now)
+        if values is not None and self._history.k:
+            self._history.push_runs(slots, counts, ts, values)
+        before: np.ndarray = steps - counts
+        return before
+
     def note_jumps(self, slots: np.ndarray, before: np.ndarray) -> None:
         """The readings just applied to `slots` moved their clocks ahead by more than the
         gap limit, from `before`: remembered until their next applied reading, for

@@ -137,7 +137,8 @@ def is_one_wave(ids: list[str], slots: np.ndarray, store: StateStore) -> bool:
 def in_row_order(batch: ReadingBatch, rounds: list[Round], period: float) -> ForecastBatch:
     """The forecasts of `rounds` over `batch` as one batch in row order; `period` in seconds."""
     scored = rounds[0][3] is not None
-    if len(rounds) == 1:
+    rows = rounds[0][0]
+    if len(rounds) == 1 and (rows is None or bool((rows[1:] > rows[:-1]).all())):
         rows, values, warm, anomaly = rounds[0]
         score = None if anomaly is None else anomaly.score
         over = None if anomaly is None else anomaly.over

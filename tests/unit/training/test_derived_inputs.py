@@ -135,7 +135,8 @@ def test_the_engine_feeds_the_model_the_inputs_training_built(trained: tuple[Pat
     step = model.step
 
     def recording(x: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        seen.update({len(seen) + i: row.copy() for i, row in enumerate(x[:, 0])})
+        # one stream at a time: its readings in order, on the batch or the time axis
+        seen.update({len(seen) + i: row.copy() for i, row in enumerate(x.reshape(-1, x.shape[-1]))})
         return step(x, states)
 
     model.step = recording  # type: ignore[method-assign]

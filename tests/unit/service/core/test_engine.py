@@ -99,23 +99,30 @@ def test_onnx_parity_among_a_thousand_other_streams(
     assert np.max(np.abs(got - expected) / np.maximum(np.abs(expected), 1e-3)) <= 1e-4
 
 
-def test_several_readings_of_a_stream_in_one_batch_run_in_successive_rounds(
-    elman: ElmanLagModel,
+@pytest.mark.parametrize(
+    ("sequences", "sizes"),
+    [(False, [2, 1, 1]), (True, [2, 2])],
+    ids=["round-by-round", "sequences"],
+)
+def test_several_readings_of_a_stream_in_one_batch_apply_in_order(
+    elman: ElmanLagModel, sequences: bool, sizes: list[int]
 ) -> None:
+    """Round by round, wave k holds each stream's k-th reading; with sequences, the new
+    streams' first readings take one round and a's next two one call on the time axis."""
     rng = np.random.default_rng(4)
     a, b = series(rng, 3), series(rng, 1)
     batch = [*readings_for("a", a)[:2], readings_for("b", b)[0], readings_for("a", a)[2]]
-    engine = StreamEngine(elman)
+    engine = StreamEngine(elman, EngineConfig(sequences=sequences))
     result = engine.process(batch, now=0.0)
-    assert result.round_sizes == [2, 1, 1]
-    assert len(result.round_seconds) == 3
+    assert result.round_sizes == sizes
+    assert len(result.round_seconds) == len(sizes)
     assert [(f.stream_id, f.ts) for f in result.forecasts] == [
         ("a", 0.0),
         ("a", 60.0),
         ("b", 0.0),
         ("a", 120.0),
     ]
-    assert elman.calls == 3
+    assert elman.calls == len(sizes)
     np.testing.assert_allclose(result.forecasts[3].values, oracle(elman, a)[2], rtol=1e-5)
 
 

@@ -160,7 +160,7 @@ def test_forecasts_come_back_in_row_order_across_rounds() -> None:
         ["a", "a", "b", "a"], [0.0, 60.0, 0.0, 120.0], np.ones((4, 2)), offsets=[0, 1, 2, 3]
     )
     result = engine.process_batch(batch, now=0.0)
-    assert result.round_sizes == [2, 1, 1]
+    assert result.round_sizes == [2, 2]  # a and b new, then a's next two as one sequence
     assert result.forecasts.stream_ids == ["a", "a", "b", "a"]
     assert result.forecasts.offsets.tolist() == [0, 1, 2, 3]
     assert result.forecasts.values.shape == (4, MODEL.card.horizon, MODEL.card.n_targets)
