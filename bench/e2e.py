@@ -187,8 +187,15 @@ class Pipeline:
 
 
 def _start(
-    name: str, bootstrap: str, topic: str, output: str, group: str, offset_reset: str = "earliest"
+    name: str,
+    bootstrap: str,
+    topic: str,
+    output: str,
+    group: str,
+    offset_reset: str = "earliest",
+    settings: dict[str, str] | None = None,
 ) -> Pipeline:
+    """Start pipeline `name`; `settings` are more environment variables for it."""
     env = dict(os.environ)
     if name.startswith("sensorcast"):
         env.update(
@@ -211,6 +218,7 @@ def _start(
                 ),
             }
         )
+        env.update(settings or {})
         cmd = [sys.executable, "-m", "service.cli", "serve"]
     else:
         cmd = [
