@@ -53,7 +53,7 @@ from service.core.objects import batch_of, result_of
 from service.core.readings import DropReason, ForecastBatch, Reading, ReadingBatch, Reject
 from service.core.results import BatchResult, EngineResult, EngineStats
 from service.core.rounds import RoundRunner
-from service.core.runs import RunPlan
+from service.core.runs import RunPlan, ranks
 from service.core.scoring import Outstanding, ScoreSums, one_step_variance
 from service.core.state import REWARM_MISSING_HISTORY, REWARM_REASONS, StateStore
 from service.core.values import FeatureValues
@@ -335,34 +335,17 @@ class StreamEngine:
         cap = store.max_streams
         if cap is not None and len(store) + int(np.count_nonzero(slots < 0)) > cap:
             return False
-        position, end = plan.first.copy(), plan.end
-        live = np.arange(len(plan.ids))
-        while len(live):
-            at = position[live]
-            lengths = plan.starts_run(at, slots[live], store)
-            running = np.flatnonzero(lengths)
-            if len(running):
-                rounds.append(
-                    self._apply_runs(
-                        batch, plan, live[running], at[running], lengths[running], now, result, sums
-                    )
-                )
-            at += lengths
-            position[live] = at
-            live = live[at < end[live]]
-            if not len(live):
-                break
-            # each stream's incident, one general round over them all
-            done = self._apply(
-                batch, plan.rows[position[live]], now, result, rejects, drops, slots, sums
-            )
-            if done is not None:
-                rounds.append(done)
-            position[live] += 1
-            new = live[slots[live] < 0]
-            if len(new):
-                slots[new] = store.slots_of([plan.ids[s] for s in new.tolist()])
-            live = live[position[live] < end[live]]
+        rounds += plan.apply(
+            slots,
+            store,
+            drops,
+            run=lambda streams, at, lengths: self._apply_runs(
+                batch, plan, streams, at, lengths, now, result, sums
+            ),
+            incident=lambda rows: self._apply(
+                batch, rows, now, result, rejects, drops, batch_slots, sums
+            ),
+        )
         return True
 
     def _apply_runs(
@@ -379,8 +362,7 @@ class StreamEngine:
         """The runs of `plan`'s `streams` (known), `lengths[i]` readings from position
         `at[i]`, as sequences; returns the applied rows, their forecasts, warm flags and
         anomaly scores."""
-        starts = np.cumsum(lengths) - lengths
-        positions = np.repeat(at - starts, lengths) + np.arange(int(lengths.sum()))
+        positions = np.repeat(at, lengths) + ranks(lengths)
         rows = plan.rows[positions]
         store = self.store
         slots = store.ensure([plan.ids[s] for s in streams.tolist()], now=now)

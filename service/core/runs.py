@@ -7,7 +7,8 @@ readings that apply one after the other with nothing to decide between them: eac
 finite values and timestamp and no problem, is newer than the one before it by at most the
 gap limit, and has a higher offset. Whatever breaks a run (a reject, a drop, a gap, a
 missing value, a new stream) is the *incident* that the engine's general round handles,
-one reading per stream, before the stream's next run.
+one reading per stream, before the stream's next run. The readings a stream's state
+already holds at the start of a batch (a replay after a restore) are dropped all at once.
 
 `RunPlan` sorts a batch's rows by stream once and marks where runs break between two
 readings; whether a stream's next reading may start a run depends on its state at that
@@ -16,12 +17,15 @@ turn, which the engine checks (`RunPlan.starts_run`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from service.core.readings import ReadingBatch
+from service.core.readings import DropReason, ReadingBatch
 from service.core.state import StateStore
+from service.core.waves import Round
 
-__all__ = ["RunPlan"]
+__all__ = ["RunPlan", "ranks"]
 
 
 class RunPlan:
@@ -80,3 +84,68 @@ class RunPlan:
         ok &= since <= self.max_gap
         ok &= self.offsets[positions] > store.applied_offset_at(safe)
         return np.where(ok, self.run_end[positions] - positions, 0)
+
+    def applied_before(self, slots: np.ndarray, store: StateStore) -> np.ndarray:
+        """How many of each stream's first readings its state already holds (an offset at
+        or below its applied one: a replay after a restore), for streams with `slots`
+        (-1: none). They are dropped as already applied, whatever else they are."""
+        applied = np.where(slots >= 0, store.applied_offset_at(np.maximum(slots, 0)), -1)
+        counts = self.end - self.first
+        held = self.offsets >= 0
+        held &= self.offsets <= np.repeat(applied, counts)
+        fresh = np.append(np.flatnonzero(~held), len(held))
+        upto = np.minimum(fresh[np.searchsorted(fresh, self.first)], self.end)
+        leading: np.ndarray = upto - self.first
+        return leading
+
+    def apply(
+        self,
+        slots: np.ndarray,
+        store: StateStore,
+        drops: list[tuple[int, DropReason]],
+        *,
+        run: Callable[[np.ndarray, np.ndarray, np.ndarray], Round],
+        incident: Callable[[np.ndarray], Round | None],
+    ) -> list[Round]:
+        """Apply the batch turn by turn; returns what each call applied.
+
+        First each stream's readings its state already holds are dropped (into `drops`).
+        Then, while a stream has readings left, each turn runs every stream's next run,
+        ``run(streams, positions, lengths)``, then every stream's next incident in one
+        general round, ``incident(rows)``. `slots` are the streams' (-1: new; updated as
+        the general rounds create them).
+        """
+        position = self.first.copy()
+        held = self.applied_before(slots, store)
+        if held.any():
+            stale = self.rows[np.repeat(position, held) + ranks(held)]
+            drops.extend((row, DropReason.ALREADY_APPLIED) for row in stale.tolist())
+            position += held
+        done: list[Round] = []
+        live = np.flatnonzero(position < self.end)
+        while len(live):
+            at = position[live]
+            lengths = self.starts_run(at, slots[live], store)
+            running = np.flatnonzero(lengths)
+            if len(running):
+                done.append(run(live[running], at[running], lengths[running]))
+            position[live] = at + lengths
+            live = live[position[live] < self.end[live]]
+            if not len(live):
+                break
+            applied = incident(self.rows[position[live]])
+            if applied is not None:
+                done.append(applied)
+            position[live] += 1
+            new = live[slots[live] < 0]
+            if len(new):
+                slots[new] = store.slots_of([self.ids[s] for s in new.tolist()])
+            live = live[position[live] < self.end[live]]
+        return done
+
+
+def ranks(counts: np.ndarray) -> np.ndarray:
+    """0 .. counts[i] - 1 for each i, one after the other."""
+    total = int(counts.sum())
+    out: np.ndarray = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    return out
