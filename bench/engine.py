@@ -19,6 +19,11 @@
    (growth of the process's RSS while the streams were created, and the store's own
    accounting) against the raw state bytes.
 
+3. Few long streams: micro-batches of 2,000 simulated readings, of 2,000 streams x 1
+   reading and of 4 streams x 500 readings, with ``engine.sequences`` on and off (a stream's
+   readings in a row as one sequence on the model's time axis, or one call per reading of
+   the busiest stream); readings/s from CPU time, best of alternating trials.
+
 The model is ``sensors-demo`` from the registry when it is there, otherwise a 2x64 LSTM
 built with onnx.helper (`service.testing.build_onnx_lstm`). Results are printed, not asserted.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import time
 from collections.abc import Sequence
@@ -41,6 +47,7 @@ from service.core.readings import Reading, ReadingBatch
 from service.core.state import StateDType
 from service.errors import SensorcastError
 from service.registry import Registry
+from service.simulate import SENSOR_FEATURES, simulate
 from service.testing import build_onnx_lstm
 
 __all__ = ["Feed", "load_model", "main", "rss_bytes"]
@@ -284,7 +291,56 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{store.state_bytes / n:>13,.0f} {store.allocated_bytes / n:>13,.0f} {raw:>6} "
             f"{scale.rss_per_stream / raw:>8.2f} {scale.fill_seconds:>7.1f}"
         )
+    _print_long_streams(model, 1.0 if args.quick else 6.0)
     return 0
+
+
+def _long_stream_batches(
+    model: OnnxStepModel, streams: int, per_stream: int, count: int
+) -> list[ReadingBatch]:
+    """`count` micro-batches of `per_stream` consecutive readings of each of `streams`
+    streams, interleaved by time, after one batch that creates the streams."""
+    steps = 1 + per_stream * count
+    sim = simulate(streams, steps, gaps=False, faults=False)
+    n_features = model.card.n_features
+    ids = np.array([sim.stream_ids[s] for s in range(streams)] * steps, dtype=object)
+    ts = np.repeat(sim.ts, streams)
+    values = sim.values.transpose(1, 0, 2).reshape(-1, n_features)
+    cuts = [0, streams, *range(streams + streams * per_stream, len(ts) + 1, streams * per_stream)]
+    return [
+        ReadingBatch.of(list(ids[a:b]), ts[a:b], values[a:b], offsets=np.arange(a, b))
+        for a, b in itertools.pairwise(cuts)
+    ]
+
+
+def _print_long_streams(model: OnnxStepModel, seconds: float) -> None:
+    """Micro-batches of 2,000 readings: 2,000 streams x 1 against 4 streams x 500, with
+    `engine.sequences` on and off, in alternating trials of `seconds`; the best counts."""
+    if list(model.card.features) != list(SENSOR_FEATURES):
+        return  # the simulated readings are sensors-demo's
+    print("\nfew long streams: micro-batches of 2,000 readings (readings/s, best trial, CPU time)")
+    shapes = {"2,000 x 1": (2_000, 1), "4 x 500": (4, 500)}
+    best: dict[tuple[str, bool], float] = {}
+    feeds = {name: _long_stream_batches(model, *shape, 12) for name, shape in shapes.items()}
+    for _ in range(3):
+        for name, batches in feeds.items():
+            for sequences in (True, False):
+                engine = StreamEngine(model, EngineConfig(sequences=sequences))
+                engine.process_batch(batches[0], now=0.0)
+                done, started = 0, time.process_time()
+                for batch in batches[1:]:
+                    engine.process_batch(batch, now=0.0)
+                    done += len(batch)
+                    if time.process_time() - started > seconds / 6:
+                        break
+                rate = done / (time.process_time() - started)
+                best[(name, sequences)] = max(best.get((name, sequences), 0.0), rate)
+    print(f"{'workload':>10} {'sequences on':>13} {'off':>10} {'on/off':>7}")
+    for name in shapes:
+        on, off = best[(name, True)], best[(name, False)]
+        print(f"{name:>10} {on:>13,.0f} {off:>10,.0f} {on / off:>7.2f}")
+    wide, long = best[("2,000 x 1", True)], best[("4 x 500", True)]
+    print(f"4 x 500 / 2,000 x 1, sequences on: {long / wide:.2f}")
 
 
 if __name__ == "__main__":
