@@ -20,8 +20,6 @@ does that for all the readings at once, with the results of scoring them in orde
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from service.core.scoring import (
@@ -59,17 +57,9 @@ def score_runs(
     if not outstanding.enabled or not n:
         return AnomalyScores(np.zeros(n, np.float32), np.zeros((n, t), np.bool_))
     runs = _Runs(outstanding, slots, lengths, warm)
-    residual, scored = _score(outstanding, runs, ts, actual, forecasts, partitions, sums)
-    _keep(outstanding, runs, scored, ts, actual, forecasts)
+    residual, done_of = _score(outstanding, runs, ts, actual, forecasts, partitions, sums)
+    _keep(outstanding, runs, done_of, ts, actual, forecasts)
     return _anomalies(outstanding, runs, residual, partitions, sums)
-
-
-class _Scored(NamedTuple):
-    """Pairs scored of forecasts a run made: reading, candidate and step."""
-
-    rows: np.ndarray
-    cols: np.ndarray
-    k: np.ndarray
 
 
 class _Runs:
@@ -118,9 +108,9 @@ def _score(
     forecasts: np.ndarray,
     partitions: np.ndarray,
     sums: ScoreSums,
-) -> tuple[np.ndarray, _Scored]:
-    """Score every reading's candidates; returns the one-step residuals (NaN: none) and
-    the pairs scored of the run's own forecasts."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score every reading's candidates; returns the one-step residuals (NaN: none) and,
+    per reading, the highest step scored of the forecast it made (0: none)."""
     h, t, period = outstanding.horizon, outstanding.n_targets, outstanding.period
     n = len(ts)
     residual = np.full((n, t), np.nan, np.float32)
@@ -154,10 +144,22 @@ def _score(
     previous = np.where(made_one[:, None], shifted, previous)
     previous[runs.position == 0] = 0.0
     hit &= scored != previous
+    done_of = np.zeros(n, np.int8)  # the highest step scored of the forecast made at each
+    # the common case, without pairs: a reading whose candidates are the forecasts of the
+    # `horizon` readings just before it in its run, each hit at the step of its distance
+    diagonal = np.flatnonzero(
+        (runs.source == np.arange(n)[:, None] - np.arange(h, 0, -1)).all(axis=1)
+        & ~runs.before[:, 0]
+        & (step == np.arange(h, 0, -1)).all(axis=1)
+        & hit.all(axis=1)
+    )
+    if len(diagonal):
+        hit[diagonal] = False
+        residual[diagonal] = _score_diagonal(diagonal, actual, forecasts, partitions, sums, done_of)
     flat = np.flatnonzero(hit)  # by reading, in order
     rows, cols = np.divmod(flat, h)
     if not len(rows):
-        return residual, _Scored(rows, cols, rows)
+        return residual, done_of
     k = step.reshape(-1)[flat].astype(np.int64)
     kept = runs.before.reshape(-1)[flat]
     source = runs.source.reshape(-1)[flat]
@@ -180,36 +182,68 @@ def _score(
         one = one[np.lexsort((runs.ring_of(rows[one], cols[one]), rows[one]))]
     residual[rows[one]] = error[one]
     new = np.flatnonzero(~kept) if len(old) else slice(None)
-    return residual, _Scored(rows[new], cols[new], k[new])
+    own = source[new]
+    np.maximum.at(done_of, own, k[new].astype(np.int8))
+    return residual, done_of
+
+
+def _score_diagonal(
+    rows: np.ndarray,
+    actual: np.ndarray,
+    forecasts: np.ndarray,
+    partitions: np.ndarray,
+    sums: ScoreSums,
+    done_of: np.ndarray,
+) -> np.ndarray:
+    """Score readings `rows` against the forecasts of the `horizon` readings before each, at
+    the step of their distance; returns their one-step residuals. By step, with slices of
+    the forecasts rather than pairs (one reading, one step, one forecast)."""
+    h = forecasts.shape[1]
+    truth = actual[rows]
+    parts = partitions[rows]
+    keys = np.unique(parts)
+    which = [None] if len(keys) == 1 else [parts == p for p in keys.tolist()]
+    residual: np.ndarray = truth
+    for k in range(1, h + 1):
+        made = rows - k
+        error = truth - forecasts[made, k - 1]
+        naive = truth - actual[made]
+        if k == 1:
+            residual = error
+        done_of[made] = np.maximum(done_of[made], k)
+        error64 = error.astype(np.float64)
+        quantities = (np.abs(error64), np.square(error64), np.abs(naive.astype(np.float64)))
+        for key, mask in zip(keys.tolist(), which, strict=True):
+            table = sums.table(key)
+            count = len(rows) if mask is None else int(np.count_nonzero(mask))
+            table[0, k - 1] += count
+            for i, quantity in enumerate(quantities, start=1):
+                table[i, k - 1] += (quantity if mask is None else quantity[mask]).sum(axis=0)
+    return residual
 
 
 def _keep(
     outstanding: Outstanding,
     runs: _Runs,
-    scored: _Scored,
+    done_of: np.ndarray,
     ts: np.ndarray,
     actual: np.ndarray,
     forecasts: np.ndarray,
 ) -> None:
     """Put each run's last `horizon` warm forecasts in its stream's ring, with the highest
-    step the run scored of each."""
+    step the run scored of each (`done_of`, by the reading that made it)."""
     h = outstanding.horizon
     made_at = runs.made_at
     if not len(made_at):
         return
     stream = runs.stream[made_at]
     number = np.arange(len(made_at)) - runs.first_made[stream]
-    done = np.zeros(len(made_at), np.int8)
-    if len(scored.rows):
-        rows, cols = scored.rows, scored.cols
-        source = runs.first_made[runs.stream[rows]] + runs.number[rows, cols] - h
-        done[source] = scored.k  # in order of reading: the highest step last
     last = number >= runs.n_made[stream] - h
     at = runs.slots[stream[last]]
     ring = (runs.head[stream[last]] + number[last]) % h
     readings = made_at[last]
     outstanding.made[at, ring] = ts[readings]
-    outstanding.done[at, ring] = done[last]
+    outstanding.done[at, ring] = done_of[readings]
     outstanding.base[at, ring] = actual[readings]
     outstanding.values[at, ring] = forecasts[readings]
     outstanding.head[runs.slots] = (runs.head + runs.n_made) % h
@@ -233,20 +267,25 @@ def _anomalies(
     by_step[runs.position, runs.stream] = residual
     known = ~np.isnan(by_step)
     squared = np.square(np.where(known, by_step, 0.0))
-    seed, limit = outstanding.seed, outstanding.threshold**2
+    gaps = np.flatnonzero(~known.all(axis=(1, 2))).tolist()  # steps with a residual missing
+    limit = outstanding.threshold**2
     scale = outstanding.scale[runs.slots]
-    variance = np.empty((longest, *scale.shape), np.float32)  # before each step's residual
-    clipped, updated = np.empty_like(scale), np.empty_like(scale)
+    # variance[j]: the variance before step j (the seed until a stream's first residual)
+    variance = np.empty((longest + 1, *scale.shape), np.float32)
+    variance[0] = np.where(scale > 0, scale, outstanding.seed)
     for j in range(longest):
-        var = variance[j]
-        np.copyto(var, seed)
-        np.copyto(var, scale, where=scale > 0)
-        np.minimum(squared[j], var * limit, out=clipped)
-        clipped -= var
-        np.multiply(clipped, ANOMALY_SMOOTHING, out=updated)
-        updated += var
-        np.copyto(scale, updated, where=known[j])
-    outstanding.scale[runs.slots] = scale
+        var, new = variance[j], variance[j + 1]
+        np.multiply(var, limit, out=new)
+        np.minimum(squared[j], new, out=new)
+        new -= var
+        new *= ANOMALY_SMOOTHING
+        new += var
+        if gaps and j == gaps[0]:
+            gaps.pop(0)
+            np.copyto(new, var, where=~known[j])
+    seen = known.any(axis=0)
+    outstanding.scale[runs.slots] = np.where(seen, variance[longest], scale)
+    variance = variance[:longest]
     z = np.abs(by_step) / np.sqrt(variance)
     return count_anomalies(z[runs.position, runs.stream], outstanding.threshold, partitions, sums)
 
