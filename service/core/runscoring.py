@@ -196,29 +196,26 @@ def _score_diagonal(
     done_of: np.ndarray,
 ) -> np.ndarray:
     """Score readings `rows` against the forecasts of the `horizon` readings before each, at
-    the step of their distance; returns their one-step residuals. By step, with slices of
-    the forecasts rather than pairs (one reading, one step, one forecast)."""
+    the step of their distance; returns their one-step residuals. All steps at once, as
+    ``[rows, step, target]`` arrays, rather than through one index per pair."""
     h = forecasts.shape[1]
-    truth = actual[rows]
+    steps = np.arange(1, h + 1)
+    made = rows[:, None] - steps  # [rows, step]: the reading each step's forecast was made at
+    truth = actual[rows][:, None, :]
+    error = truth - forecasts[made, steps - 1]
+    naive = truth - actual[made]
+    error64 = error.astype(np.float64)
+    quantities = (np.abs(error64), np.square(error64), np.abs(naive.astype(np.float64)))
     parts = partitions[rows]
-    keys = np.unique(parts)
-    which = [None] if len(keys) == 1 else [parts == p for p in keys.tolist()]
-    residual: np.ndarray = truth
-    for k in range(1, h + 1):
-        made = rows - k
-        error = truth - forecasts[made, k - 1]
-        naive = truth - actual[made]
-        if k == 1:
-            residual = error
-        done_of[made] = np.maximum(done_of[made], k)
-        error64 = error.astype(np.float64)
-        quantities = (np.abs(error64), np.square(error64), np.abs(naive.astype(np.float64)))
-        for key, mask in zip(keys.tolist(), which, strict=True):
-            table = sums.table(key)
-            count = len(rows) if mask is None else int(np.count_nonzero(mask))
-            table[0, k - 1] += count
-            for i, quantity in enumerate(quantities, start=1):
-                table[i, k - 1] += (quantity if mask is None else quantity[mask]).sum(axis=0)
+    for p in np.unique(parts).tolist():
+        mine = None if parts[0] == parts[-1] == p and (parts == p).all() else parts == p
+        table = sums.table(p)
+        table[0] += len(rows) if mine is None else int(np.count_nonzero(mine))
+        for i, quantity in enumerate(quantities, start=1):
+            table[i] += (quantity if mine is None else quantity[mine]).sum(axis=0)
+    # the highest step scored of each forecast: the last reading's that scored it
+    done_of[made] = steps
+    residual: np.ndarray = error[:, 0]
     return residual
 
 
