@@ -203,16 +203,17 @@ def _score_diagonal(
     made = rows[:, None] - steps  # [rows, step]: the reading each step's forecast was made at
     truth = actual[rows][:, None, :]
     error = truth - forecasts[made, steps - 1]
-    naive = truth - actual[made]
-    error64 = error.astype(np.float64)
-    quantities = (np.abs(error64), np.square(error64), np.abs(naive.astype(np.float64)))
+    naive = np.abs(truth - actual[made])
+    absolute = np.abs(error)
     parts = partitions[rows]
     for p in np.unique(parts).tolist():
-        mine = None if parts[0] == parts[-1] == p and (parts == p).all() else parts == p
+        mine = slice(None) if parts[0] == parts[-1] == p and (parts == p).all() else parts == p
         table = sums.table(p)
-        table[0] += len(rows) if mine is None else int(np.count_nonzero(mine))
-        for i, quantity in enumerate(quantities, start=1):
-            table[i] += (quantity if mine is None else quantity[mine]).sum(axis=0)
+        table[0] += np.count_nonzero(parts[mine] == p)
+        # summed in float64, squares included, without float64 copies of the arrays
+        table[1] += absolute[mine].sum(axis=0, dtype=np.float64)
+        table[2] += np.einsum("rkt,rkt->kt", error[mine], error[mine], dtype=np.float64)
+        table[3] += naive[mine].sum(axis=0, dtype=np.float64)
     # the highest step scored of each forecast: the last reading's that scored it
     done_of[made] = steps
     residual: np.ndarray = error[:, 0]
