@@ -319,3 +319,54 @@ def test_every_shipped_model_gives_the_same_records_on_the_time_axis(name: str) 
     for got, want in zip(runs, rounds, strict=True):
         _assert_same_result(got, want)
     _assert_same_store(by_runs, by_rounds)
+
+
+def test_a_rewarm_runs_each_streams_kept_readings_as_one_sequence() -> None:
+    """After a model change, streams with 2, 3 and 10 applied readings (4 kept at most) are
+    re-warmed over 2, 3 and 4 readings: packed, one call per distinct length; then their
+    next readings take one round. The re-warmed states equal a fresh engine's after the
+    same readings."""
+    model = _Counting(MODEL)
+    engine = StreamEngine(model)  # type: ignore[arg-type]
+    batch = _clean(3, 11)
+    counts = {0: 2, 1: 3, 2: 10}
+    rows = [i for i in range(33) if i // 3 < counts[i % 3]]
+    engine.process_batch(
+        ReadingBatch.of(
+            [batch.stream_ids[i] for i in rows],
+            batch.ts[rows],
+            batch.values[rows],
+            offsets=np.asarray(rows),
+        ),
+        now=0.0,
+    )
+    model = _Counting(MODEL)  # the same graph as another model: every state is re-warmed
+    engine.replace_model(model)  # type: ignore[arg-type]
+    following = [3 * counts[s] + s for s in range(3)]  # each stream's next reading
+    result = engine.process_batch(
+        ReadingBatch.of(
+            [batch.stream_ids[i] for i in following],
+            batch.ts[following],
+            batch.values[following],
+            offsets=np.asarray(following),
+        ),
+        now=0.0,
+    )
+    assert result.rewarms == {"model_change": 3}
+    assert model.shapes == [(3, 2), (2, 1), (1, 1), (3, 1)]
+    # the oracle: each stream's last kept readings and the next one, from the initial state
+    for s in range(3):
+        kept = [3 * k + s for k in range(max(0, counts[s] - 4), counts[s])] + [following[s]]
+        fresh = StreamEngine(MODEL, EngineConfig(sequences=False))
+        for i in kept:
+            fresh.process_batch(
+                ReadingBatch.of(
+                    [batch.stream_ids[i]], batch.ts[[i]], batch.values[[i]], offsets=[i]
+                ),
+                now=0.0,
+            )
+        sid = batch.stream_ids[s]
+        for a, b in zip(
+            engine.store.states_of(sid) or [], fresh.store.states_of(sid) or [], strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
