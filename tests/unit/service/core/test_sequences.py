@@ -204,6 +204,19 @@ def _clean(n_streams: int, n_steps: int, seed: int = 0) -> ReadingBatch:
     )
 
 
+def _rows(
+    batch: ReadingBatch, rows: slice | list[int], values: np.ndarray | None = None
+) -> ReadingBatch:
+    """The readings `rows` of `batch` (with other `values` when given), as a batch."""
+    index = np.arange(len(batch.ts))[rows]
+    return ReadingBatch.of(
+        [batch.stream_ids[i] for i in index.tolist()],
+        batch.ts[index],
+        batch.values[index] if values is None else values,
+        offsets=batch.offsets[index],
+    )
+
+
 class _Counting:
     """A step model that counts its calls and the time axis it is given."""
 
@@ -220,9 +233,7 @@ def test_a_few_long_streams_take_one_model_call_per_distinct_run_length() -> Non
     engine = StreamEngine(model)  # type: ignore[arg-type]
     engine.process_batch(_clean(4, 1), now=0.0)  # new streams: one round
     batch = _clean(4, 501)
-    first = ReadingBatch.of(  # the next 500 readings of each, as one micro-batch
-        batch.stream_ids[4:], batch.ts[4:], batch.values[4:], offsets=batch.offsets[4:] + 4
-    )
+    first = _rows(batch, slice(4, None))  # the next 500 readings of each, as one micro-batch
     model.shapes.clear()
     result = engine.process_batch(first, now=0.0)
     assert model.shapes == [(4, 500)]
@@ -234,22 +245,11 @@ def test_runs_of_different_lengths_are_packed_longest_first() -> None:
     model = _Counting(MODEL)
     engine = StreamEngine(model)  # type: ignore[arg-type]
     batch = _clean(3, 9)
-    engine.process_batch(
-        ReadingBatch.of(batch.stream_ids[:3], batch.ts[:3], batch.values[:3], offsets=[0, 1, 2]),
-        now=0.0,
-    )
+    engine.process_batch(_rows(batch, slice(3)), now=0.0)
     # stream 0 gets 6 more readings, stream 1 gets 3, stream 2 gets 6
     keep = [i for i in range(3, 27) if (i % 3 != 1 or i < 12) and i < 21]
     model.shapes.clear()
-    engine.process_batch(
-        ReadingBatch.of(
-            [batch.stream_ids[i] for i in keep],
-            batch.ts[keep],
-            batch.values[keep],
-            offsets=np.asarray(keep),
-        ),
-        now=0.0,
-    )
+    engine.process_batch(_rows(batch, keep), now=0.0)
     assert model.shapes == [(3, 3), (2, 3)]
 
 
@@ -261,10 +261,7 @@ def test_a_reject_in_a_long_run_costs_one_round_not_one_per_reading() -> None:
     values = batch.values[2:].copy()
     values[100, 2] = math.nan  # stream 0's 51st reading
     model.shapes.clear()
-    result = engine.process_batch(
-        ReadingBatch.of(batch.stream_ids[2:], batch.ts[2:], values, offsets=batch.offsets[2:]),
-        now=0.0,
-    )
+    result = engine.process_batch(_rows(batch, slice(2, None), values), now=0.0)
     assert result.reject_rows == [100]
     # both streams' runs up to the reject, then the reject's round (no model call), then
     # stream 0's rest and stream 1's rest
@@ -278,12 +275,7 @@ def test_the_replace_policy_applies_round_by_round(policy: str) -> None:
     engine.process_batch(_clean(2, 1), now=0.0)
     batch = _clean(2, 5)
     model.shapes.clear()
-    engine.process_batch(
-        ReadingBatch.of(
-            batch.stream_ids[2:], batch.ts[2:], batch.values[2:], offsets=batch.offsets[2:]
-        ),
-        now=0.0,
-    )
+    engine.process_batch(_rows(batch, slice(2, None)), now=0.0)
     assert model.shapes == [(2, 1)] * 4
 
 
@@ -331,27 +323,11 @@ def test_a_rewarm_runs_each_streams_kept_readings_as_one_sequence() -> None:
     batch = _clean(3, 11)
     counts = {0: 2, 1: 3, 2: 10}
     rows = [i for i in range(33) if i // 3 < counts[i % 3]]
-    engine.process_batch(
-        ReadingBatch.of(
-            [batch.stream_ids[i] for i in rows],
-            batch.ts[rows],
-            batch.values[rows],
-            offsets=np.asarray(rows),
-        ),
-        now=0.0,
-    )
+    engine.process_batch(_rows(batch, rows), now=0.0)
     model = _Counting(MODEL)  # the same graph as another model: every state is re-warmed
     engine.replace_model(model)  # type: ignore[arg-type]
     following = [3 * counts[s] + s for s in range(3)]  # each stream's next reading
-    result = engine.process_batch(
-        ReadingBatch.of(
-            [batch.stream_ids[i] for i in following],
-            batch.ts[following],
-            batch.values[following],
-            offsets=np.asarray(following),
-        ),
-        now=0.0,
-    )
+    result = engine.process_batch(_rows(batch, following), now=0.0)
     assert result.rewarms == {"model_change": 3}
     assert model.shapes == [(3, 2), (2, 1), (1, 1), (3, 1)]
     # the oracle: each stream's last kept readings and the next one, from the initial state
@@ -359,12 +335,7 @@ def test_a_rewarm_runs_each_streams_kept_readings_as_one_sequence() -> None:
         kept = [3 * k + s for k in range(max(0, counts[s] - 4), counts[s])] + [following[s]]
         fresh = StreamEngine(MODEL, EngineConfig(sequences=False))
         for i in kept:
-            fresh.process_batch(
-                ReadingBatch.of(
-                    [batch.stream_ids[i]], batch.ts[[i]], batch.values[[i]], offsets=[i]
-                ),
-                now=0.0,
-            )
+            fresh.process_batch(_rows(batch, [i]), now=0.0)
         sid = batch.stream_ids[s]
         for a, b in zip(
             engine.store.states_of(sid) or [], fresh.store.states_of(sid) or [], strict=True
