@@ -38,14 +38,19 @@ class StateRecords:
     def dump(self, slots: np.ndarray) -> list[bytes]:
         """One record per slot (held ones), in order."""
         buffer = self._buffer
-        if buffer is None:
+        if buffer is None or buffer.capacity < min(len(slots), buffer.CHUNK):
+            # grown in powers of two, up to a chunk: a buffer made for ten streams is not
+            # made again for eleven, nor made bigger than the checkpoints that use it
             buffer = self._buffer = statecodec.RecordBuffer(
-                self._tensors.dtype, self._tensors.record_rows(), self.layout
+                self._tensors.dtype,
+                self._tensors.record_rows(),
+                self.layout,
+                1 << max(0, len(slots) - 1).bit_length(),
             )
         book, history = self._book, self._history
         records: list[bytes] = []
-        for start in range(0, len(slots), buffer.CHUNK):
-            chunk = slots[start : start + buffer.CHUNK]
+        for start in range(0, len(slots), buffer.capacity):
+            chunk = slots[start : start + buffer.capacity]
             ts, values, length = history.ordered(chunk) if history.k else (None, None, None)
             n = buffer.fill(
                 book.last_ts[chunk],
