@@ -253,6 +253,7 @@ class Service:
                 gone = parts.processor.process(records)
                 if gone:
                     self._let_go(parts, gone)
+                self._deliver_light(parts, len(records))
             parts.dead_letters.refused()
             try:
                 if checkpointer.writing:
@@ -261,6 +262,14 @@ class Service:
                     self._checkpoint(parts)
             except CheckpointError as exc:
                 self._checkpoint_failed(parts, exc)
+
+    def _deliver_light(self, parts: _Parts, records: int) -> None:
+        """Under light load (a micro-batch short of ``kafka.max_batch``), send its forecasts
+        now, as one request, and wait for them at most ``kafka.fetch_pause_ms`` (a pause
+        the next fetch waits out anyway); a full micro-batch's go with the linger."""
+        k = self.settings.kafka
+        if k.fetch_pause_ms and records < k.max_batch:
+            parts.clients.sink.deliver(k.fetch_pause_ms / 1000)
 
     def _checkpoint(self, parts: _Parts) -> None:
         """The periodic checkpoint, then what is due with it: idle streams expired, gauges."""

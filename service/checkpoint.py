@@ -64,9 +64,11 @@ log = logging.getLogger(__name__)
 _FIRST_BACKOFF = 0.5
 # A begun checkpoint hands its states to the changelog producer over this many loop
 # iterations (at least _MIN_SLICE and at most _MAX_SLICE a time), so that no micro-batch
-# waits for all of them (docs/benchmarks.md has what one record costs each client).
+# waits for all of them (docs/benchmarks.md has what one record costs each client). Under
+# light load a slice holds up the next fetch: 64 states of a few KB are a few milliseconds
+# of kafka-python's loop (256 were 9-17 ms), and one produce request of a few hundred KB.
 _SLICES = 16
-_MIN_SLICE = 256
+_MIN_SLICE = 64
 _MAX_SLICE = 1024
 # How much longer one checkpoint interval may be than the one before (`_next_interval`).
 _MAX_INTERVAL_GROWTH = 4.0

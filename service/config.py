@@ -132,6 +132,17 @@ class KafkaSettings(_Section):
         ge=0,
         description="Longest a poll waits for records before a smaller micro-batch is processed.",
     )
+    fetch_pause_ms: int = Field(
+        default=15,
+        ge=0,
+        description="Under light load, how long the service waits after a fetch that found "
+        "readings before it fetches again, so that they gather into one micro-batch, fetched "
+        "in one request, whose forecasts go out at once in one produce request (not after "
+        "`kafka.linger_ms`). Adds up to this much latency; a service behind the input (full "
+        "micro-batches) fetches without a pause. Every fetch that finds records and every "
+        "produced batch costs the broker time (the embedded broker: time that grows with its "
+        "topics, taken from every client); 0: fetch again as soon as a micro-batch is done.",
+    )
     commit_interval: float = Field(
         default=5.0,
         gt=0,

@@ -167,6 +167,12 @@ class DeliveringSink(ABC):
             # keep the record; `flush` sends it again, and fails the checkpoint meanwhile.
             self._failed.append((record, exc))
 
+    def deliver(self, timeout: float) -> None:
+        """Send what is queued now, not after the linger, and wait up to `timeout` seconds
+        for its acknowledgement. Never raises: failed records are kept for `flush`, as are
+        those still unacknowledged."""
+        self._deliver(timeout)
+
     def flush(self, timeout: float) -> None:
         """Block until every record sent so far is acknowledged, re-sending failed ones.
 

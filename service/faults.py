@@ -93,6 +93,9 @@ class _Sink:
     def take_dead_letter_events(self) -> list[DeadLetterEvent]:
         return self._sink.take_dead_letter_events()
 
+    def deliver(self, timeout: float) -> None:
+        self._sink.deliver(timeout)
+
     def flush(self, timeout: float) -> None:
         self._sink.flush(timeout)
         if self._crashes.unflushed:

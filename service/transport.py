@@ -116,6 +116,11 @@ class Sink(Protocol):
         """Dead letters refused for good since the last call (sent smaller, or lost)."""
         ...
 
+    def deliver(self, timeout: float) -> None:
+        """Send what is queued now rather than after ``kafka.linger_ms``, and wait up to
+        `timeout` seconds for it to be acknowledged. Never raises: what is not acknowledged
+        by then, or failed, is `flush`'s."""
+
     def flush(self, timeout: float) -> None:
         """Raises `SinkError` when not everything is acknowledged within `timeout` seconds."""
 

@@ -3,11 +3,17 @@
 Offsets are committed by hand (``enable_auto_commit=False``), only by the checkpoint, and
 only what it gives (`service.offsets` decides which). Rebalances reach a `RebalanceHandler`;
 the revoke's offsets are committed on the consumer's I/O loop.
+
+kafka-python fetches when polled (a poll with nothing buffered sends a fetch and waits for its
+answer), so ``kafka.fetch_pause_ms`` is kept here: after a poll that found records, short of
+a full micro-batch and with no more waiting at the broker, the next poll starts no sooner
+than that pause after it returned.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -91,6 +97,8 @@ class KafkaSource:
         self.topic = settings.input_topic
         self._max_batch = settings.max_batch
         self._max_wait_ms = settings.max_wait_ms
+        self._pause = settings.fetch_pause_ms / 1000
+        self._next_poll = 0.0  # time.monotonic() before which no poll starts
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers.split(","),
             group_id=settings.group_id,
@@ -113,21 +121,44 @@ class KafkaSource:
         )
 
     def poll(self) -> list[ConsumerRecord]:
-        """Up to ``max_batch`` records, waiting at most ``max_wait_ms`` for the first."""
+        """Up to ``max_batch`` records, waiting at most ``max_wait_ms`` for the first; under
+        light load, not before ``fetch_pause_ms`` after the last poll that found some."""
+        wait = self._next_poll - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         try:
             batches: dict[TopicPartition, list[ConsumerRecord]] = self._consumer.poll(
                 timeout_ms=self._max_wait_ms, max_records=self._max_batch
             )
         except KafkaError as exc:
             raise TransportError(f"poll failed: {exc!r}") from exc
-        if not batches:
-            return []
         if len(batches) == 1:
-            return next(iter(batches.values()))
-        out: list[ConsumerRecord] = []
-        for records in batches.values():
-            out.extend(records)
+            out = next(iter(batches.values()))
+        else:
+            out = []
+            for records in batches.values():
+                out.extend(records)
+        # light load: let the next micro-batch gather; idle (nothing found) or busy (a full
+        # micro-batch, or more records waiting at the broker): poll again at once
+        light = 0 < len(out) < self._max_batch and self._behind() < self._max_batch
+        self._next_poll = time.monotonic() + self._pause if light else 0.0
         return out
+
+    def _behind(self) -> int:
+        """Records at the broker past this member's positions, by the high watermarks the
+        last fetches reported (no request is sent)."""
+        behind = 0
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                continue
+            if position is not None:
+                behind += max(0, high - position)
+        return behind
 
     def assignment(self) -> set[int]:
         """The partitions assigned to this member."""

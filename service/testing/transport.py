@@ -286,6 +286,10 @@ class MemorySink:
         """None: the memory broker refuses no dead letter."""
         return []
 
+    def deliver(self, timeout: float) -> None:
+        """Nothing: the memory broker acknowledges records only at `flush` (a real broker
+        may acknowledge them before, which no checkpoint step relies on)."""
+
     def flush(self, timeout: float) -> None:
         """Acknowledge everything queued; `SinkError` while ``sink.flush`` is failing (the
         records stay queued, as a producer keeps them)."""

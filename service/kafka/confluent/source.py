@@ -54,6 +54,7 @@ class ConfluentSource:
                 "max.poll.interval.ms": settings.max_poll_interval_ms,
                 # as with kafka-python: a fetch waits at the broker no longer than a poll does
                 "fetch.wait.max.ms": settings.max_wait_ms,
+                **_fetch_pause(settings.fetch_pause_ms),
                 # bounds a synchronous commit's request (librdkafka's commit takes no timeout)
                 "socket.timeout.ms": max(1000, int(settings.checkpoint_timeout * 1000)),
             }
@@ -246,6 +247,17 @@ class ConfluentSource:
     def consumer(self) -> Any:
         """The underlying confluent-kafka consumer (for tests and diagnostics)."""
         return self._consumer
+
+
+def _fetch_pause(pause_ms: int) -> dict[str, int]:
+    """librdkafka fetches on its own thread, ahead of the polls: ``kafka.fetch_pause_ms`` is
+    its wait before fetching a partition again while records it fetched are still queued
+    (``queued.min.messages`` 1), as they are right after every fetch that found some; a
+    service behind the input finds its queue full at every fetch, and waits the pause once
+    per fetched chunk (up to ``max.partition.fetch.bytes`` per partition)."""
+    if not pause_ms:
+        return {}
+    return {"queued.min.messages": 1, "fetch.queue.backoff.ms": pause_ms}
 
 
 def _commit_error(exc: KafkaException) -> TransportError:

@@ -161,13 +161,13 @@ def test_a_begun_checkpoint_sends_its_states_a_slice_at_a_time_and_commits_after
     member.offsets.processed({0: 300, 1: 300})
     member.checkpointer.periodic()
     # the first slice now; all 600 states were taken (and marked unchanged) at once
-    assert len(member.sent) == 256
+    assert len(member.sent) == 64
     assert member.checkpointer.writing
     assert member.dirty == set()
     # a stream changed meanwhile is the next checkpoint's
     member.touch(["late"], 0)
     member.checkpointer.send_slice()  # the loop, between micro-batches
-    assert len(member.sent) == 512
+    assert len(member.sent) == 128
     calls.clear()
     member.checkpointer.periodic()
     # the rest is sent before the flushes, and the commit comes after all of it
@@ -196,7 +196,7 @@ def test_any_other_changelog_write_sends_the_queued_states_first(write: str) -> 
     member.touch(ids, 0)
     member.offsets.processed({0: 600})
     member.checkpointer.periodic()
-    assert len(member.sent) == 256
+    assert len(member.sent) == 64
     # a stream changes again before its queued state was sent: the newer state written now
     # must come after the queued older one
     late = next(s for s in reversed(ids) if s not in set(member.sent_keys))
@@ -312,10 +312,10 @@ def test_a_checkpoint_whose_state_writes_would_overrun_the_budget_puts_the_next_
         sent = len(member.sent)
         written = member.metric("sensorcast_changelog_write_seconds_total") or 0.0
         member.checkpointer.periodic()
-        # begun with its first slice of 256: the other 344 will take as long each, so the
+        # begun with its first slice of 64: the other 536 will take as long each, so the
         # next checkpoint should wait 20 times what all of them take (at least 6 s), and
         # waits at most four times the last interval
-        assert len(member.sent) - sent == 256
+        assert len(member.sent) - sent == 64
         interval = member.metric("sensorcast_checkpoint_interval_seconds")
         assert interval is not None
         intervals.append(interval)

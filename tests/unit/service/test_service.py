@@ -25,6 +25,7 @@ from service.core.model import OnnxStepModel
 from service.registry import Registry
 from service.testing import ListSink, MemoryBroker, MemoryTransport, add_sensor_lstm
 from service.testing.readings import readings_for
+from service.testing.transport import MemorySink
 
 STREAMS = 6  # over two partitions: even ones on 0, odd ones on 1
 T0 = 1_700_000_000.0
@@ -366,3 +367,24 @@ def test_a_restarted_challenger_is_seeded_from_the_served_models_streams(
         assert second.stop() == 0
     ts = {json.loads(r.value or b"{}")["ts"] for r in broker.shadow}
     assert ts == {T0 + PERIOD * step for step in range(8)}
+
+
+@pytest.mark.parametrize("pause_ms", [7, 0])
+def test_a_light_micro_batch_is_delivered_at_once_and_a_full_one_with_the_linger(
+    registry: Path, monkeypatch: pytest.MonkeyPatch, pause_ms: int
+) -> None:
+    """Under light load (a micro-batch short of ``kafka.max_batch``) the forecasts go out at
+    once, waited for at most ``kafka.fetch_pause_ms``; a backlog's full micro-batches, and
+    every one with no pause, leave them to the producer's linger."""
+    delivered: list[float] = []
+    monkeypatch.setattr(MemorySink, "deliver", lambda sink, timeout: delivered.append(timeout))
+    broker = MemoryBroker(partitions=2)
+    _produce(broker, range(2))  # 12 readings: three full micro-batches of 4
+    settings = _settings(registry, **{"kafka.fetch_pause_ms": pause_ms})
+    with running(settings, broker) as svc:
+        _wait(lambda: svc.metric("sensorcast_readings_consumed_total") >= 12, "the backlog")
+        assert delivered == []
+        body = {"stream_id": "s0", "ts": T0 + PERIOD * 2, "values": _values(0, 2)}
+        broker.produce(0, b"s0", json.dumps(body).encode())
+        _wait(lambda: svc.metric("sensorcast_readings_consumed_total") >= 13, "one more")
+    assert delivered == ([pause_ms / 1000] if pause_ms else [])

@@ -82,7 +82,9 @@ class Handler:
         self.calls.append(f"lost {sorted(partitions)}")
 
 
-def _source(to_commit: dict[int, int] | None = None) -> tuple[ConfluentSource, FakeConsumer]:
+def _source(
+    to_commit: dict[int, int] | None = None, **settings: Any
+) -> tuple[ConfluentSource, FakeConsumer]:
     made: list[FakeConsumer] = []
 
     def build(config: dict[str, Any]) -> FakeConsumer:
@@ -90,8 +92,8 @@ def _source(to_commit: dict[int, int] | None = None) -> tuple[ConfluentSource, F
         return made[0]
 
     calls: list[str] = []
-    settings = KafkaSettings(input_topic=TOPIC, group_id="g")
-    source = ConfluentSource(settings, Handler(calls, to_commit or {}), build)
+    kafka = KafkaSettings(input_topic=TOPIC, group_id="g", **settings)
+    source = ConfluentSource(kafka, Handler(calls, to_commit or {}), build)
     consumer = made[0]
     consumer.calls = calls  # one log of the consumer's and the handler's calls
     return source, consumer
@@ -109,6 +111,17 @@ def test_manual_commits_only() -> None:
     _, consumer = _source()
     assert consumer.config["enable.auto.commit"] is False
     assert consumer.config["group.id"] == "g"
+
+
+def test_a_fetch_that_found_records_is_followed_by_the_fetch_pause() -> None:
+    """librdkafka fetches ahead on its own thread: with nothing more than one record queued
+    allowed, it waits ``kafka.fetch_pause_ms`` after each fetch that found some."""
+    _, consumer = _source(fetch_pause_ms=20)
+    assert consumer.config["queued.min.messages"] == 1
+    assert consumer.config["fetch.queue.backoff.ms"] == 20
+    _, unpaced = _source(fetch_pause_ms=0)
+    assert "queued.min.messages" not in unpaced.config
+    assert "fetch.queue.backoff.ms" not in unpaced.config
 
 
 def test_poll_returns_columns_without_errors() -> None:
