@@ -74,7 +74,7 @@ def _drain(
 
 
 def _run_workload(
-    workload: Workload, trials: int, tag: str, settings: list[bool]
+    workload: Workload, trials: int, tag: str, settings: list[bool], clients: Sequence[str]
 ) -> dict[tuple[str, bool], float]:
     """Best rate per (client, sequences) over `trials` alternating drains, on a fresh broker."""
     best: dict[tuple[str, bool], float] = {}
@@ -90,7 +90,7 @@ def _run_workload(
             flush=True,
         )
         for trial in range(trials):
-            for client in _CLIENTS:
+            for client in clients:
                 for sequences in settings:
                     run = f"{topic}.{client}.{int(sequences)}.{trial}"
                     result = _drain(bootstrap, topic, total, client, sequences, run)
@@ -105,6 +105,10 @@ def _run_workload(
     return best
 
 
+def _label(client: str) -> str:
+    return "confluent" if client == SENSORCAST_CONFLUENT else "kafka-python"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.longstreams",
@@ -116,7 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sequences-only", action="store_true", help="skip the drains with sequences off"
     )
+    parser.add_argument(
+        "--client",
+        choices=("kafka-python", "confluent"),
+        help="drain on this client only (default: both)",
+    )
     args = parser.parse_args(argv)
+    clients = [c for c in _CLIENTS if args.client is None or _label(c) == args.client]
     long, wide = (
         (Workload(4, 5_000), Workload(1_000, 20))
         if args.quick
@@ -129,16 +139,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = [True] if args.sequences_only else [True, False]
     print(_machine(), flush=True)
     tag = f"{int(time.time())}"
-    rates = {w: _run_workload(w, trials, tag, settings) for w in (wide, long)}
+    rates = {w: _run_workload(w, trials, tag, settings, clients) for w in (wide, long)}
     print()
     print(f"| client | engine.sequences | {wide.name} | {long.name} | ratio |")
     print("|---|---|---|---|---|")
-    for client in _CLIENTS:
+    for client in clients:
         for sequences in settings:
             a, b = rates[wide][(client, sequences)], rates[long][(client, sequences)]
+            name = "confluent-kafka" if client == SENSORCAST_CONFLUENT else "kafka-python"
             print(
-                f"| {'confluent-kafka' if client == SENSORCAST_CONFLUENT else 'kafka-python'} "
-                f"| {'on' if sequences else 'off'} | {a:,.0f}/s | {b:,.0f}/s | {b / a:.2f}x |"
+                f"| {name} | {'on' if sequences else 'off'} "
+                f"| {a:,.0f}/s | {b:,.0f}/s | {b / a:.2f}x |"
             )
     return 0
 

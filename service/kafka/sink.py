@@ -23,9 +23,15 @@ from service.delivery import (
 )
 from service.kafka.security import kafka_python_options
 
-__all__ = ["MAX_BLOCK_MS", "KafkaSink"]
+__all__ = ["BATCH_BYTES", "MAX_BLOCK_MS", "KafkaSink"]
 
 MAX_BLOCK_MS = 5000  # longest a send waits for buffer space or metadata
+# A batch fills to just under 1 MiB, within a broker's default message.max.bytes
+# (1,048,588). Against 256 KiB, draining a backlog of 80,000 readings on the embedded broker
+# (bench.longstreams, four paired runs) was 3-15% faster over 4 partitions and 5-30% over
+# one: a hot partition's forecasts go out in a quarter of the produce requests, and the
+# producer wakes its sender thread once per batch queued behind another.
+BATCH_BYTES = 960 * 1024
 
 
 def _make_producer(settings: KafkaSettings) -> KafkaProducer:
@@ -34,7 +40,7 @@ def _make_producer(settings: KafkaSettings) -> KafkaProducer:
         client_id=settings.client_id,
         acks="all",
         linger_ms=settings.linger_ms,
-        batch_size=256 * 1024,
+        batch_size=BATCH_BYTES,
         max_request_size=max_request_bytes(settings),
         reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
         max_block_ms=MAX_BLOCK_MS,
