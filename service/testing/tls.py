@@ -15,23 +15,21 @@ Needs the `cryptography` package (the ``dev`` extra).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ipaddress
 import logging
 import ssl
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from service.embedded import EmbeddedBroker
+from service.testing.relay import BrokerBehind, Relay, close_quietly
 
 __all__ = ["Authenticate", "Certificates", "SecuredBroker", "TlsTerminator", "make_certificates"]
 
@@ -149,8 +147,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-class TlsTerminator:
-    """Accepts TLS on ``host:port`` (a free port when None) and relays each connection to
+class TlsTerminator(Relay):
+    """Accepts TLS on ``host:port`` (a free port when 0) and relays each connection to
     `upstream` in plaintext, on an event loop in a thread of its own.
 
     `client_ca`: require a client certificate signed by it (mutual TLS). `authenticate`:
@@ -168,86 +166,29 @@ class TlsTerminator:
         client_ca: Path | None = None,
         authenticate: Authenticate | None = None,
     ) -> None:
-        self.upstream = upstream
-        self.host = host
-        self.port = port
+        super().__init__(upstream, host=host, port=port, name="tls-terminator")
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(certificates.server_cert, certificates.server_key)
         if client_ca is not None:
             self._context.verify_mode = ssl.CERT_REQUIRED
             self._context.load_verify_locations(cafile=client_ca)
         self._authenticate = authenticate
-        self._loop = asyncio.new_event_loop()
         self._loop.set_exception_handler(_quiet_handshake_errors)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tls-terminator")
-        self._thread.daemon = True
 
-    @property
-    def address(self) -> str:
-        """``host:port`` clients connect to."""
-        return f"{self.host}:{self.port}"
+    def _listen_options(self) -> dict[str, Any]:
+        return {"ssl": self._context, "ssl_handshake_timeout": 10}
 
-    def start(self) -> TlsTerminator:
-        """Listen (the port is bound when this returns) and serve in the background."""
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def _listen(self) -> asyncio.Server:
-        return await asyncio.start_server(
-            self._serve, self.host, self.port, ssl=self._context, ssl_handshake_timeout=10
-        )
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            if self.upstream is None:
-                return
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-            self._writers.add(up_writer)
-            try:
-                if self._authenticate is None or await self._authenticate(
-                    reader, writer, up_reader, up_writer
-                ):
-                    await asyncio.gather(_relay(reader, up_writer), _relay(up_reader, writer))
-            finally:
-                self._writers.discard(up_writer)
-                _close(up_writer)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            log.debug("tls terminator connection ended: %r", exc)
-        finally:
-            self._writers.discard(writer)
-            _close(writer)
-
-    def stop(self) -> None:
-        """Close the listener and every connection, and end the loop's thread."""
-        if not self._thread.is_alive():
-            return
-
-        async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            for writer in list(self._writers):
-                _close(writer)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def __enter__(self) -> TlsTerminator:
-        return self.start()
-
-    def __exit__(
+    async def _pipe(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
     ) -> None:
-        self.stop()
+        if self._authenticate is None or await self._authenticate(
+            reader, writer, up_reader, up_writer
+        ):
+            await asyncio.gather(_relay(reader, up_writer), _relay(up_reader, writer))
 
 
 async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -259,12 +200,7 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     except OSError:
         pass
     finally:
-        _close(writer)
-
-
-def _close(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        writer.close()
+        close_quietly(writer)
 
 
 def _quiet_handshake_errors(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
@@ -272,7 +208,7 @@ def _quiet_handshake_errors(loop: asyncio.AbstractEventLoop, context: dict[str, 
     log.debug("tls terminator: %s %r", context.get("message"), context.get("exception"))
 
 
-class SecuredBroker:
+class SecuredBroker(BrokerBehind):
     """The embedded broker behind a `TlsTerminator`, advertising the terminator's port.
 
     `bootstrap` is the TLS address; `plaintext_bootstrap` the broker's own (for checks that
@@ -291,47 +227,10 @@ class SecuredBroker:
         self.terminator = TlsTerminator(
             certificates, client_ca=client_ca, authenticate=authenticate
         )
-        self._log_path = log_path
-        self.broker: EmbeddedBroker | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        """The TLS address every client connects to."""
-        return self.terminator.address
+        super().__init__(self.terminator, log_path=log_path)
 
     @property
     def plaintext_bootstrap(self) -> str:
         """The broker's own plaintext address."""
         assert self.broker is not None
         return self.broker.bootstrap
-
-    def start(self) -> SecuredBroker:
-        """Start the terminator, then the broker advertising it; stop both on failure."""
-        self.terminator.start()
-        try:
-            self.broker = EmbeddedBroker(
-                advertised=self.terminator.address, log_path=self._log_path
-            ).start()
-        except BaseException:
-            self.terminator.stop()
-            raise
-        assert self.broker.port is not None
-        self.terminator.upstream = (self.broker.host, self.broker.port)
-        return self
-
-    def stop(self) -> None:
-        """Stop the broker, then the terminator."""
-        if self.broker is not None:
-            self.broker.stop()
-        self.terminator.stop()
-
-    def __enter__(self) -> SecuredBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

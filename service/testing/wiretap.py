@@ -18,7 +18,6 @@ it, do not measure latency through it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import struct
 import threading
@@ -26,9 +25,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
-from service.embedded import EmbeddedBroker
+from service.testing.relay import BrokerBehind, Relay, close_quietly
 
 __all__ = ["API_NAMES", "ApiCount", "Exchange", "Tally", "TappedBroker", "Wiretap", "api_name"]
 
@@ -141,7 +139,7 @@ class _Connection:
             self.kind = "consumer"
 
 
-class Wiretap:
+class Wiretap(Relay):
     """Relays Kafka connections to `upstream`, counting requests (see the module docstring).
 
     Its event loop runs in a thread of its own; `snapshot` and `reset` may be called from
@@ -157,34 +155,12 @@ class Wiretap:
         trace: bool = False,
     ) -> None:
         """`trace`: also keep every `Exchange` (see `exchanges`)."""
-        self.upstream = upstream
+        super().__init__(upstream, host=host, port=port, name="wiretap")
         self._trace: list[Exchange] | None = [] if trace else None
-        self.host = host
-        self.port = port
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int], ApiCount] = {}
         self._since = time.monotonic()
         self._numbers = itertools.count()
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="wiretap")
-        self._thread.daemon = True
-
-    @property
-    def address(self) -> str:
-        """``host:port`` clients connect to."""
-        return f"{self.host}:{self.port}"
-
-    def start(self) -> Wiretap:
-        """Listen (the port is bound when this returns) and relay in the background."""
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def _listen(self) -> asyncio.Server:
-        return await asyncio.start_server(self._serve, self.host, self.port)
 
     # -- what was counted -------------------------------------------------------------------
 
@@ -223,27 +199,18 @@ class Wiretap:
 
     # -- relaying ---------------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
         connection = _Connection(next(self._numbers))
-        try:
-            if self.upstream is None:
-                return
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-            self._writers.add(up_writer)
-            try:
-                await asyncio.gather(
-                    self._requests(connection, reader, up_writer),
-                    self._responses(connection, up_reader, writer),
-                )
-            finally:
-                self._writers.discard(up_writer)
-                _close(up_writer)
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            _close(writer)
+        await asyncio.gather(
+            self._requests(connection, reader, up_writer),
+            self._responses(connection, up_reader, writer),
+        )
 
     async def _requests(
         self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -262,7 +229,7 @@ class Wiretap:
                 writer.write(frame)
                 await writer.drain()
         finally:
-            _close(writer)
+            close_quietly(writer)
 
     async def _responses(
         self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -283,34 +250,7 @@ class Wiretap:
                 writer.write(frame)
                 await writer.drain()
         finally:
-            _close(writer)
-
-    def stop(self) -> None:
-        """Close the listener and every connection, and end the loop's thread."""
-        if not self._thread.is_alive():
-            return
-
-        async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            for writer in list(self._writers):
-                _close(writer)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def __enter__(self) -> Wiretap:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+            close_quietly(writer)
 
 
 async def _frame(reader: asyncio.StreamReader) -> bytes | None:
@@ -327,12 +267,7 @@ def _copy(count: ApiCount) -> ApiCount:
     return ApiCount(count.requests, count.answered, count.seconds, count.max_seconds)
 
 
-def _close(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        writer.close()
-
-
-class TappedBroker:
+class TappedBroker(BrokerBehind):
     """The embedded broker behind a `Wiretap`, advertising the wiretap's port.
 
     `bootstrap` is the wiretap's address (every client's requests counted); `pid` the
@@ -341,45 +276,4 @@ class TappedBroker:
 
     def __init__(self, *, log_path: Path | None = None, trace: bool = False) -> None:
         self.wiretap = Wiretap(trace=trace)
-        self._log_path = log_path
-        self.broker: EmbeddedBroker | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        """The address every client connects to."""
-        return self.wiretap.address
-
-    @property
-    def pid(self) -> int | None:
-        """The broker's process id while it runs."""
-        return self.broker.pid if self.broker is not None else None
-
-    def start(self) -> TappedBroker:
-        """Start the wiretap, then the broker advertising it; stop both on failure."""
-        self.wiretap.start()
-        try:
-            self.broker = EmbeddedBroker(advertised=self.wiretap.address, log_path=self._log_path)
-            self.broker.start()
-        except BaseException:
-            self.wiretap.stop()
-            raise
-        assert self.broker.port is not None
-        self.wiretap.upstream = (self.broker.host, self.broker.port)
-        return self
-
-    def stop(self) -> None:
-        """Stop the broker, then the wiretap."""
-        if self.broker is not None:
-            self.broker.stop()
-        self.wiretap.stop()
-
-    def __enter__(self) -> TappedBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__(self.wiretap, log_path=log_path)
