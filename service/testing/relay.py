@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -30,7 +31,7 @@ def close_quietly(writer: asyncio.StreamWriter) -> None:
         writer.close()
 
 
-class Relay:
+class Relay(ABC):
     """Listens on ``host:port`` (a free port when 0) and relays each connection to
     `upstream`; see the module docstring."""
 
@@ -91,6 +92,7 @@ class Relay:
             self._writers.discard(writer)
             close_quietly(writer)
 
+    @abstractmethod
     async def _pipe(
         self,
         reader: asyncio.StreamReader,
@@ -99,7 +101,6 @@ class Relay:
         up_writer: asyncio.StreamWriter,
     ) -> None:
         """Relay one accepted connection (`reader`, `writer`) and its upstream one."""
-        raise NotImplementedError
 
     def stop(self) -> None:
         """Close the listener and every connection, and end the loop's thread."""
