@@ -96,9 +96,9 @@ class Result:
 @dataclass(frozen=True)
 class Cpu:
     """CPU over the load, as a share of one core: the broker's, the pipeline's (None: not
-    measured), the bench's (this process, the load generator, and its two consumers'
-    processes), and every other
-    process's on the machine (None: unknown), which a shared machine's figures depend on."""
+    measured), the bench's (this process, which runs the load generator, and its two
+    consumers' processes), and every other process's on the machine (None: unknown), which
+    a shared machine's figures depend on."""
 
     broker: float | None
     pipeline: float | None

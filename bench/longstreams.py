@@ -106,6 +106,7 @@ def _run_workload(
 
 
 def _label(client: str) -> str:
+    """The client library a pipeline runs on, as ``--client`` names it."""
     return "confluent" if client == SENSORCAST_CONFLUENT else "kafka-python"
 
 
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for client in clients:
         for sequences in settings:
             a, b = rates[wide][(client, sequences)], rates[long][(client, sequences)]
-            name = "confluent-kafka" if client == SENSORCAST_CONFLUENT else "kafka-python"
+            name = {"confluent": "confluent-kafka"}.get(_label(client), "kafka-python")
             print(
                 f"| {name} | {'on' if sequences else 'off'} "
                 f"| {a:,.0f}/s | {b:,.0f}/s | {b / a:.2f}x |"
