@@ -137,15 +137,8 @@ def run_transport(
                 card.period,
             )
             messages = encoder.encode_batch(forecasts)
-            send = sink.send_forecast
-            if mirror:
-                for stream_id, message, partition in zip(
-                    forecasts.stream_ids, messages, forecasts.partitions.tolist(), strict=True
-                ):
-                    send(stream_id, message, partition)
-            else:
-                for stream_id, message in zip(forecasts.stream_ids, messages, strict=True):
-                    send(stream_id, message)
+            partitions = forecasts.partitions.tolist() if mirror else None
+            sink.send_forecasts(forecasts.stream_ids, messages, partitions)
         if time.monotonic() >= next_checkpoint:
             sink.flush(settings.checkpoint_timeout)
             offsets.commit(settings.checkpoint_timeout)

@@ -19,6 +19,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -136,9 +137,46 @@ class DeliveringSink(ABC):
 
     # -- the sink --------------------------------------------------------------------------
 
-    def send_shadow(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
-        """Send a challenger's forecast to the shadow topic, keyed by its stream."""
-        self._send(OutRecord(self.shadow_topic, stream_id.encode(), value, None, partition))
+    def send_forecasts(
+        self,
+        stream_ids: Sequence[str],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        """Send one forecast per stream, keyed by it, in order; `partitions` (one per
+        forecast) skip the key hash when the output topic mirrors the input's partitions."""
+        keys = [stream_id.encode() for stream_id in stream_ids]
+        self._send_many(self.forecast_topic, keys, values, partitions)
+
+    def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
+        """Send one forecast (`send_forecasts` of one)."""
+        self.send_forecasts([stream_id], [value], None if partition is None else [partition])
+
+    def send_shadows(
+        self,
+        stream_ids: Sequence[str],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        """Send a challenger's forecasts to the shadow topic, as `send_forecasts` does."""
+        keys = [stream_id.encode() for stream_id in stream_ids]
+        self._send_many(self.shadow_topic, keys, values, partitions)
+
+    def _send_many(
+        self,
+        topic: str,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None,
+    ) -> None:
+        """Queue records to `topic`, one `_produce` each; adapters with a faster way to
+        queue many records override this."""
+        if partitions is None:
+            for key, value in zip(keys, values, strict=True):
+                self._send(OutRecord(topic, key, value, None, None))
+        else:
+            for key, value, partition in zip(keys, values, partitions, strict=True):
+                self._send(OutRecord(topic, key, value, None, partition))
 
     def send_dead_letter(self, key: bytes | None, value: bytes | None, headers: Headers) -> None:
         """Send a dead letter; one the client refuses for its size is sent smaller (see

@@ -79,11 +79,21 @@ class _Sink:
         self._sink = sink
         self._crashes = crashes
 
-    def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
-        self._sink.send_forecast(stream_id, value, partition)
+    def send_forecasts(
+        self,
+        stream_ids: Sequence[str],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        self._sink.send_forecasts(stream_ids, values, partitions)
 
-    def send_shadow(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
-        self._sink.send_shadow(stream_id, value, partition)
+    def send_shadows(
+        self,
+        stream_ids: Sequence[str],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        self._sink.send_shadows(stream_ids, values, partitions)
 
     def send_dead_letter(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]

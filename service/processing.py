@@ -108,14 +108,8 @@ class Processor:
         self._ledger.add(result.scores)
         forecasts = result.forecasts
         messages = self._encoder.encode_batch(forecasts)
-        if self._mirror:
-            for stream_id, message, partition in zip(
-                forecasts.stream_ids, messages, forecasts.partitions.tolist(), strict=True
-            ):
-                sink.send_forecast(stream_id, message, partition)
-        else:
-            for stream_id, message in zip(forecasts.stream_ids, messages, strict=True):
-                sink.send_forecast(stream_id, message)
+        partitions = forecasts.partitions.tolist() if self._mirror else None
+        sink.send_forecasts(forecasts.stream_ids, messages, partitions)
         self._streams.note_columns(batch.stream_ids, batch.partitions.tolist())
         rejects = decoded.rejects + result.rejects
         if rejects:

@@ -83,11 +83,8 @@ class Shadow:
         self.ledger.add(result.scores)
         forecasts = result.forecasts
         messages = self._encoder.encode_batch(forecasts)
-        partitions = forecasts.partitions.tolist() if mirror else [None] * len(messages)
-        for stream_id, message, partition in zip(
-            forecasts.stream_ids, messages, partitions, strict=True
-        ):
-            sink.send_shadow(stream_id, message, partition)
+        partitions = forecasts.partitions.tolist() if mirror else None
+        sink.send_shadows(forecasts.stream_ids, messages, partitions)
         self.seconds += time.perf_counter() - started
 
     def drop(self, stream_ids: Sequence[str]) -> None:

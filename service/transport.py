@@ -99,11 +99,22 @@ class Source(Protocol):
 class Sink(Protocol):
     """Forecasts and dead letters; `flush` returns once everything sent is acknowledged."""
 
-    def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
-        """Send a forecast keyed by its stream, to `partition` (None: by the key's hash)."""
+    def send_forecasts(
+        self,
+        stream_ids: Sequence[str],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        """Send one forecast per stream, keyed by it, in order, to ``partitions[i]`` (None:
+        each by its key's hash)."""
 
-    def send_shadow(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
-        """Send a challenger's forecast to the shadow topic, as `send_forecast` does."""
+    def send_shadows(
+        self,
+        stream_ids: Sequence[str],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        """Send a challenger's forecasts to the shadow topic, as `send_forecasts` does."""
 
     def send_dead_letter(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]

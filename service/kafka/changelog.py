@@ -23,6 +23,7 @@ from kafka.errors import KafkaError
 from service.changelog import ChangelogRead, ChangelogReading, ChangelogWriting
 from service.config import KafkaSettings, changelog_topic
 from service.errors import ChangelogError
+from service.kafka.appender import AppendedRun, RecordAppender
 from service.kafka.security import kafka_python_options
 from service.kafka.sink import MAX_BLOCK_MS
 from service.transport import PartitionRestore
@@ -67,16 +68,38 @@ class ChangelogWriter(ChangelogWriting):
                 max_block_ms=MAX_BLOCK_MS,
             )
         )
+        self._appender = RecordAppender.attach(self._producer, self._run_failed)
 
     def _produce_all(
         self, partitions: Sequence[int], keys: Sequence[bytes], values: Sequence[bytes | None]
     ) -> None:
-        send, topic, failed = self._producer.send, self.topic, self._delivery_failed
+        runs: dict[int, tuple[list[bytes], list[bytes | None]]] = {}
+        for partition, key, value in zip(partitions, keys, values, strict=True):
+            run = runs.get(partition)
+            if run is None:
+                run = runs[partition] = ([], [])
+            run[0].append(key)
+            run[1].append(value)
+        appender, topic = self._appender, self.topic
         try:
-            for partition, key, value in zip(partitions, keys, values, strict=True):
-                send(topic, key=key, value=value, partition=partition).add_errback(failed)
-        except KafkaError as exc:  # the buffer stayed full, or no metadata: broker unreachable
+            for partition, (run_keys, run_values) in runs.items():
+                if appender is not None and appender.knows(topic, partition):
+                    appender.append(topic, partition, run_keys, run_values)
+                else:  # send waits for the topic's metadata
+                    self._send_each(partition, run_keys, run_values)
+        except KafkaError as exc:  # no metadata: the broker is unreachable
             raise ChangelogError(f"cannot send to changelog {topic}: {exc!r}") from exc
+
+    def _send_each(
+        self, partition: int, keys: Sequence[bytes], values: Sequence[bytes | None]
+    ) -> None:
+        send, topic, failed = self._producer.send, self.topic, self._delivery_failed
+        for key, value in zip(keys, values, strict=True):
+            send(topic, key=key, value=value, partition=partition).add_errback(failed)
+
+    def _run_failed(self, run: AppendedRun, failed: list[tuple[int, BaseException]]) -> None:
+        for _, error in failed:
+            self._delivery_failed(error)
 
     def _deliver(self, timeout: float) -> None:
         try:
@@ -85,6 +108,12 @@ class ChangelogWriter(ChangelogWriting):
             raise ChangelogError(
                 f"changelog records not acknowledged within {timeout:g} s (broker unreachable?)"
             ) from exc
+        if self._appender is not None:
+            for run in self._appender.unconfirmed():
+                self._delivery_failed(
+                    f"{len(run.keys)} records in a batch the producer split after the broker "
+                    "found it too large; delivery unconfirmed"
+                )
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is still queued, for up to `timeout` seconds, and close."""

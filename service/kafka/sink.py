@@ -8,6 +8,7 @@ it (kept, sent again by `flush`, a refused dead letter sent smaller) is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaProducer
@@ -21,6 +22,7 @@ from service.delivery import (
     RecordRefused,
     max_request_bytes,
 )
+from service.kafka.appender import AppendedRun, RecordAppender
 from service.kafka.security import kafka_python_options
 
 __all__ = ["BATCH_BYTES", "MAX_BLOCK_MS", "KafkaSink"]
@@ -32,6 +34,9 @@ MAX_BLOCK_MS = 5000  # longest a send waits for buffer space or metadata
 # one: a hot partition's forecasts go out in a quarter of the produce requests, and the
 # producer wakes its sender thread once per batch queued behind another.
 BATCH_BYTES = 960 * 1024
+# why a run's records are sent again: the broker found their batch too large and the
+# producer split it into batches whose outcome the appender does not see
+_SPLIT = KafkaError("batch split by the producer after MESSAGE_TOO_LARGE; delivery unconfirmed")
 
 
 def _make_producer(settings: KafkaSettings) -> KafkaProducer:
@@ -56,11 +61,44 @@ class KafkaSink(DeliveringSink):
         ``send``/``flush``/``close`` methods)."""
         super().__init__(settings.output_topic, settings.dead_letter_topic, settings.shadow_topic)
         self._producer = producer if producer is not None else _make_producer(settings)
+        self._appender = RecordAppender.attach(self._producer, self._run_failed)
+        # a record under this goes by the appender; kafka-python refuses one over
+        # max_request_size, which ``send`` reports (the margin covers the batch header)
+        self._record_limit = max_request_bytes(settings) - 1024
 
-    def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
-        """Send a forecast keyed by its stream; `partition` skips the key hash when the
-        output topic mirrors the input's partitions."""
-        self._send(OutRecord(self.forecast_topic, stream_id.encode(), value, None, partition))
+    def _send_many(
+        self,
+        topic: str,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None,
+    ) -> None:
+        """Records with explicit partitions go to the producer's batches a partition's run
+        at a time (`RecordAppender`); others, one ``send`` each."""
+        appender = self._appender
+        if appender is None or partitions is None or not keys:
+            super()._send_many(topic, keys, values, partitions)
+            return
+        runs: dict[int, tuple[list[bytes], list[bytes]]] = {}
+        for key, value, partition in zip(keys, values, partitions, strict=True):
+            run = runs.get(partition)
+            if run is None:
+                run = runs[partition] = ([], [])
+            run[0].append(key)
+            run[1].append(value)
+        for partition, (run_keys, run_values) in runs.items():
+            largest = max(map(len, run_keys)) + max(map(len, run_values))
+            if largest < self._record_limit and appender.knows(topic, partition):
+                appender.append(topic, partition, run_keys, run_values)
+            else:  # send waits for the topic's metadata, or refuses a record too large
+                super()._send_many(topic, run_keys, run_values, [partition] * len(run_keys))
+
+    def _run_failed(self, run: AppendedRun, failed: list[tuple[int, BaseException]]) -> None:
+        topic, partition = run.topic, run.partition
+        for j, error in failed:
+            self._delivery_failed(
+                OutRecord(topic, run.keys[j], run.values[j], None, partition), error
+            )
 
     def _produce(self, record: OutRecord) -> None:
         topic, key, value, headers, partition = record
@@ -79,6 +117,9 @@ class KafkaSink(DeliveringSink):
             self._producer.flush(timeout=timeout)
         except KafkaError:
             return None  # kafka-python's flush timed out; it does not say how many are left
+        if self._appender is not None:
+            for run in self._appender.unconfirmed():
+                self._run_failed(run, [(j, _SPLIT) for j in range(len(run.keys))])
         return 0
 
     def _retriable(self, error: object) -> bool:

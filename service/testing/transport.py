@@ -268,13 +268,34 @@ class MemorySink:
         self._broker = broker
         self._unacknowledged: list[tuple[str, Produced]] = []
 
-    def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
-        """Queue a forecast."""
-        self._unacknowledged.append(("forecast", Produced(stream_id.encode(), value, partition)))
+    def send_forecasts(
+        self,
+        stream_ids: Sequence[str],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        """Queue forecasts."""
+        self._queue("forecast", stream_ids, values, partitions)
 
-    def send_shadow(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
-        """Queue a challenger's forecast."""
-        self._unacknowledged.append(("shadow", Produced(stream_id.encode(), value, partition)))
+    def send_shadows(
+        self,
+        stream_ids: Sequence[str],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        """Queue a challenger's forecasts."""
+        self._queue("shadow", stream_ids, values, partitions)
+
+    def _queue(
+        self,
+        kind: str,
+        stream_ids: Sequence[str],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None,
+    ) -> None:
+        targets: Sequence[int | None] = [None] * len(values) if partitions is None else partitions
+        for stream_id, value, partition in zip(stream_ids, values, targets, strict=True):
+            self._unacknowledged.append((kind, Produced(stream_id.encode(), value, partition)))
 
     def send_dead_letter(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]

@@ -10,7 +10,7 @@ sent again by `flush`, a refused dead letter sent smaller) is
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -71,16 +71,23 @@ class ConfluentSink(DeliveringSink):
         )
         self._queue = self._producer.produce
 
-    def send_forecast(self, stream_id: str, value: bytes, partition: int | None = None) -> None:
-        """Send a forecast keyed by its stream; `partition` skips the key hash when the
-        output topic mirrors the input's partitions. (The hot path: one ``produce`` call.)"""
-        key = stream_id.encode()
-        try:
-            self._queue(
-                self.forecast_topic, value, key, _ANY_PARTITION if partition is None else partition
-            )
-        except (BufferError, KafkaException):
-            self._send(OutRecord(self.forecast_topic, key, value, None, partition))
+    def _send_many(
+        self,
+        topic: str,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        partitions: Sequence[int] | None,
+    ) -> None:
+        """The hot path: one ``produce`` call per record; a record the queue has no room for
+        (or the client refuses) takes `_produce`'s way, which waits or says why."""
+        queue = self._queue
+        targets: Sequence[int] = [_ANY_PARTITION] * len(keys) if partitions is None else partitions
+        for key, value, target in zip(keys, values, targets, strict=True):
+            try:
+                queue(topic, value, key, target)
+            except (BufferError, KafkaException):
+                partition = None if target == _ANY_PARTITION else target
+                self._send(OutRecord(topic, key, value, None, partition))
 
     def _produce(self, record: OutRecord) -> None:
         topic, key, value, headers, partition = record

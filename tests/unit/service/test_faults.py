@@ -93,7 +93,7 @@ def _script(cp: Checkpoint) -> list[tuple[str, Callable[[], object]]]:
         ("flush forecasts after an empty send", lambda: cp.sink.flush(1.0)),
         ("flush changelog after an empty send", lambda: cp.changelog.flush(1.0)),
         ("commit after an empty send", lambda: cp.commit({0: 2}, 1.0)),
-        ("forecast", lambda: cp.sink.send_forecast("a", b"f")),
+        ("forecast", lambda: cp.sink.send_forecasts(["a"], [b"f"])),
         ("send states", lambda: cp.send("a", "b", "c", "d")),
         ("flush forecasts, states unacknowledged", lambda: cp.sink.flush(1.0)),
         ("flush changelog, states unacknowledged", lambda: cp.changelog.flush(1.0)),
