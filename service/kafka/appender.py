@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import TopicPartition
 from kafka.errors import IllegalStateError
@@ -36,7 +36,7 @@ from kafka.producer.producer_batch import ProducerBatch
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.record.util import encode_varint
 
-__all__ = ["AppendedRun", "RecordAppender"]
+__all__ = ["AppendedRun", "RecordAppender", "runs_by_partition"]
 
 
 def _varint(n: int) -> bytes:
@@ -55,6 +55,23 @@ _ATTRIBUTES = b"\x00"
 
 def _vi(n: int) -> bytes:
     return _VARINTS[n] if 0 <= n < _SMALL else _varint(n)
+
+
+V = TypeVar("V", bound=bytes | None)
+
+
+def runs_by_partition(
+    partitions: Sequence[int], keys: Sequence[bytes], values: Sequence[V]
+) -> dict[int, tuple[list[bytes], list[V]]]:
+    """The records split into one run per partition, each in its records' order."""
+    runs: dict[int, tuple[list[bytes], list[V]]] = {}
+    for partition, key, value in zip(partitions, keys, values, strict=True):
+        run = runs.get(partition)
+        if run is None:
+            run = runs[partition] = ([], [])
+        run[0].append(key)
+        run[1].append(value)
+    return runs
 
 
 @dataclass(frozen=True, slots=True)

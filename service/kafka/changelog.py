@@ -23,7 +23,7 @@ from kafka.errors import KafkaError
 from service.changelog import ChangelogRead, ChangelogReading, ChangelogWriting
 from service.config import KafkaSettings, changelog_topic
 from service.errors import ChangelogError
-from service.kafka.appender import AppendedRun, RecordAppender
+from service.kafka.appender import AppendedRun, RecordAppender, runs_by_partition
 from service.kafka.security import kafka_python_options
 from service.kafka.sink import MAX_BLOCK_MS
 from service.transport import PartitionRestore
@@ -73,16 +73,11 @@ class ChangelogWriter(ChangelogWriting):
     def _produce_all(
         self, partitions: Sequence[int], keys: Sequence[bytes], values: Sequence[bytes | None]
     ) -> None:
-        runs: dict[int, tuple[list[bytes], list[bytes | None]]] = {}
-        for partition, key, value in zip(partitions, keys, values, strict=True):
-            run = runs.get(partition)
-            if run is None:
-                run = runs[partition] = ([], [])
-            run[0].append(key)
-            run[1].append(value)
         appender, topic = self._appender, self.topic
         try:
-            for partition, (run_keys, run_values) in runs.items():
+            for partition, (run_keys, run_values) in runs_by_partition(
+                partitions, keys, values
+            ).items():
                 if appender is not None and appender.knows(topic, partition):
                     appender.append(topic, partition, run_keys, run_values)
                 else:  # send waits for the topic's metadata

@@ -22,7 +22,7 @@ from service.delivery import (
     RecordRefused,
     max_request_bytes,
 )
-from service.kafka.appender import AppendedRun, RecordAppender
+from service.kafka.appender import AppendedRun, RecordAppender, runs_by_partition
 from service.kafka.security import kafka_python_options
 
 __all__ = ["BATCH_BYTES", "MAX_BLOCK_MS", "KafkaSink"]
@@ -79,14 +79,9 @@ class KafkaSink(DeliveringSink):
         if appender is None or partitions is None or not keys:
             super()._send_many(topic, keys, values, partitions)
             return
-        runs: dict[int, tuple[list[bytes], list[bytes]]] = {}
-        for key, value, partition in zip(keys, values, partitions, strict=True):
-            run = runs.get(partition)
-            if run is None:
-                run = runs[partition] = ([], [])
-            run[0].append(key)
-            run[1].append(value)
-        for partition, (run_keys, run_values) in runs.items():
+        for partition, (run_keys, run_values) in runs_by_partition(
+            partitions, keys, values
+        ).items():
             largest = max(map(len, run_keys)) + max(map(len, run_values))
             if largest < self._record_limit and appender.knows(topic, partition):
                 appender.append(topic, partition, run_keys, run_values)
