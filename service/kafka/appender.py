@@ -100,7 +100,9 @@ def _supported(producer: Any) -> bool:
     needed = ("_batches", "_tp_lock", "_incomplete", "_appends_in_progress", "_closed")
     if not all(hasattr(accumulator, name) for name in needed):
         return False
-    if config.get("message_version") != 2 or not hasattr(producer, "_sender"):
+    if config.get("message_version") != 2:
+        return False
+    if not (hasattr(producer, "_sender") and hasattr(producer, "_metadata")):
         return False
     manager = getattr(producer, "_transaction_manager", None)
     if manager is not None and manager.is_transactional():
