@@ -1,7 +1,10 @@
 """The forecast and dead-letter sink on kafka-python: one producer, batched, keyed by stream.
 
-Sends are asynchronous (the producer batches them for ``linger_ms``); a failed delivery
-comes back on the producer's I/O thread through the future's errback. What is done with
+Sends are asynchronous (the producer batches them for ``linger_ms``). Forecasts with an
+explicit partition go into the producer's batches a partition's run at a time
+(`service.kafka.appender.RecordAppender`); other records, one ``send`` each. A failed
+delivery comes back on the producer's I/O thread, through the run's callback or the
+future's errback. What is done with
 it (kept, sent again by `flush`, a refused dead letter sent smaller) is
 `service.delivery.DeliveringSink`'s, the same for both clients.
 """
