@@ -487,12 +487,14 @@ def _client_caps(bootstrap: str, topic: str, records: int) -> None:
         print(f"   kafka-python alone: failed: {done.stderr[-300:]}", flush=True)
         return
     caps = json.loads(done.stdout.strip().splitlines()[-1])
-    c, p = caps["consume"], caps["produce"]
-    both = 1 / (1 / c["per_s"] + 1 / p["per_s"])
+    c, p, a = caps["consume"], caps["produce"], caps["append"]
+    both = 1 / (1 / c["per_s"] + 1 / a["per_s"])
     print(
         f"   kafka-python alone: consume {c['per_s']:,.0f} records/s ({c['cpu_us']:.1f} CPU us "
-        f"each), produce {p['per_s']:,.0f} records/s of {p['bytes']} B ({p['cpu_us']:.1f} CPU "
-        f"us each); one after the other: {both:,.0f} records/s",
+        f"each); produce {p['bytes']} B records with send {p['per_s']:,.0f}/s "
+        f"({p['cpu_us']:.1f} CPU us each), with the sink's appender {a['per_s']:,.0f}/s "
+        f"({a['cpu_us']:.1f} CPU us each, {a['per_s'] / p['per_s']:.1f}x); consume then "
+        f"append: {both:,.0f} records/s",
         flush=True,
     )
 

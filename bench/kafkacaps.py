@@ -4,9 +4,10 @@
 
 Consumes `records` records of `topic` from the start (no decoding), then produces as many
 forecast-sized records (a real `ForecastEncoder` message) to ``<topic>.caps`` with the
-sink's producer settings (acks=all, linger 5 ms, 256 KB batches, partition given). Prints
-one JSON line: records/s and CPU microseconds per record (all of the process's threads)
-for each. `bench.e2e` runs it beside the pipelines, so the transport's ceiling is measured
+sink's producer settings (acks=all, linger 5 ms, the sink's batch size, partition given),
+twice: one ``send`` per record, then in micro-batches of 2,000 through `RecordAppender`,
+as the service's sink sends them. Prints one JSON line: records/s and CPU microseconds per
+record (all of the process's threads) for each. `bench.e2e` runs it beside the pipelines, so the transport's ceiling is measured
 in the same run.
 """
 
@@ -23,12 +24,15 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from service.codec import ForecastEncoder
 from service.core.readings import ForecastBatch
+from service.kafka.appender import RecordAppender, runs_by_partition
+from service.kafka.sink import BATCH_BYTES
 from service.registry import Registry
 from service.simulate import stream_id
 
 __all__ = ["consume", "main", "produce"]
 
 _PARTITIONS_TIMEOUT = 10.0
+_MICRO_BATCH = 2000  # the service's default kafka.max_batch
 
 
 def consume(bootstrap: str, topic: str, records: int, timeout: float = 120.0) -> dict[str, float]:
@@ -76,20 +80,33 @@ def _forecast_message(registry: str, model: str) -> bytes:
 
 
 def produce(
-    bootstrap: str, topic: str, records: int, value: bytes, partitions: int = 4
+    bootstrap: str,
+    topic: str,
+    records: int,
+    value: bytes,
+    partitions: int = 4,
+    appender: bool = False,
 ) -> dict[str, float]:
+    """Produce `records` copies of `value`, keyed by 10,000 streams, round-robin over
+    `partitions`, with the sink's producer settings: one ``send`` each, or (`appender`)
+    in micro-batches of 2,000 handed to `RecordAppender` a partition's run at a time, as
+    the service's sink does."""
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
         client_id="bench-caps-producer",
         acks="all",
         linger_ms=5,
-        batch_size=256 * 1024,
+        batch_size=BATCH_BYTES,
     )
     keys = [stream_id(i).encode() for i in range(10_000)]
     try:
+        producer.partitions_for(topic)  # metadata first, as a running sink has it
         started, cpu = time.perf_counter(), time.process_time()
-        for i in range(records):
-            producer.send(topic, key=keys[i % 10_000], value=value, partition=i % partitions)
+        if appender:
+            _append_all(producer, topic, records, value, partitions, keys)
+        else:
+            for i in range(records):
+                producer.send(topic, key=keys[i % 10_000], value=value, partition=i % partitions)
         producer.flush()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
@@ -100,6 +117,30 @@ def produce(
         "cpu_us": cpu / records * 1e6,
         "bytes": len(value),
     }
+
+
+def _append_all(
+    producer: KafkaProducer,
+    topic: str,
+    records: int,
+    value: bytes,
+    partitions: int,
+    keys: list[bytes],
+) -> None:
+    failed: list[object] = []
+    appender = RecordAppender.attach(producer, lambda run, errors: failed.extend(errors))
+    if appender is None:
+        raise SystemExit("this kafka-python has no RecordAppender path")
+    for start in range(0, records, _MICRO_BATCH):
+        n = min(_MICRO_BATCH, records - start)
+        batch_keys = [keys[(start + j) % 10_000] for j in range(n)]
+        targets = [(start + j) % partitions for j in range(n)]
+        runs = runs_by_partition(targets, batch_keys, [value] * n)
+        for partition, (run_keys, run_values) in runs.items():
+            appender.append(topic, partition, run_keys, run_values)
+    producer.flush()
+    if failed:
+        raise SystemExit(f"{len(failed)} records failed delivery")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = {
         "consume": consume(args.bootstrap, args.topic, args.records),
         "produce": produce(args.bootstrap, args.topic + ".caps", args.records, value),
+        "append": produce(args.bootstrap, args.topic + ".caps", args.records, value, appender=True),
     }
     print(json.dumps(out), flush=True)
     return 0
