@@ -19,7 +19,11 @@ kafka-python takes the fast path.
 
 A batch that the broker refuses as too large is split by the producer and sent again as
 new batches that this module does not see; the records of such a batch are reported by
-`RecordAppender.unconfirmed` after a flush, to be sent again (at least once).
+`RecordAppender.unconfirmed`, to be sent again (at least once). The split pairs the i-th
+record of a batch with the i-th entry of the batch's record futures, so each appended record
+holds a place there (`_NoFuture`), and records that ``send`` adds to the same batch keep
+their own futures. Nothing answers the split batch itself, so `RecordAppender.flush` waits
+for the producer in slices: a flush that met a split does not wait out its whole timeout.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, TypeVar
 
 from kafka import TopicPartition
-from kafka.errors import IllegalStateError
+from kafka.errors import IllegalStateError, KafkaError
 from kafka.producer.producer_batch import ProducerBatch
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.record.util import encode_varint
@@ -51,6 +56,22 @@ _VARINTS = [_varint(n) for n in range(_SMALL)]  # lengths and offset deltas are 
 _NULL = _varint(-1)  # the length of a missing key or value
 _NO_HEADERS = b"\x00"
 _ATTRIBUTES = b"\x00"
+
+
+_FLUSH_SLICE = 0.5  # seconds: the longest one producer flush call may wait on a split batch
+
+
+class _NoFuture:
+    """An appended record's place among its batch's record futures; a split moves it to
+    the new batch (``rebind``), where it waits for nothing."""
+
+    __slots__ = ()
+
+    def rebind(self, new_produce_future: object, new_batch_index: int) -> None:
+        """Nothing: the appender learns of the split from `RecordAppender.unconfirmed`."""
+
+
+_NO_FUTURE = _NoFuture()
 
 
 def _vi(n: int) -> bytes:
@@ -167,6 +188,8 @@ class RecordAppender:
                 batch = queue[-1] if queue else None
                 while i < n:
                     if batch is None or batch.records._closed:
+                        if accumulator._closed:  # closed meanwhile: no batch nobody sends
+                            raise IllegalStateError("the producer is closed")
                         records = MemoryRecordsBuilder(2, self._compression, self._batch_bytes)
                         batch = ProducerBatch(tp, records, now=now)
                         queue.append(batch)
@@ -241,6 +264,7 @@ class RecordAppender:
         elif builder._max_timestamp < timestamp:
             builder._max_timestamp = timestamp
         builder._buffer += b"".join(parts)
+        batch._record_futures.extend(repeat(_NO_FUTURE, i - start))
         builder._num_records += i - start
         builder._last_offset = offset - 1
         records._next_offset = offset
@@ -270,11 +294,25 @@ class RecordAppender:
             failed = [(j, record_error(run.first_index + j)) for j in range(len(run.keys))]
         self._on_failed(run, failed)
 
+    def flush(self, timeout: float) -> None:
+        """The producer's ``flush``, in calls of at most half a second until everything is
+        answered or `timeout` seconds have passed (then the producer's `KafkaError` is
+        raised): a call that waits on a batch the producer split would otherwise wait for
+        all of `timeout`. Afterwards, `unconfirmed` names any split runs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self._producer.flush(timeout=max(0.0, min(_FLUSH_SLICE, left)))
+                return
+            except KafkaError:
+                if time.monotonic() >= deadline:
+                    raise
+
     def unconfirmed(self) -> list[AppendedRun]:
         """Runs whose batch left the producer without an answer: it was split (the broker
         found it too large) and its records went out in batches this appender does not
-        watch. Their delivery is unknown; call after a flush and send them again. Each is
-        returned once."""
+        watch. Their delivery is unknown; send them again. Each is returned once."""
         incomplete = set(self._accumulator._incomplete.all())
         with self._lock:
             gone = [

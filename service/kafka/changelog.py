@@ -97,14 +97,18 @@ class ChangelogWriter(ChangelogWriting):
             self._delivery_failed(error)
 
     def _deliver(self, timeout: float) -> None:
+        appender = self._appender
         try:
-            self._producer.flush(timeout=timeout)
+            if appender is None:
+                self._producer.flush(timeout=timeout)
+            else:
+                appender.flush(timeout)
         except KafkaError as exc:
             raise ChangelogError(
                 f"changelog records not acknowledged within {timeout:g} s (broker unreachable?)"
             ) from exc
-        if self._appender is not None:
-            for run in self._appender.unconfirmed():
+        finally:
+            for run in appender.unconfirmed() if appender is not None else ():
                 self._delivery_failed(
                     f"{len(run.keys)} records in a batch the producer split after the broker "
                     "found it too large; delivery unconfirmed"

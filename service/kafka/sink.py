@@ -111,12 +111,16 @@ class KafkaSink(DeliveringSink):
         future.add_errback(self._delivery_failed, record)
 
     def _deliver(self, timeout: float) -> int | None:
+        appender = self._appender
         try:
-            self._producer.flush(timeout=timeout)
+            if appender is None:
+                self._producer.flush(timeout=timeout)
+            else:
+                appender.flush(timeout)
         except KafkaError:
             return None  # kafka-python's flush timed out; it does not say how many are left
-        if self._appender is not None:
-            for run in self._appender.unconfirmed():
+        finally:
+            for run in appender.unconfirmed() if appender is not None else ():
                 self._run_failed(run, [(j, _SPLIT) for j in range(len(run.keys))])
         return 0
 

@@ -4,6 +4,8 @@ with its own error, and a batch the producer splits is reported once, unconfirme
 
 from __future__ import annotations
 
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -168,3 +170,60 @@ def test_a_closed_producer_refuses_as_send_does() -> None:
     appender = RecordAppender(producer, lambda run, failed: None)
     with pytest.raises(IllegalStateError):
         appender.append(TOPIC, 0, [b"k"], [b"v"])
+
+
+def _flushing_producer(batch_size: int) -> Any:
+    """`_producer` with ``flush`` as KafkaProducer's: wait for every incomplete batch."""
+    producer = _producer(batch_size)
+    accumulator = producer._accumulator
+
+    def flush(timeout: float | None = None) -> None:
+        accumulator.begin_flush()
+        accumulator.await_flush_completion(timeout=timeout)
+
+    producer.flush = flush
+    return producer
+
+
+def test_a_flush_that_meets_a_split_batch_does_not_wait_out_its_timeout() -> None:
+    producer = _flushing_producer(16384)
+    accumulator = producer._accumulator
+    appender = RecordAppender(producer, lambda run, failed: None)
+    appender.append(TOPIC, 0, [b"k%d" % i for i in range(4)], [b"v"] * 4)
+    queue = accumulator._batches[TopicPartition(TOPIC, 0)]
+    batch = queue.popleft()
+    batch.records.close()
+
+    def sender() -> None:  # the broker answers MESSAGE_TOO_LARGE; the halves go through
+        time.sleep(0.2)
+        accumulator.split_and_reenqueue(batch)
+        accumulator.deallocate(batch)
+        while queue:
+            half = queue.popleft()
+            half.complete(0, -1)
+            accumulator.deallocate(half)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    started = time.monotonic()
+    appender.flush(30.0)
+    thread.join()
+    assert time.monotonic() - started < 5.0
+    assert [list(run.keys) for run in appender.unconfirmed()] == [[b"k0", b"k1", b"k2", b"k3"]]
+
+
+def test_records_sent_after_appended_ones_keep_their_own_outcome_through_a_split() -> None:
+    producer = _producer(16384)
+    accumulator = producer._accumulator
+    tp = TopicPartition(TOPIC, 0)
+    appender = RecordAppender(producer, lambda run, failed: None)
+    appender.append(TOPIC, 0, [b"a0", b"a1"], [b"v", b"v"])
+    sent = [accumulator.append(tp, TS, key, b"v", [])[0] for key in (b"s0", b"s1")]
+    batch = accumulator._batches[tp].popleft()
+    batch.records.close()
+    accumulator.split_and_reenqueue(batch)
+    accumulator.deallocate(batch)
+    first, second = accumulator._batches[tp]
+    first.complete(100, -1)  # a0, a1
+    second.complete_exceptionally(KafkaError("refused"), lambda i: KafkaError("refused"))
+    assert [future.failed() for future in sent] == [True, True]
