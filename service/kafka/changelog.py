@@ -24,6 +24,7 @@ from service.changelog import ChangelogRead, ChangelogReading, ChangelogWriting
 from service.config import KafkaSettings, changelog_topic
 from service.errors import ChangelogError
 from service.kafka.appender import AppendedRun, RecordAppender, runs_by_partition
+from service.kafka.records import install as install_plain_records
 from service.kafka.security import kafka_python_options
 from service.kafka.sink import MAX_BLOCK_MS
 from service.transport import PartitionRestore
@@ -126,10 +127,8 @@ class ChangelogReader(ChangelogReading):
         """`consumer` replaces the kafka-python consumer (tests pass one with the same
         ``assign``/``seek_to_beginning``/``poll``/``highwater``/``position`` methods)."""
         super().__init__(changelog_topic(settings))
-        self._consumer = (
-            consumer
-            if consumer is not None
-            else KafkaConsumer(
+        if consumer is None:
+            consumer = KafkaConsumer(
                 **_client_options(settings, "restore"),
                 group_id=None,
                 enable_auto_commit=False,
@@ -138,7 +137,8 @@ class ChangelogReader(ChangelogReading):
                 receive_buffer_bytes=4 * 1024 * 1024,
                 fetch_max_wait_ms=_POLL_MS,
             )
-        )
+            install_plain_records(consumer)
+        self._consumer = consumer
 
     def _read_to_end(self, read: ChangelogRead) -> None:
         consumer = self._consumer

@@ -4,6 +4,8 @@ Offsets are committed by hand (``enable_auto_commit=False``), only by the checkp
 only what it gives (`service.offsets` decides which). Rebalances reach a `RebalanceHandler`;
 the revoke's offsets are committed on the consumer's I/O loop.
 
+Fetched records are parsed by `service.kafka.records` where they are plain (most are).
+
 kafka-python fetches when polled (a poll with nothing buffered sends a fetch and waits for its
 answer), so ``kafka.fetch_pause_ms`` is kept here: after a poll that found records, short of
 a full micro-batch and with no more waiting at the broker, the next poll starts no sooner
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka import __version__ as kafka_version
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     CommitFailedError,
@@ -29,6 +32,7 @@ from kafka.errors import (
 
 from service.config import KafkaSettings
 from service.errors import GroupChangingError, TransportError
+from service.kafka.records import install as install_plain_records
 from service.kafka.security import kafka_python_options
 from service.transport import RebalanceHandler
 
@@ -116,6 +120,8 @@ class KafkaSource:
             reconnect_backoff_max_ms=int(settings.reconnect_backoff_max * 1000),
             **kafka_python_options(settings),
         )
+        if not install_plain_records(self._consumer):
+            log.info("kafka-python %s: fetched records parsed by kafka-python", kafka_version)
         self._consumer.subscribe(
             [self.topic], listener=_Listener(self.topic, self._consumer, handler)
         )
