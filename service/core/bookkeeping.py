@@ -7,7 +7,8 @@
   (~70 us per round of 1,024 at a million streams);
 - the dirty flags: streams changed since their state was last written;
 - the last raw feature values (for last-value imputation; NaN: never seen);
-- the clock-jump marks (`note_jumps`, `continue_jumped_clock`), in memory only.
+- the clock-jump marks (`note_jumps`, `continue_jumped_clock`), written with the state so
+  that a restart between a jump and its recovery decides as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -118,17 +119,32 @@ class StreamBook:
         return steps
 
     def load(self, slots: np.ndarray, batch: RecordBatch) -> None:
-        """Bookkeeping of restored streams from their decoded records: clean, no jumps."""
+        """Bookkeeping of restored streams from their decoded records: clean, with the
+        records' clock-jump marks."""
         if batch.last_values is not None:
             self.last_values[slots] = batch.last_values
         self.last_ts[slots] = batch.last_ts
         self.steps[slots] = batch.steps
         self.applied[slots] = batch.applied
-        self.jump_from[slots] = np.nan
-        self.late_run[slots] = 0
+        if batch.jump_from is None or batch.late_run is None:
+            self.jump_from[slots] = np.nan
+            self.late_run[slots] = 0
+        else:
+            self.jump_from[slots] = batch.jump_from
+            self.late_run[slots] = batch.late_run
+            self.jumps |= bool(np.isfinite(batch.jump_from).any())
         self.dirty[slots] = False
 
     # -- clock jumps --------------------------------------------------------------------
+
+    def jump_marks(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """The clock-jump marks of `slots` as a record holds them (a run counted since a
+        jump the stream has since left behind is 0)."""
+        jump_from = self.jump_from[slots]
+        return {
+            "jump_from": jump_from,
+            "late_run": np.where(np.isnan(jump_from), 0, self.late_run[slots]),
+        }
 
     def note_jumps(self, slots: np.ndarray, before: np.ndarray) -> None:
         """Remember `before`, the clocks of `slots` before they jumped ahead."""
@@ -146,4 +162,5 @@ class StreamBook:
         on = slots[continues]
         self.late_run[on] += 1
         self.jump_from[on] = ts[continues]
+        self.dirty[on] = True  # the marks are written with the state
         return np.where(continues, self.late_run[slots], 0)

@@ -405,7 +405,7 @@ class StateStore:
     def note_jumps(self, slots: np.ndarray, before: np.ndarray) -> None:
         """The readings just applied to `slots` moved their clocks ahead by more than the
         gap limit, from `before`: remembered until their next applied reading, for
-        `continue_jumped_clock`. Kept in memory only, not in the changelog record."""
+        `continue_jumped_clock`. Written with the state (`dump_many`)."""
         self._book.note_jumps(slots, before)
 
     def continue_jumped_clock(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:

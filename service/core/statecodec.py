@@ -1,14 +1,16 @@
 """The binary record of one stream's state, as the changelog stores it.
 
-Layout, little-endian, format 3:
+Layout, little-endian, format 4:
 
-- a 62-byte header: the magic ``b"SCST"``, the format version (u8), the storage dtype (u8:
+- a 74-byte header: the magic ``b"SCST"``, the format version (u8), the storage dtype (u8:
   0 float32, 1 float16), the tensor count (u16), the last-value count (u16), ``last_ts``
   (f64), steps seen (i64), ``applied_offset`` (i64), the fingerprint of the model that wrote
   the state (16 bytes, `service.modelcard.model_fingerprint`), the feature count (u16), the
   kept readings' capacity K (u16) and how many are kept (u16), the byte length of the
   feature names (u16), the outstanding forecasts' capacity E (u16, 0 when forecasts are not
-  scored) and the target count T (u16);
+  scored) and the target count T (u16), the stream's clock before its last jump ahead (f64,
+  NaN for none) and how many late readings in a row continued it since (u32; see
+  `service.core.checks`, clock recovery);
 - the model's feature names, UTF-8, one per line;
 - the stream's last K applied readings, oldest first and right-aligned (the kept ones last):
   their timestamps (K f64) and feature values in original units (K x features f32);
@@ -19,10 +21,11 @@ Layout, little-endian, format 3:
   (E x T f32) and the forecasts (E x E x T f32, E = the horizon); then the running one-step
   error scale (T f32).
 
-A record is *foreign* when another model wrote it (another fingerprint), or when it has the
-format 1 or 2 of earlier versions (format 2: the same without the outstanding forecasts and
-their two header fields; format 1: a 34-byte header, then the tensors and the last values,
-no kept readings). Its tensors mean nothing to this model: `decode` leaves them out, keeps its
+A format 3 record (the same with a 62-byte header, no clock-jump fields) is read as format
+4 with no jump. A record is *foreign* when another model wrote it (another fingerprint), or
+when it has the format 1 or 2 of earlier versions (format 2: format 3 without the
+outstanding forecasts and their two header fields; format 1: a 34-byte header, then the
+tensors and the last values, no kept readings). Its tensors mean nothing to this model: `decode` leaves them out, keeps its
 bookkeeping (``applied_offset`` above all) and maps its kept readings onto this model's
 features by name, for the engine to re-warm the stream from them (`StateStore`). Records
 are encoded and decoded a batch at a time, with numpy, because a checkpoint writes and a
@@ -53,14 +56,16 @@ __all__ = [
 ]
 
 MAGIC = b"SCST"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 NO_MODEL = bytes(16)
 #: The model of a stream's record whose state is due a re-warm: no model's, whatever layout
 #: its (initial) tensors have, so that a restore re-warms it too.
 PENDING_REWARM = b"\xff" * 16
 _V1 = struct.Struct("<4sBBHHdqq")
 _V2 = struct.Struct("<4sBBHHdqq16sHHHH")
-_HEADER = struct.Struct("<4sBBHHdqq16sHHHHHH")
+_V3 = struct.Struct("<4sBBHHdqq16sHHHHHH")
+_HEADER = struct.Struct("<4sBBHHdqq16sHHHHHHdI")
+_NO_JUMP = struct.pack("<dI", float("nan"), 0)  # what a format 3 record's header lacks
 _HEADER_DTYPE = np.dtype(
     [
         ("magic", "S4"),
@@ -78,6 +83,8 @@ _HEADER_DTYPE = np.dtype(
         ("names", "<u2"),
         ("outstanding", "<u2"),
         ("n_targets", "<u2"),
+        ("jump_from", "<f8"),
+        ("late_run", "<u4"),
     ]
 )
 _DTYPE_CODES: dict[str, int] = {"float32": 0, "float16": 1}
@@ -159,7 +166,10 @@ class RecordBatch:
 
     Decoded records also say which rows are `foreign` (another model's: their tensors rows
     are zeros) and which of those have no usable kept readings (`unusable`: format 1, or a
-    feature of this model missing from them)."""
+    feature of this model missing from them).
+
+    `jump_from` and `late_run` are the streams' clock-jump marks (NaN and 0: none; None: none
+    for any row)."""
 
     dtype: np.dtype[np.floating]
     last_ts: np.ndarray
@@ -173,6 +183,8 @@ class RecordBatch:
     outstanding: OutstandingRows | None = None
     foreign: np.ndarray = field(default_factory=lambda: np.zeros(0, np.bool_))
     unusable: np.ndarray = field(default_factory=lambda: np.zeros(0, np.bool_))
+    jump_from: np.ndarray | None = None
+    late_run: np.ndarray | None = None
 
 
 def encode(batch: RecordBatch, layout: RecordLayout | None = None) -> list[bytes]:
@@ -198,6 +210,8 @@ def encode(batch: RecordBatch, layout: RecordLayout | None = None) -> list[bytes
             part(batch.history_values),
             part(batch.history_len),
             outstanding=None if batch.outstanding is None else batch.outstanding.rows(rows),
+            jump_from=part(batch.jump_from),
+            late_run=part(batch.late_run),
         )
         for tensor, out, width in zip(batch.tensors, buffer.tensors, widths, strict=True):
             rows_as_items = np.ascontiguousarray(tensor[rows], batch.dtype).view((np.void, width))
@@ -277,10 +291,13 @@ class RecordBuffer:
         history_len: np.ndarray | None = None,
         pending: np.ndarray | None = None,
         outstanding: OutstandingRows | None = None,
+        jump_from: np.ndarray | None = None,
+        late_run: np.ndarray | None = None,
     ) -> int:
-        """Write the bookkeeping, last values, kept readings and outstanding forecasts of
-        the next chunk's records; return how many records it holds (at most `capacity`). Rows
-        `pending` a re-warm name no model (`PENDING_REWARM`)."""
+        """Write the bookkeeping, last values, kept readings, outstanding forecasts and
+        clock-jump marks (none when not given) of the next chunk's records; return how many
+        records it holds (at most `capacity`). Rows `pending` a re-warm name no model
+        (`PENDING_REWARM`)."""
         n = len(last_ts)
         header = self.header[:n]
         header["model"] = self.model
@@ -289,6 +306,8 @@ class RecordBuffer:
         header["last_ts"] = last_ts
         header["steps"] = steps
         header["applied"] = applied
+        header["jump_from"] = np.nan if jump_from is None else jump_from
+        header["late_run"] = 0 if late_run is None else late_run
         if last_values is not None and self.values.shape[1]:
             self.values[:n] = last_values
         if history_len is not None and history_ts is not None and history_values is not None:
@@ -342,11 +361,13 @@ class _Header:
     names: int = 0
     outstanding: int = 0
     n_targets: int = 0
+    jump_from: float = float("nan")
+    late_run: int = 0
 
     @property
     def size(self) -> int:
         """Bytes of this version's header."""
-        return {1: _V1.size, 2: _V2.size}.get(self.version, _HEADER.size)
+        return {1: _V1.size, 2: _V2.size, 3: _V3.size}.get(self.version, _HEADER.size)
 
 
 def _header(stream_id: str, data: bytes) -> _Header:
@@ -354,12 +375,12 @@ def _header(stream_id: str, data: bytes) -> _Header:
     if len(data) < _V1.size:
         raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
     magic, version = data[:4], data[4]
-    if magic != MAGIC or version not in (1, 2, FORMAT_VERSION):
+    if magic != MAGIC or version not in (1, 2, 3, FORMAT_VERSION):
         raise StateError(
             f"state record for {stream_id!r} has format {magic!r} v{version}, "
             f"expected {MAGIC!r} v1 to v{FORMAT_VERSION}"
         )
-    form = {1: _V1, 2: _V2}.get(version, _HEADER)
+    form = {1: _V1, 2: _V2, 3: _V3}.get(version, _HEADER)
     if len(data) < form.size:
         raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
     fields = form.unpack_from(data)
@@ -395,6 +416,7 @@ def _is_own(stream_id: str, data: bytes, header: _Header, layout: RecordLayout) 
 def decode(ids: Sequence[str], blobs: Sequence[bytes], layout: RecordLayout) -> RecordBatch:
     """Validate and decode records (one per id); raises `StateError` for the first record
     that is malformed (too short, of an unknown format, or of this model but not whole)."""
+    blobs = [_upgraded(blob) for blob in blobs]
     headers = [_header(sid, blob) for sid, blob in zip(ids, blobs, strict=True)]
     own = np.array(
         [_is_own(sid, blob, h, layout) for sid, blob, h in zip(ids, blobs, headers, strict=True)],
@@ -415,6 +437,15 @@ def decode(ids: Sequence[str], blobs: Sequence[bytes], layout: RecordLayout) -> 
     return out
 
 
+def _upgraded(blob: bytes) -> bytes:
+    """A format 3 record as format 4, with no clock jump; any other as it is."""
+    if len(blob) < _V3.size or blob[:4] != MAGIC or blob[4] != 3:
+        return blob
+    return b"".join(
+        (blob[:4], bytes((FORMAT_VERSION,)), blob[5 : _V3.size], _NO_JUMP, blob[_V3.size :])
+    )
+
+
 def _empty(n: int, layout: RecordLayout, dtype: np.dtype[np.floating]) -> RecordBatch:
     k, f, e = layout.history, len(layout.features), layout.outstanding
     outstanding = OutstandingRows.empty(n, e, layout.n_targets) if e else None
@@ -431,6 +462,8 @@ def _empty(n: int, layout: RecordLayout, dtype: np.dtype[np.floating]) -> Record
         outstanding,
         np.zeros(n, np.bool_),
         np.zeros(n, np.bool_),
+        np.full(n, np.nan),
+        np.zeros(n, np.int64),
     )
 
 
@@ -448,6 +481,9 @@ def _decode_own(
     out.last_ts[rows] = header["last_ts"]
     out.steps[rows] = header["steps"]
     out.applied[rows] = header["applied"]
+    assert out.jump_from is not None and out.late_run is not None
+    out.jump_from[rows] = header["jump_from"]
+    out.late_run[rows] = header["late_run"]
     k, f = layout.history, len(layout.features)
     pos = _HEADER.size + len(_names_block(layout.features))
     assert out.history_ts is not None and out.history_values is not None
@@ -484,6 +520,9 @@ def _decode_foreign(
     out.last_ts[row] = header.last_ts
     out.steps[row] = header.steps
     out.applied[row] = header.applied
+    assert out.jump_from is not None and out.late_run is not None
+    out.jump_from[row] = header.jump_from
+    out.late_run[row] = header.late_run
     if header.version == 1 or header.history_len == 0 or layout.history == 0:
         # nothing to re-warm from: unusable unless the stream never applied a reading
         out.unusable[row] = header.steps > 0

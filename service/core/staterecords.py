@@ -66,6 +66,7 @@ class StateRecords:
                     if self._outstanding.enabled
                     else None
                 ),
+                **(book.jump_marks(chunk) if book.jumps else {}),
             )
             self._tensors.take_rows(chunk, buffer.tensors)
             records += buffer.records(n)

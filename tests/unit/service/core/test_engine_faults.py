@@ -124,3 +124,35 @@ def test_a_real_gap_followed_by_newer_readings_is_not_undone(elman: ElmanLagMode
     assert [(r.offset, why) for r, why in sink.drops] == [(100, DropReason.LATE)]
     assert sum(r.clock_resets for r in sink.results) == 0
     assert len(sink.forecasts) == 10
+
+
+@pytest.mark.parametrize("crash_after", [5, 6])
+def test_a_restart_between_the_jump_and_the_recovery_recovers_as_without_it(
+    elman: ElmanLagModel, crash_after: int
+) -> None:
+    """A checkpoint after every reading, a crash after reading `crash_after` (5: the jump
+    ahead; 6: the first reading that continues the old clock, dropped as late), a restore
+    from the checkpoints and the rest of the input: the same forecasts and the same clock
+    reset as the run without the crash."""
+    config = EngineConfig(clock_recovery=2)
+    values = _clean(12)
+    readings = _with_jump(values, 5, 20 * 3600.0)
+    uninterrupted = StreamEngine(elman, config)
+    whole = drive(uninterrupted, [[r] for r in readings])
+
+    first, changelog = StreamEngine(elman, config), {}
+    for reading in readings[: crash_after + 1]:
+        drive(first, [[reading]])
+        dirty = sorted(first.store.dirty_ids())
+        changelog.update(zip(dirty, first.store.dump_many(dirty), strict=True))
+        first.store.clear_dirty(dirty)
+    restored = StreamEngine(elman, config)
+    restored.store.load_many(list(changelog.items()))
+    sink = drive(restored, [[r] for r in readings[crash_after + 1 :]])
+
+    expected = [f for f in whole.forecasts if f.offset > crash_after]
+    assert [f.offset for f in sink.forecasts] == [f.offset for f in expected] == [7, 8, 9, 10, 11]
+    assert sum(r.clock_resets for r in sink.results) == 1
+    for got, want in zip(sink.forecasts, expected, strict=True):
+        np.testing.assert_allclose(got.values, want.values, rtol=1e-6, atol=1e-6)
+    assert restored.store.info("pump-1") == uninterrupted.store.info("pump-1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.core.engine import EngineConfig, StreamEngine
@@ -20,8 +20,12 @@ MODEL = ElmanLagModel(hidden=6, lags=2, horizon=2, warmup_steps=2, seed=7)
 PERIOD = MODEL.card.period
 
 # what happens at each step of a stream: a normal reading, a long gap, a duplicate or late
-# reading, a missing value, a reading replayed with an old offset
-_EVENTS = st.sampled_from(["next", "next", "next", "next", "gap", "dup", "late", "nan", "replay"])
+# reading, a missing value, a reading replayed with an old offset, a reading that continues
+# the stream's clock from before its last gap (after two, clock recovery: the gap was a bad
+# timestamp)
+_EVENTS = st.sampled_from(
+    ["next", "next", "next", "next", "gap", "dup", "late", "nan", "replay", "stale", "stale"]
+)
 
 
 @st.composite
@@ -34,9 +38,13 @@ def _streams(draw: st.DrawFn) -> dict[str, list[Reading]]:
         seed = draw(st.integers(0, 2**16))
         rng = np.random.default_rng(seed)
         ts, offset, readings = 0.0, 0, []
+        before_gap: float | None = None
         for event in events:
             values = rng.normal(15, 3, 2).tolist()
-            if event in ("dup", "late") and readings:
+            if event == "stale" and before_gap is not None:
+                before_gap += PERIOD
+                readings.append(Reading(sid, before_gap, values, 0, offset))
+            elif event in ("dup", "late") and readings:
                 back = 0.0 if event == "dup" else PERIOD / 2
                 readings.append(Reading(sid, readings[-1].ts - back, values, 0, offset))
             elif event == "replay" and readings:
@@ -44,6 +52,8 @@ def _streams(draw: st.DrawFn) -> dict[str, list[Reading]]:
                 readings.append(Reading(sid, old.ts + 1.0, values, 0, old.offset))
                 continue  # no new offset
             else:
+                if event == "gap":
+                    before_gap = ts
                 ts += PERIOD * (30 if event == "gap" else 1)
                 if event == "nan":
                     values[1] = math.nan
@@ -123,7 +133,28 @@ def test_any_interleaving_and_batching_gives_identical_results(
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+def _reading(offset: int, ts: float, values: list[float]) -> Reading:
+    return Reading("s0", ts, values, 0, offset)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(
+    # a crash between a jump ahead (ts 1860) and the two readings that continue the clock
+    # from before it: the restored stream must recover its clock as the uninterrupted one does
+    streams={
+        "s0": [
+            _reading(0, 60.0, [15.4, 14.6]),
+            _reading(1, 1860.0, [16.9, 15.3]),
+            _reading(2, 1830.0, [13.4, 16.1]),
+            _reading(2, 1831.0, [18.9, 17.8]),
+            _reading(3, 1920.0, [12.9, 11.2]),
+        ]
+    },
+    order_seed=0,
+    crash_at=0.5,
+    replay_back=0.0,
+    max_batch=1,
+)
 @given(
     streams=_streams(),
     order_seed=st.integers(0, 2**16),

@@ -152,10 +152,10 @@ def test_dump_load_round_trip(dtype: str) -> None:
         values=np.array([[1.5, 2.5], [3.0, 4.0]]),
     )
     data = src.dump("b")
-    # the 62-byte header (the 34 bytes of format 1, then the model, the feature and kept
-    # reading counts, the names' length and the outstanding forecasts' sizes), the last
-    # values, the tensors
-    expected = 4 + 2 + 2 + 2 + 8 * 3 + 16 + 2 * 6 + 2 * 4 + (8 + 6) * src.dtype.itemsize
+    # the 74-byte header (the 34 bytes of format 1, then the model, the feature and kept
+    # reading counts, the names' length, the outstanding forecasts' sizes and the clock-jump
+    # marks), the last values, the tensors
+    expected = 4 + 2 + 2 + 2 + 8 * 3 + 16 + 2 * 6 + 8 + 4 + 2 * 4 + (8 + 6) * src.dtype.itemsize
     assert len(data) == expected
 
     dst = _store(dtype=dtype, n_last_values=2)

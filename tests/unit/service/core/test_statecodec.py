@@ -44,14 +44,16 @@ def test_round_trip(dtype: str) -> None:
 def test_the_header_is_the_documented_little_endian_layout() -> None:
     layout = RecordLayout(sizes=(6, 4), n_last_values=2, model=b"M" * 16)
     record = statecodec.encode(_batch("float32"), layout)[1]
-    fields = struct.unpack_from("<4sBBHHdqq16sHHHHHH", record)
+    fields = struct.unpack_from("<4sBBHHdqq16sHHHHHHdI", record)
     magic, version, code, n_tensors, n_values, last_ts, steps, applied = fields[:8]
-    assert (magic, version, code, n_tensors, n_values) == (b"SCST", 3, 0, 2, 2)
+    assert (magic, version, code, n_tensors, n_values) == (b"SCST", 4, 0, 2, 2)
     assert (last_ts, steps, applied) == (60.0, 6, 101)
     # model; features, kept readings, names; outstanding forecasts, targets
-    assert fields[8:] == (b"M" * 16, 0, 0, 0, 0, 0, 0)
-    assert len(record) == 62 + 2 * 4 + (6 + 4) * 4
-    first = np.frombuffer(record, np.float32, 6, 62 + 2 * 4)
+    assert fields[8:15] == (b"M" * 16, 0, 0, 0, 0, 0, 0)
+    # no clock jump: NaN, no late readings counted
+    assert np.isnan(fields[15]) and fields[16] == 0
+    assert len(record) == 74 + 2 * 4 + (6 + 4) * 4
+    first = np.frombuffer(record, np.float32, 6, 74 + 2 * 4)
     np.testing.assert_array_equal(first, _batch("float32").tensors[0][1])
 
 
@@ -69,7 +71,7 @@ def test_outstanding_forecasts_round_trip_after_the_tensors() -> None:
     batch.outstanding = rows
     layout = RecordLayout((6, 4), 2, b"M" * 16, outstanding=e, n_targets=t)
     records = statecodec.encode(batch, layout)
-    assert len(records[0]) == 62 + 2 * 4 + (6 + 4) * 4 + e * (8 + 1 + 4 * t + 4 * e * t) + 4 * t
+    assert len(records[0]) == 74 + 2 * 4 + (6 + 4) * 4 + e * (8 + 1 + 4 * t + 4 * e * t) + 4 * t
     tail = e * (8 + 1 + 4 * t + 4 * e * t) + 4 * t
     assert np.frombuffer(
         records[1], np.float64, e, len(records[1]) - tail
@@ -88,6 +90,43 @@ def test_outstanding_forecasts_round_trip_after_the_tensors() -> None:
     # the same model without scoring reads them as another layout's: foreign, re-warmed
     unscored = RecordLayout((6, 4), 2, b"M" * 16)
     assert statecodec.decode(["a"], records[:1], unscored).foreign.all()
+
+
+def test_clock_jump_marks_round_trip_in_the_header() -> None:
+    batch = _batch("float32")
+    batch.jump_from = np.array([np.nan, 1_764_650_000.0, 1_764_650_060.0])
+    batch.late_run = np.array([0, 0, 1])
+    layout = RecordLayout((6, 4), 2, b"M" * 16)
+    records = statecodec.encode(batch, layout)
+    assert struct.unpack_from("<dI", records[2], 62) == (1_764_650_060.0, 1)
+    back = statecodec.decode(["a", "b", "c"], records, layout)
+    assert not back.foreign.any()
+    assert back.jump_from is not None and back.late_run is not None
+    np.testing.assert_array_equal(back.jump_from, batch.jump_from)
+    assert back.late_run.tolist() == [0, 0, 1]
+
+
+def test_a_format_3_record_is_this_models_own_with_no_clock_jump() -> None:
+    """What the version before wrote: the 62-byte header without the clock-jump marks. A
+    restore after an upgrade keeps such a stream's state (no re-warm)."""
+    layout = RecordLayout((6, 4), 2, b"M" * 16)
+    batch = _batch("float32")
+    batch.jump_from = np.full(3, 1_764_650_000.0)
+    batch.late_run = np.ones(3, np.int64)
+    now = statecodec.encode(batch, layout)[1]
+    then = now[:4] + b"\x03" + now[5:62] + now[74:]  # format 3: no marks
+    back = statecodec.decode(["b"], [then], layout)
+    assert back.foreign.tolist() == [False]
+    assert (back.last_ts.tolist(), back.steps.tolist(), back.applied.tolist()) == (
+        [60.0],
+        [6],
+        [101],
+    )
+    np.testing.assert_array_equal(back.tensors[0][0], batch.tensors[0][1])
+    assert back.last_values is not None and batch.last_values is not None
+    np.testing.assert_array_equal(back.last_values[0], batch.last_values[1])
+    assert back.jump_from is not None and np.isnan(back.jump_from).all()
+    assert back.late_run is not None and back.late_run.tolist() == [0]
 
 
 def test_a_format_2_record_is_foreign_with_its_kept_readings_usable() -> None:
