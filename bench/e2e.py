@@ -487,14 +487,15 @@ def _client_caps(bootstrap: str, topic: str, records: int) -> None:
         print(f"   kafka-python alone: failed: {done.stderr[-300:]}", flush=True)
         return
     caps = json.loads(done.stdout.strip().splitlines()[-1])
-    c, p, a = caps["consume"], caps["produce"], caps["append"]
-    both = 1 / (1 / c["per_s"] + 1 / a["per_s"])
+    c, f, p, a = caps["consume"], caps["plain"], caps["produce"], caps["append"]
+    both = 1 / (1 / f["per_s"] + 1 / a["per_s"])
     print(
         f"   kafka-python alone: consume {c['per_s']:,.0f} records/s ({c['cpu_us']:.1f} CPU us "
-        f"each); produce {p['bytes']} B records with send {p['per_s']:,.0f}/s "
+        f"each), with the source's parsing {f['per_s']:,.0f}/s ({f['cpu_us']:.1f} CPU us "
+        f"each, {f['per_s'] / c['per_s']:.1f}x); produce {p['bytes']} B records with send {p['per_s']:,.0f}/s "
         f"({p['cpu_us']:.1f} CPU us each), with the sink's appender {a['per_s']:,.0f}/s "
-        f"({a['cpu_us']:.1f} CPU us each, {a['per_s'] / p['per_s']:.1f}x); consume then "
-        f"append: {both:,.0f} records/s",
+        f"({a['cpu_us']:.1f} CPU us each, {a['per_s'] / p['per_s']:.1f}x); the source's "
+        f"consume then the appender: {both:,.0f} records/s",
         flush=True,
     )
 

@@ -2,7 +2,9 @@
 
     python -m bench.kafkacaps --bootstrap HOST:PORT --topic T --records 200000
 
-Consumes `records` records of `topic` from the start (no decoding), then produces as many
+Consumes `records` records of `topic` from the start (no decoding), twice: with
+kafka-python's own record parsing, then with the service's (`service.kafka.records`); then
+produces as many
 forecast-sized records (a real `ForecastEncoder` message) to ``<topic>.caps`` with the
 sink's producer settings (acks=all, linger 5 ms, the sink's batch size, partition given),
 twice: one ``send`` per record, then in micro-batches of 2,000 through `RecordAppender`,
@@ -25,6 +27,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from service.codec import ForecastEncoder
 from service.core.readings import ForecastBatch
 from service.kafka.appender import RecordAppender, runs_by_partition
+from service.kafka.records import install as install_plain_records
 from service.kafka.sink import BATCH_BYTES
 from service.registry import Registry
 from service.simulate import stream_id
@@ -35,7 +38,11 @@ _PARTITIONS_TIMEOUT = 10.0
 _MICRO_BATCH = 2000  # the service's default kafka.max_batch
 
 
-def consume(bootstrap: str, topic: str, records: int, timeout: float = 120.0) -> dict[str, float]:
+def consume(
+    bootstrap: str, topic: str, records: int, timeout: float = 120.0, plain: bool = False
+) -> dict[str, float]:
+    """Read `records` records of `topic` from the start, 2,000 a poll; `plain`: parsed as
+    the service's source parses them (`service.kafka.records.PlainRecords`)."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         client_id="bench-caps-consumer",
@@ -43,6 +50,8 @@ def consume(bootstrap: str, topic: str, records: int, timeout: float = 120.0) ->
         max_poll_records=2000,
         fetch_max_wait_ms=50,
     )
+    if plain and not install_plain_records(consumer):
+        raise SystemExit("this kafka-python has no plain-records path")
     try:
         deadline = time.monotonic() + _PARTITIONS_TIMEOUT
         partitions = consumer.partitions_for_topic(topic)
@@ -158,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     value = _forecast_message(args.registry, args.model)
     out = {
         "consume": consume(args.bootstrap, args.topic, args.records),
+        "plain": consume(args.bootstrap, args.topic, args.records, plain=True),
         "produce": produce(args.bootstrap, args.topic + ".caps", args.records, value),
         "append": produce(args.bootstrap, args.topic + ".caps", args.records, value, appender=True),
     }
