@@ -192,6 +192,7 @@ class Feed:
         self._topic = topic
         self._producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         self._stop = threading.Event()
+        self._unpaced = threading.Event()  # set by `close` and `hurry`: no more pauses
         self._first = 0
         self._thread = threading.Thread(target=self._run, name="feed", daemon=True)
         self.error: BaseException | None = None
@@ -217,7 +218,7 @@ class Feed:
                 if self._stop.is_set():
                     return
                 self.send_steps([step])
-                self._stop.wait(self.pause)
+                self._unpaced.wait(self.pause)
         except BaseException as exc:
             self.error = exc
 
@@ -226,6 +227,10 @@ class Feed:
         self._first = first_step
         self._thread.start()
         return self
+
+    def hurry(self) -> None:
+        """Send the steps left without pausing between them."""
+        self._unpaced.set()
 
     def done(self) -> bool:
         return not self._thread.is_alive()
@@ -238,6 +243,7 @@ class Feed:
 
     def close(self) -> None:
         self._stop.set()
+        self._unpaced.set()
         if self._thread.is_alive():
             self._thread.join(10)
         self._producer.close()

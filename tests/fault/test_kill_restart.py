@@ -25,7 +25,7 @@ from tests.fault.faultkit import (
 from tests.integration.servicekit import CLIENTS
 
 STREAMS = 30
-STEPS = 80
+STEPS = 160  # at the feed's pace (2 minutes) far more than five restarts take: the rest go unpaced
 KILLS = 5
 
 pytestmark = pytest.mark.slow
@@ -57,6 +57,8 @@ def test_five_sigkills_at_random_moments_leave_states_and_forecasts_as_uninterru
             # the random moment: anywhere in polling, processing or a checkpoint
             time.sleep(rng.uniform(0.0, 1.2))
             proc.kill()
+        assert not feed.done(), "the feed ended before the last kill"
+        feed.hurry()  # the readings flowed through every kill: the rest need no pacing
         feed.join()
         final = ServeProcess(kafka, model, names, log_path, kafka__client=client)
         procs.append(final)

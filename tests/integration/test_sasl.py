@@ -48,6 +48,9 @@ def gate() -> SaslGate:
 def sasl_broker(certs: Certificates, gate: SaslGate) -> Iterator[SecuredBroker]:
     with SecuredBroker(certs, authenticate=gate) as secured:
         yield secured
+        # the terminator first: with the clients' connections closed, the broker stops at
+        # once instead of waiting them out (5 s)
+        secured.relay.stop()
 
 
 def _sasl(certs: Certificates, mechanism: str, password: str = PASSWORD) -> dict[str, Any]:
