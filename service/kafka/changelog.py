@@ -26,7 +26,7 @@ from service.errors import ChangelogError
 from service.kafka.appender import AppendedRun, RecordAppender, runs_by_partition
 from service.kafka.records import install as install_plain_records
 from service.kafka.security import kafka_python_options
-from service.kafka.sink import MAX_BLOCK_MS
+from service.kafka.sink import MAX_BLOCK_MS, close_producer
 from service.transport import PartitionRestore
 
 __all__ = ["ChangelogReader", "ChangelogWriter", "PartitionRestore"]
@@ -117,7 +117,7 @@ class ChangelogWriter(ChangelogWriting):
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is still queued, for up to `timeout` seconds, and close."""
-        self._producer.close(timeout=timeout)
+        close_producer(self._producer, timeout, "changelog")
 
 
 class ChangelogReader(ChangelogReading):

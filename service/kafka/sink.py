@@ -11,6 +11,7 @@ it (kept, sent again by `flush`, a refused dead letter sent smaller) is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,9 @@ from service.delivery import (
 from service.kafka.appender import AppendedRun, RecordAppender, runs_by_partition
 from service.kafka.security import kafka_python_options
 
-__all__ = ["BATCH_BYTES", "MAX_BLOCK_MS", "KafkaSink"]
+__all__ = ["BATCH_BYTES", "MAX_BLOCK_MS", "KafkaSink", "close_producer"]
+
+log = logging.getLogger(__name__)
 
 MAX_BLOCK_MS = 5000  # longest a send waits for buffer space or metadata
 # A batch fills to just under 1 MiB, within a broker's default message.max.bytes
@@ -129,9 +132,23 @@ class KafkaSink(DeliveringSink):
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is still queued, for up to `timeout` seconds, and close."""
-        self._producer.close(timeout=timeout)
+        close_producer(self._producer, timeout, "sink")
 
     @property
     def producer(self) -> Any:
         """The kafka-python producer."""
         return self._producer
+
+
+def close_producer(producer: KafkaProducer, timeout: float, role: str) -> None:
+    """Close a kafka-python producer, delivering what it holds for up to `timeout` seconds.
+
+    kafka-python's ``close`` raises when that time runs out (a broker gone at shutdown);
+    what was left is then logged, not raised, as confluent-kafka's sink and changelog
+    writer do: the final checkpoint, which waits for the same deliveries, has already
+    failed and set the exit status, and the shutdown goes on to close the other clients.
+    """
+    try:
+        producer.close(timeout=timeout)
+    except KafkaError as exc:
+        log.warning("producer closed with records undelivered client=%s error=%r", role, exc)

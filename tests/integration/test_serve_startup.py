@@ -164,7 +164,7 @@ def test_broker_lost_during_the_run_turns_not_ready_without_spinning(tmp_path: P
             "a checkpoint",
         )
     finally:
-        broker.stop()
+        broker.stop(timeout=0.5)  # SIGTERM, then SIGKILL: it would wait out our connections
     wait_until(lambda: not svc.ready(), 30, "/readyz to report the broker gone")
     doc = json.loads(http_get(svc.port, "/readyz")[1])
     assert doc["broker_reachable"] is False

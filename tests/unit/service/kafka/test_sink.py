@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 from kafka.errors import (
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -16,7 +17,8 @@ from kafka.future import Future
 
 from service.config import KafkaSettings
 from service.errors import SinkError
-from service.kafka.sink import KafkaSink
+from service.kafka.appender import RecordAppender
+from service.kafka.sink import KafkaSink, close_producer
 
 
 class FakeProducer:
@@ -225,3 +227,21 @@ def test_a_dead_letter_refused_on_its_resend_is_sent_smaller_not_retried_forever
     (letter,) = producer.acked
     assert len(letter["value"]) == 500_000 // 16
     assert [e.outcome for e in sink.take_dead_letter_events()] == ["shrunk"]
+
+
+def test_closing_with_records_no_broker_took_logs_them_and_returns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker gone at shutdown: kafka-python's ``close`` raises when its time runs out;
+    the sink's close says so in a warning and returns, so the shutdown closes the rest."""
+    producer = KafkaProducer(bootstrap_servers="127.0.0.1:9", api_version=(2, 8))
+    appender = RecordAppender.attach(producer, lambda run, failed: None)
+    assert appender is not None
+    appender.append("forecasts", 0, [b"pump-1"], [b'{"stream_id":"pump-1"}'])
+    with pytest.raises(KafkaTimeoutError):
+        producer.flush(timeout=0.2)  # what kafka-python's close does first
+    close_producer(producer, 0.2, "sink")
+    assert any(
+        "records undelivered client=sink" in r.getMessage() and r.levelname == "WARNING"
+        for r in caplog.records
+    )
