@@ -25,11 +25,11 @@ A format 3 record (the same with a 62-byte header, no clock-jump fields) is read
 4 with no jump. A record is *foreign* when another model wrote it (another fingerprint), or
 when it has the format 1 or 2 of earlier versions (format 2: format 3 without the
 outstanding forecasts and their two header fields; format 1: a 34-byte header, then the
-tensors and the last values, no kept readings). Its tensors mean nothing to this model: `decode` leaves them out, keeps its
-bookkeeping (``applied_offset`` above all) and maps its kept readings onto this model's
-features by name, for the engine to re-warm the stream from them (`StateStore`). Records
-are encoded and decoded a batch at a time, with numpy, because a checkpoint writes and a
-restore reads many thousands of them.
+tensors and the last values, no kept readings). Its tensors mean nothing to this model:
+`decode` leaves them out, keeps its bookkeeping (``applied_offset`` above all) and maps its
+kept readings onto this model's features by name, for the engine to re-warm the stream
+from them (`StateStore`). Records are encoded and decoded a batch at a time, with numpy,
+because a checkpoint writes and a restore reads many thousands of them.
 """
 
 from __future__ import annotations
