@@ -65,6 +65,7 @@ _V1 = struct.Struct("<4sBBHHdqq")
 _V2 = struct.Struct("<4sBBHHdqq16sHHHH")
 _V3 = struct.Struct("<4sBBHHdqq16sHHHHHH")
 _HEADER = struct.Struct("<4sBBHHdqq16sHHHHHHdI")
+_EARLIER = {1: _V1, 2: _V2, 3: _V3}  # the header of each earlier format; _HEADER for this one
 _NO_JUMP = struct.pack("<dI", float("nan"), 0)  # what a format 3 record's header lacks
 _HEADER_DTYPE = np.dtype(
     [
@@ -367,7 +368,7 @@ class _Header:
     @property
     def size(self) -> int:
         """Bytes of this version's header."""
-        return {1: _V1.size, 2: _V2.size, 3: _V3.size}.get(self.version, _HEADER.size)
+        return _EARLIER.get(self.version, _HEADER).size
 
 
 def _header(stream_id: str, data: bytes) -> _Header:
@@ -375,12 +376,12 @@ def _header(stream_id: str, data: bytes) -> _Header:
     if len(data) < _V1.size:
         raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
     magic, version = data[:4], data[4]
-    if magic != MAGIC or version not in (1, 2, 3, FORMAT_VERSION):
+    if magic != MAGIC or version not in (*_EARLIER, FORMAT_VERSION):
         raise StateError(
             f"state record for {stream_id!r} has format {magic!r} v{version}, "
             f"expected {MAGIC!r} v1 to v{FORMAT_VERSION}"
         )
-    form = {1: _V1, 2: _V2, 3: _V3}.get(version, _HEADER)
+    form = _EARLIER.get(version, _HEADER)
     if len(data) < form.size:
         raise StateError(f"state record for {stream_id!r} is {len(data)} bytes, too short")
     fields = form.unpack_from(data)

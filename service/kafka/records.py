@@ -30,8 +30,7 @@ from kafka.record.util import calc_crc32c, decode_varint
 
 __all__ = ["PlainRecords", "install", "plain_batches"]
 
-_HEADER = struct.Struct(">qiibIhiqqqhii")  # the v2 batch header, 61 bytes
-assert _HEADER.format == DefaultRecordBatch.HEADER_STRUCT.format
+_HEADER = DefaultRecordBatch.HEADER_STRUCT  # the v2 batch header, 61 bytes
 _LOG_OVERHEAD = 12  # base offset and length: the bytes before the length counts from
 _CRC_FROM = 21  # the CRC covers the batch from its attributes on
 # compression codec, transactional and control bits: any set makes a batch not plain
@@ -139,30 +138,20 @@ def _bytes(buffer: Any, pos: int) -> tuple[bytes | None, int]:
     return bytes(buffer[pos : pos + n]), pos + n
 
 
-def _record(
-    buffer: Any, pos: int, end: int, varint: Any = decode_varint
-) -> tuple[tuple[Any, ...], int, int]:
+def _record(buffer: Any, pos: int, end: int) -> tuple[tuple[Any, ...], int, int]:
     """One v2 record at `pos` of a batch ending at `end`: ``(timestamp delta, offset delta,
     key, value, headers)``, the position after it, and its length. A record that does not
     read as exactly its length, within its batch, raises ValueError before anything of it
     is returned. (kafka-python's `decode_varint` reads a one-byte varint without a loop.)"""
-    length, pos = varint(buffer, pos)
+    length, pos = decode_varint(buffer, pos)
     start = pos
     if length < 0 or start + length > end:
         raise ValueError(f"record of {length} bytes runs past its batch")
-    ts_delta, pos = varint(buffer, pos + 1)  # after the record's attributes, unused in v2
-    offset_delta, pos = varint(buffer, pos)
-    n, pos = varint(buffer, pos)
-    key = None
-    if n >= 0:
-        key = bytes(buffer[pos : pos + n])
-        pos += n
-    n, pos = varint(buffer, pos)
-    value = None
-    if n >= 0:
-        value = bytes(buffer[pos : pos + n])
-        pos += n
-    count, pos = varint(buffer, pos)
+    ts_delta, pos = decode_varint(buffer, pos + 1)  # after the record's attributes, unused
+    offset_delta, pos = decode_varint(buffer, pos)
+    key, pos = _bytes(buffer, pos)
+    value, pos = _bytes(buffer, pos)
+    count, pos = decode_varint(buffer, pos)
     headers: list[tuple[str, bytes | None]] = []
     if count:
         if count < 0:
