@@ -1,7 +1,8 @@
 """``sensorcast train | evaluate | backtest | export``: the trainer's subcommands.
 
-Registered through the ``sensorcast.commands`` entry point; torch is imported only inside
-the handlers, so ``sensorcast --help`` stays fast. The ``train`` and ``backtest`` flags, and
+Registered through the ``sensorcast.commands`` entry point, so every ``sensorcast`` command
+(``serve`` too) imports this module: torch, pandas and the rest of the trainer are imported
+only inside the handlers, so ``sensorcast --help`` and a service's start stay fast. The ``train`` and ``backtest`` flags, and
 ``evaluate``'s data flags, are built from the fields of `TrainConfig` (type, choices, default
 and help), so they cannot drift from it.
 """
@@ -24,7 +25,6 @@ from training.flags import (
     parse_period,
     read_config_file,
 )
-from training.summary import when
 
 __all__ = ["register"]
 
@@ -270,6 +270,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_backtest(args: argparse.Namespace) -> int:
     from training.backtest import backtest, backtest_lines, parse_duration, place_folds
     from training.evaluate import write_report
+    from training.summary import when
     from training.train import load_data
 
     values = _train_values(args)

@@ -45,6 +45,27 @@ def test_train_help_lists_the_options() -> None:
         assert option in out
 
 
+
+def test_the_parser_with_the_trainers_commands_imports_none_of_the_trainers_libraries() -> None:
+    # every `sensorcast` command builds this parser, `serve` included: a service's start
+    # must not pay for the trainer's imports (pandas alone took half a second)
+    code = (
+        "import argparse, sys\n"
+        "from service.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))\n"
+        "print(' '.join(sorted(sub.choices)))\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch', 'pandas', 'pyarrow', 'matplotlib', 'statsmodels', 'onnxscript'})))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    commands, imported = out.stdout.split("\n")[:2]
+    assert {"train", "backtest", "serve"} <= set(commands.split())
+    assert imported == ""
+
+
 def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     _fails_with_one_line(capsys, ["train", "--data", str(tmp_path / "nope.csv")], "no such file")
 
