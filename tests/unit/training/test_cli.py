@@ -45,7 +45,6 @@ def test_train_help_lists_the_options() -> None:
         assert option in out
 
 
-
 def test_the_parser_with_the_trainers_commands_imports_none_of_the_trainers_libraries() -> None:
     # every `sensorcast` command builds this parser, `serve` included: a service's start
     # must not pay for the trainer's imports (pandas alone took half a second)
