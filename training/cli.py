@@ -2,9 +2,9 @@
 
 Registered through the ``sensorcast.commands`` entry point, so every ``sensorcast`` command
 (``serve`` too) imports this module: torch, pandas and the rest of the trainer are imported
-only inside the handlers, so ``sensorcast --help`` and a service's start stay fast. The ``train`` and ``backtest`` flags, and
-``evaluate``'s data flags, are built from the fields of `TrainConfig` (type, choices, default
-and help), so they cannot drift from it.
+only inside the handlers, so ``sensorcast --help`` and a service's start stay fast. The
+``train`` and ``backtest`` flags, and ``evaluate``'s data flags, are built from the fields
+of `TrainConfig` (type, choices, default and help), so they cannot drift from it.
 """
 
 from __future__ import annotations
